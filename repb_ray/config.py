@@ -1,0 +1,203 @@
+"""Config: the one frozen, validated dataclass behind the CLI, YAML files and Tune trials."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from repb_ray.core.checks import check_bool, check_float, check_int, suggest
+from repb_ray.core.policy import POLICY_NAMES
+
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "synthetic")
+MODELS = ("auto", "cnn", "resnet18", "mlp")
+SCORES = ("loss", "grad_norm")
+FAIL_KINDS = ("worker", "coordinator")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key, the value and the fix."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a training run needs. `policy_params()` gives the core policy's arguments."""
+
+    # run
+    name: Optional[str] = None            # run name; re-running with the same name resumes the run
+    seed: int = 0
+    epochs: int = 15
+    output_dir: str = "runs"              # summary.json, audit files; a run gets output_dir/name
+    storage_path: Optional[str] = None    # Ray Train storage (shared on a cluster); default output_dir/ray_results
+    # data and model
+    dataset: str = "fashion_mnist"
+    data_dir: Optional[str] = None
+    download: bool = False                # allow torchvision to download when no local copy is found
+    train_subset: Optional[int] = None    # use only the first N training samples (smoke runs)
+    test_subset: Optional[int] = None
+    synthetic_size: int = 512             # synthetic: number of training samples
+    model: str = "auto"
+    # pruning policy
+    policy: str = "repb"
+    rho: float = 0.5
+    window: int = 1                       # W, in global batches
+    lwp: bool = True
+    resample: bool = True
+    ctr: bool = True
+    ctr_max: Optional[float] = None
+    ctr_normalize: bool = False           # normalise weights to mean 1 in each batch
+    prune_ratio: float = 0.5              # infobatch / random
+    delta: float = 0.875                  # infobatch annealing
+    score: str = "loss"
+    # optimisation
+    batch_size: int = 128                 # per worker; the global batch is batch_size * num_workers
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.0
+    eval_batch_size: int = 1000
+    # workers
+    num_workers: int = 2                  # 0 = run the loop in the driver process (local mode)
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    torch_threads: int = 0                # 0 = the CPUs each worker holds
+    observe_every: int = 32               # steps buffered before sending scores to the coordinator
+    coordinator_timeout_s: float = 600.0
+    max_failures: int = 0
+    fail_at: Optional[dict] = None        # test hook: {epoch, step, rank, kind: worker|coordinator}
+    audit: bool = False                   # write per-rank ids/weights per epoch (tests)
+    # tracking
+    tracking_uri: Optional[str] = None    # MLflow; default sqlite under output_dir; "none" disables
+    experiment: str = "repb_ray"
+    tags: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        _validate(self)
+
+    # -- building -------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        names = [f.name for f in fields(cls)]
+        for key in d:
+            if key not in names:
+                raise ConfigError(f"unknown config key {key!r}{suggest(key, names)}")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str, overrides: list[str] | None = None) -> "Config":
+        import yaml
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path!r} does not exist; the shipped ones are in jobs/configs/")
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
+        data = {**data, **parse_overrides(overrides or [])}
+        if data.get("name") is None:
+            data["name"] = os.path.splitext(os.path.basename(path))[0]
+        return cls.from_dict(data)
+
+    def replace(self, **changes) -> "Config":
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    # -- derived --------------------------------------------------------------------------------
+    def policy_params(self) -> dict[str, Any]:
+        if self.policy == "repb":
+            return {"rho": self.rho, "window": self.window, "lwp": self.lwp, "resample": self.resample,
+                    "ctr": self.ctr, "ctr_max": self.ctr_max}
+        if self.policy == "infobatch":
+            return {"prune_ratio": self.prune_ratio, "num_epochs": self.epochs, "delta": self.delta}
+        if self.policy == "random":
+            return {"prune_ratio": self.prune_ratio}
+        return {}
+
+    @property
+    def world_size(self) -> int:
+        return max(1, self.num_workers)
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.output_dir, self.name or "run")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key=value` strings to a dict; values parse as YAML (numbers, true/false, null, lists)."""
+    import yaml
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}; e.g. --set rho=0.3")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def _choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {key}={value!r}"
+                          f"{suggest(str(value), choices)}")
+
+
+def _validate(c: Config) -> None:
+    try:
+        _choice("dataset", c.dataset, DATASETS)
+        _choice("model", c.model, MODELS)
+        _choice("policy", c.policy, POLICY_NAMES)
+        _choice("score", c.score, SCORES)
+        check_int("seed", c.seed, minimum=0)
+        check_int("epochs", c.epochs, minimum=1)
+        check_int("batch_size", c.batch_size, minimum=1)
+        check_int("eval_batch_size", c.eval_batch_size, minimum=1)
+        check_int("num_workers", c.num_workers, minimum=0)
+        check_int("torch_threads", c.torch_threads, minimum=0)
+        check_int("observe_every", c.observe_every, minimum=1)
+        check_int("max_failures", c.max_failures, minimum=-1)
+        check_int("synthetic_size", c.synthetic_size, minimum=2)
+        for key in ("train_subset", "test_subset"):
+            if getattr(c, key) is not None:
+                check_int(key, getattr(c, key), minimum=1)
+        check_float("rho", c.rho, lo=0.0, hi=1.0)
+        check_int("window", c.window, minimum=1)
+        check_float("prune_ratio", c.prune_ratio, lo=0.0, hi=1.0, hi_open=True)
+        check_float("delta", c.delta, lo=0.0, hi=1.0)
+        if c.ctr_max is not None:
+            check_float("ctr_max", c.ctr_max, lo=1.0)
+        check_float("lr", c.lr, lo=0.0, lo_open=True)
+        check_float("momentum", c.momentum, lo=0.0, hi=1.0, hi_open=True)
+        check_float("weight_decay", c.weight_decay, lo=0.0)
+        check_float("warmup_epochs", c.warmup_epochs, lo=0.0)
+        check_float("cpus_per_worker", c.cpus_per_worker, lo=0.0, lo_open=True)
+        check_float("coordinator_timeout_s", c.coordinator_timeout_s, lo=0.0, lo_open=True)
+        for key in ("lwp", "resample", "ctr", "ctr_normalize", "use_gpu", "audit", "download"):
+            check_bool(key, getattr(c, key))
+        if c.name is not None and (not isinstance(c.name, str) or not c.name or "/" in c.name):
+            raise ConfigError(f"name must be a non-empty string without '/', got name={c.name!r}")
+        if not isinstance(c.tags, dict):
+            raise ConfigError(f"tags must be a mapping, got tags={c.tags!r}")
+        if c.fail_at is not None:
+            _check_fail_at(c.fail_at)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(str(exc)) from None
+
+
+def _check_fail_at(f) -> None:
+    if not isinstance(f, dict):
+        raise ConfigError(f"fail_at must be a mapping like {{epoch: 2, step: 3, rank: 1}}, got {f!r}")
+    allowed = ("epoch", "step", "rank", "kind")
+    for key in f:
+        if key not in allowed:
+            raise ConfigError(f"unknown fail_at key {key!r}{suggest(key, allowed)}")
+    check_int("fail_at.epoch", f.get("epoch"), minimum=1)
+    check_int("fail_at.step", f.get("step", 0), minimum=0)
+    check_int("fail_at.rank", f.get("rank", 0), minimum=0)
+    _choice("fail_at.kind", f.get("kind", "worker"), FAIL_KINDS)

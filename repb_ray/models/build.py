@@ -1,0 +1,49 @@
+"""build_model: the model for a dataset's input shape and number of classes."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks and a linear head; ~0.1M parameters, for 28x28 grey images."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(4))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * 16, 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def mlp(dim: int, num_classes: int, hidden: int = 64) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
+def resnet18_cifar(num_classes: int) -> nn.Module:
+    """torchvision ResNet-18 with the usual CIFAR stem: 3x3 first conv, no max-pool."""
+    import torchvision
+    m = torchvision.models.resnet18(num_classes=num_classes)
+    m.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+    m.maxpool = nn.Identity()
+    return m
+
+
+def build_model(name: str, input_shape: tuple, num_classes: int) -> nn.Module:
+    """name: auto | cnn | resnet18 | mlp; auto picks mlp for vectors, cnn for 1-channel, resnet18 for RGB."""
+    if name == "auto":
+        name = "mlp" if len(input_shape) == 1 else ("cnn" if input_shape[0] == 1 else "resnet18")
+    if name == "mlp":
+        dim = 1
+        for s in input_shape:
+            dim *= s
+        return mlp(dim, num_classes)
+    if name == "cnn":
+        return SmallCNN(input_shape[0], num_classes)
+    if name == "resnet18":
+        return resnet18_cifar(num_classes)
+    raise ValueError(f"unknown model {name!r}; choose auto, cnn, resnet18 or mlp")

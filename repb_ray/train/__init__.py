@@ -1,0 +1,1 @@
+"""Ray Train integration: the coordinator actor, the DDP worker loop and the driver."""
