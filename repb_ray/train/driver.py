@@ -37,8 +37,10 @@ def _data(cfg: Config):
     return train.subset(cfg.train_subset), test.subset(cfg.test_subset)
 
 
-def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool = True) -> dict:
-    """Train per `cfg`; returns the summary (also written to run_dir/summary.json)."""
+def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool = True,
+                 parent_run_id: str | None = None) -> dict:
+    """Train per `cfg`; returns the summary (also written to run_dir/summary.json). The run is
+    tracked in MLflow (one run, nested under `parent_run_id` when given) unless tracking_uri='none'."""
     import ray
     import ray.train
     from ray.data import ExecutionOptions
@@ -59,6 +61,8 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
     storage = os.path.abspath(cfg.storage_path or os.path.join(cfg.output_dir, "ray_results"))
     coord = Coordinator.create(cfg.policy, len(train), cfg.seed, cfg.world_size, cfg.policy_params())
     pipeline = epoch_pipeline(base_dataset(train, seed=cfg.seed), coord, seed=cfg.seed)
+    tracker = _Tracker(cfg, parent_run_id)
+    callbacks = list(callbacks or []) + tracker.callbacks()
     if progress:
         print(f"[repb_ray] run {cfg.name}: {cfg.policy} on {cfg.dataset} ({len(train)} samples), "
               f"{cfg.num_workers} workers, {cfg.epochs} epochs; storage {storage}", flush=True)
@@ -75,17 +79,58 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
             name=cfg.name, storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=list(callbacks or []) + ([_ProgressCallback()] if progress else [])),
+            callbacks=callbacks + ([_ProgressCallback()] if progress else [])),
     )
     try:
         result = trainer.fit()
+    except BaseException:
+        tracker.end("FAILED")
+        raise
     finally:
         ray.kill(coord)
     history = list(result.return_value or [])
     summary = build_summary(cfg, history, num_samples=len(train), wall_time_s=time.perf_counter() - t_start)
-    with open(os.path.join(cfg.run_dir, "summary.json"), "w") as fh:
+    summary["mlflow_run_id"] = tracker.run_id
+    path = os.path.join(cfg.run_dir, "summary.json")
+    with open(path, "w") as fh:
         json.dump(summary, fh, indent=2)
+    tracker.finish(path, history)
+    if progress:
+        print(f"[repb_ray] done: final accuracy {summary['final_test_accuracy']:.4f}, pruned fraction "
+              f"{summary['pruned_fraction']:.3f}, {summary['wall_time_s']:.0f}s; summary: {path}"
+              + (f"; MLflow: {tracker.uri}" if tracker.uri else ""), flush=True)
     return summary
+
+
+class _Tracker:
+    """The MLflow run of one training job, or nothing when tracking is off."""
+
+    def __init__(self, cfg: Config, parent_run_id: str | None):
+        from repb_ray.tracking import mlflow_tracking as mt
+        self.mt, self.cfg = mt, cfg
+        self.uri = mt.resolve_tracking_uri(cfg.tracking_uri, cfg.output_dir)
+        self.run_id = None
+        if self.uri:
+            self.run_id = mt.start_run(self.uri, cfg.experiment, cfg.output_dir, run_name=cfg.name,
+                                       params=cfg.to_dict(), parent_run_id=parent_run_id,
+                                       tags={"policy": cfg.policy, "dataset": cfg.dataset, **cfg.tags})
+
+    def callbacks(self) -> list:
+        return [self.mt.epoch_callback(self.uri, self.run_id)] if self.run_id else []
+
+    def finish(self, summary_path: str, history: list) -> None:
+        if not self.run_id:
+            return
+        from repb_ray.plots import run_curves
+        self.mt.log_artifact(self.uri, self.run_id, summary_path)
+        if history:
+            png = run_curves(history, os.path.join(self.cfg.run_dir, "curves.png"), self.cfg.name)
+            self.mt.log_artifact(self.uri, self.run_id, png, "plots")
+        self.mt.end_run(self.uri, self.run_id, "FINISHED")
+
+    def end(self, status: str) -> None:
+        if self.run_id:
+            self.mt.end_run(self.uri, self.run_id, status)
 
 
 def build_summary(cfg: Config, history: list, *, num_samples: int, wall_time_s: float) -> dict:

@@ -1,0 +1,1 @@
+"""Experiment tracking: MLflow runs for training jobs and sweeps, or nothing."""

@@ -1,0 +1,97 @@
+"""MLflow tracking through MlflowClient: runs, params, per-epoch metrics, artifacts; runs in the driver
+and in the Train controller (the epoch callback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+NON_METRIC_KEYS = {"plan_digest"}
+
+
+def resolve_tracking_uri(tracking_uri: str | None, output_dir: str) -> str | None:
+    """The config's URI, else $MLFLOW_TRACKING_URI, else a SQLite store under output_dir; 'none' disables."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and uri.lower() == "none":
+        return None
+    if not uri:
+        os.makedirs(output_dir, exist_ok=True)
+        uri = "sqlite:///" + os.path.abspath(os.path.join(output_dir, "mlflow.db"))
+    return uri
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(uri: str, name: str, output_dir: str) -> str:
+    client = _client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:"):
+        location = "file://" + os.path.abspath(os.path.join(output_dir, "mlartifacts"))
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def start_run(uri: str, experiment: str, output_dir: str, *, run_name: str, params: dict, tags: dict,
+              parent_run_id: str | None = None) -> str:
+    client = _client(uri)
+    all_tags = {"git_commit": git_commit(), **{k: str(v) for k, v in tags.items()}}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id(uri, experiment, output_dir), run_name=run_name, tags=all_tags)
+    log_params(uri, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(uri: str, run_id: str, params: dict) -> None:
+    from mlflow.entities import Param
+    flat = [Param(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in sorted(params.items())]
+    client = _client(uri)
+    for i in range(0, len(flat), 100):
+        client.log_batch(run_id, params=flat[i:i + 100])
+
+
+def log_epoch_metrics(uri: str, run_id: str, metrics: dict, step: int) -> None:
+    from mlflow.entities import Metric
+    ts = int(time.time() * 1000)
+    batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+             if k not in NON_METRIC_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    _client(uri).log_batch(run_id, metrics=batch)
+
+
+def log_artifact(uri: str, run_id: str, path: str, artifact_path: str | None = None) -> None:
+    _client(uri).log_artifact(run_id, path, artifact_path)
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    _client(uri).set_terminated(run_id, status=status)
+
+
+def epoch_callback(uri: str, run_id: str):
+    """A ray.train.UserCallback logging rank 0's metrics of every report to the run, step = epoch."""
+    import ray.train
+
+    class MlflowEpochCallback(ray.train.UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if metrics and metrics[0]:
+                log_epoch_metrics(uri, run_id, metrics[0], step=int(metrics[0].get("epoch", 0)))
+
+    return MlflowEpochCallback()

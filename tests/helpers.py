@@ -1,0 +1,22 @@
+"""Test helpers: drive a policy through epochs with synthetic scores."""
+
+import numpy as np
+
+
+def run_epoch(policy, scores_of=None, batch=64, rng=None, world_size=None, chunk=None):
+    """Observe every id of the current plan in a shuffled order, `batch` ids per global step, then
+    finish the epoch. `scores_of(ids) -> float32` gives the scores (default: seeded uniform)."""
+    plan = policy.plan
+    rng = rng or np.random.default_rng(plan.epoch)
+    ids = rng.permutation(plan.ids)
+    scores = scores_of(ids) if scores_of else rng.random(ids.size).astype(np.float32)
+    steps = (np.arange(ids.size) // batch).astype(np.int64)
+    chunk = chunk or batch
+    for s in range(0, ids.size, chunk):
+        policy.observe(steps[s:s + chunk], ids[s:s + chunk], scores[s:s + chunk])
+    return policy.finish_epoch(world_size=world_size)
+
+
+def binomial_tol(p, m, sigmas=5.0):
+    """`sigmas` standard deviations of a proportion estimated from m Bernoulli(p) draws."""
+    return sigmas * np.sqrt(p * (1 - p) / m)
