@@ -1,0 +1,107 @@
+"""Integration on local Ray: 2 DDP workers on exact plans, CTR weights as decided, exact resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from repb_ray.cli import main as cli_main
+from repb_ray.config import Config
+from repb_ray.core import plan_digest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def reference_run(ray_session, smoke_config, tmp_path_factory):
+    """The smoke config through the CLI: 2 workers x 3 epochs, audited, tracked in SQLite MLflow."""
+    out = tmp_path_factory.mktemp("ref")
+    rc = cli_main(["train", "--config", smoke_config, "--output-dir", str(out),
+                   "--set", "epochs=3", "--set", "audit=true", "--set", "name=ref"])
+    assert rc == 0
+    with open(out / "ref" / "summary.json") as fh:
+        return out, json.load(fh)
+
+
+def test_summary_has_every_field(reference_run):
+    _, s = reference_run
+    for key in ("config", "policy", "seed", "num_workers", "epochs", "final_test_accuracy", "best_test_accuracy",
+                "pruned_fraction", "samples_trained", "wall_time_s", "per_epoch"):
+        assert key in s, key
+    assert s["epochs"] == 3 and s["num_workers"] == 2 and s["policy"] == "repb"
+    assert set(s["per_epoch"][0]) == {"epoch", "kept", "pruned_fraction", "train_loss", "test_accuracy",
+                                      "epoch_time_s", "weight_mean", "weight_max", "plan_digest"}
+    kept = [e["kept"] for e in s["per_epoch"]]
+    assert s["samples_trained"] == sum(kept)
+    assert s["pruned_fraction"] == pytest.approx(1 - sum(kept) / (3 * 256))
+    assert kept[0] == 256 and kept[1] < 256  # D_1 = D, then pruning
+
+
+def test_ranks_see_disjoint_equal_shares_whose_union_is_the_plan(reference_run):
+    out, s = reference_run
+    audit = out / "ref" / "audit"
+    for e in s["per_epoch"]:
+        ep = e["epoch"]
+        plan = np.load(audit / f"plan{ep:03d}.npz")
+        ranks = [np.load(audit / f"epoch{ep:03d}_rank{r}.npz") for r in (0, 1)]
+        ids = [r["ids"] for r in ranks]
+        assert len(ids[0]) == len(ids[1])                                   # equal rows per rank
+        assert ranks[0]["steps"].max() == ranks[1]["steps"].max()           # equal DDP steps
+        assert not np.intersect1d(ids[0], ids[1]).size                      # disjoint
+        union = np.sort(np.concatenate(ids))
+        np.testing.assert_array_equal(union, plan["ids"])                   # exactly the plan
+        assert plan_digest(union) == e["plan_digest"]
+        weight_of = dict(zip(plan["ids"].tolist(), plan["weights"].tolist()))
+        applied = [weight_of[i] == w for r in ranks for i, w in zip(r["ids"].tolist(), r["weights"].tolist())]
+        assert all(applied)                                                 # the coordinator's CTR weights
+
+
+def test_training_run_is_tracked_in_mlflow(reference_run):
+    from mlflow.tracking import MlflowClient
+    out, s = reference_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
+    run = client.get_run(s["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["policy"] == "repb"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy")] == [1, 2, 3]
+    names = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert "summary.json" in names and "plots" in names
+
+
+@pytest.mark.parametrize("fail_at", [{"epoch": 2, "step": 3, "rank": 1},
+                                     {"epoch": 2, "step": 2, "rank": 0, "kind": "coordinator"}],
+                         ids=["worker-failure", "coordinator-killed"])
+def test_resume_gives_the_uninterrupted_plans(reference_run, smoke_config, tmp_path, fail_at):
+    from repb_ray.train.driver import run_training
+    _, ref = reference_run
+    cfg = Config.from_yaml(smoke_config, ["epochs=3", f"output_dir={tmp_path}", "tracking_uri=none"])
+    s = run_training(cfg.replace(name="resumed", fail_at=fail_at, max_failures=2), progress=False)
+    assert os.path.exists(tmp_path / "resumed" / f".injected_{fail_at.get('kind', 'worker')}_e2_s{fail_at['step']}_r{fail_at['rank']}")
+    assert [e["plan_digest"] for e in s["per_epoch"]] == [e["plan_digest"] for e in ref["per_epoch"]]
+    assert [e["train_loss"] for e in s["per_epoch"]] == [e["train_loss"] for e in ref["per_epoch"]]
+
+
+def test_local_mode_runs_every_policy_in_one_harness(ray_session, smoke_config, tmp_path):
+    from repb_ray.train.driver import run_training
+    cfg = Config.from_yaml(smoke_config, [f"output_dir={tmp_path}", "tracking_uri=none", "num_workers=0"])
+    for policy in ("infobatch", "random", "full"):
+        s = run_training(cfg.replace(name=policy, policy=policy), progress=False)
+        assert s["epochs"] == 2 and s["policy"] == policy
+    assert s["pruned_fraction"] == 0.0
+
+
+def test_cli_rejects_bad_config_with_exit_code_2(smoke_config, tmp_path):
+    cases = [(["--set", "rh=0.3"], "unknown config key 'rh' (did you mean 'rho'?)"),
+             (["--set", "rho=1.5"], "rho must be in [0, 1], got rho=1.5"),
+             (["--set", "policy=infobach"], "did you mean 'infobatch'?"),
+             (["--set", "epochs=0"], "epochs must be >= 1, got epochs=0")]
+    for extra, msg in cases:
+        p = subprocess.run([sys.executable, "-m", "jobs.train", "--config", smoke_config, *extra],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2, p.stderr
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and msg in lines[0], p.stderr
+    assert cli_main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
