@@ -32,8 +32,18 @@ def git_commit() -> str:
 
 
 def _client(uri: str):
+    """An MlflowClient; for SQLite, opened under a file lock, since MLflow creates or migrates the
+    schema when a process first opens the store, and concurrent trials would race on it."""
     from mlflow.tracking import MlflowClient
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    import fcntl
+    with open(uri[len("sqlite:///"):] + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return MlflowClient(tracking_uri=uri)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def experiment_id(uri: str, name: str, output_dir: str) -> str:

@@ -30,6 +30,9 @@ class SweepSpec:
 
     def __post_init__(self):
         base = self.base_config()  # validates base keys and values
+        if base.num_workers == 0:
+            raise ConfigError("num_workers=0 (local mode) cannot run inside Tune trials (Ray Train's context is "
+                              "not available there); use num_workers >= 1")
         names = {f.name for f in fields(Config)}
         if not isinstance(self.search, dict):
             raise ConfigError(f"search must be a mapping of config keys to distributions, got {self.search!r}")

@@ -75,7 +75,8 @@ def run_sweep(spec: SweepSpec) -> dict:
                                   grace_period=int(spec.asha.get("grace_period", 1)),
                                   reduction_factor=float(spec.asha.get("reduction_factor", 2)))
     tuner = tune.Tuner(
-        tune.with_resources(_make_trial_fn(base.to_dict(), parent, os.path.join(out, "trials")), resources),
+        tune.with_resources(_make_trial_fn({**base.to_dict(), "tracking_uri": uri or "none"}, parent,
+                                           os.path.join(out, "trials")), resources),
         param_space={"trial": tune.grid_search(spec.grid_trials()), **spec.random_space()},
         tune_config=tune.TuneConfig(metric="test_accuracy", mode="max", num_samples=spec.num_samples,
                                     max_concurrent_trials=concurrent, scheduler=scheduler),
