@@ -58,7 +58,9 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
     if cfg.world_size > len(train):
         raise ValueError(f"num_workers={cfg.num_workers} is larger than the {len(train)} training samples")
     os.makedirs(cfg.run_dir, exist_ok=True)
-    storage = os.path.abspath(cfg.storage_path or os.path.join(cfg.output_dir, "ray_results"))
+    storage = cfg.storage_path or os.path.abspath(os.path.join(cfg.output_dir, "ray_results"))
+    if "://" not in storage:
+        storage = os.path.abspath(storage)
     coord = Coordinator.create(cfg.policy, len(train), cfg.seed, cfg.world_size, cfg.policy_params())
     pipeline = epoch_pipeline(base_dataset(train, seed=cfg.seed), coord, seed=cfg.seed)
     tracker = _Tracker(cfg, parent_run_id)
