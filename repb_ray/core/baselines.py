@@ -25,8 +25,16 @@ class RandomPolicy(Policy):
     def _subset(self, rng):
         n = self.num_samples
         k = round((1.0 - self.params["prune_ratio"]) * n)
-        ids = np.sort(rng.permutation(n)[:k]).astype(np.int64) if k < n else np.arange(n, dtype=np.int64)
-        return ids, np.ones(ids.shape[0], np.float32)
+        if k == n:
+            return np.arange(n, dtype=np.int64), np.ones(n, np.float32)
+        # the k ids with the smallest uniform keys: a uniform k-subset, in O(n) and already sorted
+        keys = rng.random(n)
+        chosen = keys <= np.partition(keys, k - 1)[k - 1]
+        if np.count_nonzero(chosen) != k:  # tied keys (practically never): break ties by position
+            chosen[:] = False
+            chosen[np.argpartition(keys, k - 1)[:k]] = True
+        ids = np.flatnonzero(chosen).astype(np.int64, copy=False)
+        return ids, np.ones(k, np.float32)
 
     def _first_plan(self, rng):
         return self._subset(rng)
