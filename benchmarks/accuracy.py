@@ -35,9 +35,9 @@ MATCH_RHO = 0.5
 SEEDS = (0, 1, 2)
 
 
-def run(policy: str, params: dict, seed: int, data) -> dict:
+def run(policy: str, params: dict, seed: int, data, setting: dict = SETTING) -> dict:
     train, test, x = data
-    s = SETTING
+    s = setting
     torch.set_num_threads(s["torch_threads"])
     pol = make_policy(policy, num_samples=len(train), seed=seed, **params)
     sampler = PlanSampler(pol.plan, seed=seed)
@@ -48,8 +48,9 @@ def run(policy: str, params: dict, seed: int, data) -> dict:
         model = build_model(s["model"], train.x.shape[1:], train.num_classes)
     opt = torch.optim.SGD(model.parameters(), lr=s["lr"], momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = PlanCosineLR(opt, s["lr"], s["epochs"])
-    t0, accs = time.perf_counter(), []
+    t0, accs, epoch_times = time.perf_counter(), [], []
     for epoch in range(1, s["epochs"] + 1):
+        te = time.perf_counter()
         sampler.set_plan(pol.plan)
         sched.start_epoch(epoch, len(loader))
         for step, (ids, (xb, yb)) in enumerate(loader):
@@ -58,9 +59,10 @@ def run(policy: str, params: dict, seed: int, data) -> dict:
             sched.step()
             pol.observe(np.full(len(ids), step, np.int64), ids, scores)
         pol.finish_epoch()
+        epoch_times.append(time.perf_counter() - te)
         accs.append(evaluate(model, test, batch_size=1000, device="cpu")["test_accuracy"])
     sizes = pol.sizes[: s["epochs"]]
-    return {"policy": policy, "params": params, "seed": seed, "final_accuracy": accs[-1], "accuracy_per_epoch": accs,
+    return {"policy": policy, "params": params, "seed": seed, "final_accuracy": accs[-1], "accuracy_per_epoch": accs, "train_time_per_epoch": epoch_times,
             "pruned_fraction": 1 - sum(sizes) / (s["epochs"] * len(train)), "wall_time_s": time.perf_counter() - t0}
 
 

@@ -39,6 +39,7 @@ class Config:
     test_subset: Optional[int] = None
     synthetic_size: int = 512             # synthetic: number of training samples
     model: str = "auto"
+    augment: Optional[bool] = None        # random crop + flip; None = on for CIFAR, off otherwise
     # pruning policy
     policy: str = "repb"
     rho: float = 0.5
@@ -120,6 +121,10 @@ class Config:
         return {}
 
     @property
+    def use_augment(self) -> bool:
+        return self.dataset.startswith("cifar") if self.augment is None else self.augment
+
+    @property
     def world_size(self) -> int:
         return max(1, self.num_workers)
 
@@ -178,6 +183,8 @@ def _validate(c: Config) -> None:
         check_float("coordinator_timeout_s", c.coordinator_timeout_s, lo=0.0, lo_open=True)
         for key in ("lwp", "resample", "ctr", "ctr_normalize", "use_gpu", "audit", "download"):
             check_bool(key, getattr(c, key))
+        if c.augment is not None:
+            check_bool("augment", c.augment)
         if c.name is not None and (not isinstance(c.name, str) or not c.name or "/" in c.name):
             raise ConfigError(f"name must be a non-empty string without '/', got name={c.name!r}")
         if not isinstance(c.tags, dict):

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from repb_ray.config import Config
 from repb_ray.data.arrays import to_features
 from repb_ray.models import build_model
+from repb_ray.torch.augment import random_crop_flip
 from repb_ray.torch.schedule import PlanCosineLR
 from repb_ray.torch.step import evaluate, train_step
 from repb_ray.train import checkpoint
@@ -107,6 +108,7 @@ def train_loop_per_worker(config: dict) -> list:
     info = ray.get(coord.summary.remote())
     generation = info["generation"]
     shard = ray.train.get_dataset_shard("train")
+    augment = torch.Generator() if cfg.use_augment else None
 
     for epoch in range(start, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -122,7 +124,11 @@ def train_loop_per_worker(config: dict) -> list:
             if (batch["epoch"] != epoch).any():
                 raise RuntimeError(f"rank {rank} got rows of plan {int(batch['epoch'][0])} in epoch {epoch}")
             _maybe_fail(cfg, epoch, step, rank, coord)
-            x = torch.as_tensor(np.array(to_features(test.name, batch["x"]))).to(device)
+            x = torch.as_tensor(np.array(to_features(test.name, batch["x"])))
+            if augment is not None:
+                augment.manual_seed(((cfg.seed * 100_003 + epoch) * 100_003 + step) * 257 + rank)  # resumable
+                x = random_crop_flip(x, augment)
+            x = x.to(device)
             y = torch.as_tensor(np.array(batch["y"])).to(device)
             w = torch.as_tensor(np.array(batch["weight"])).to(device)
             loss, scores = train_step(model, optimizer, x, y, w, score=cfg.score, normalize=cfg.ctr_normalize)
