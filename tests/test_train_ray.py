@@ -105,3 +105,17 @@ def test_cli_rejects_bad_config_with_exit_code_2(smoke_config, tmp_path):
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and msg in lines[0], p.stderr
     assert cli_main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_rerun_with_the_same_name_resumes_from_the_last_checkpoint(reference_run, smoke_config):
+    """A driver that died is recovered by running again with the same name: Train finds the run's
+    checkpoints and the coordinator is restored from the last one (here: one more epoch than before)."""
+    out, ref = reference_run
+    rc = cli_main(["train", "--config", smoke_config, "--output-dir", str(out), "--set", "epochs=4",
+                   "--set", "name=ref", "--set", "tracking_uri=none"])
+    assert rc == 0
+    with open(out / "ref" / "summary.json") as fh:
+        s = json.load(fh)
+    assert [e["epoch"] for e in s["per_epoch"]] == [1, 2, 3, 4]
+    assert [e["plan_digest"] for e in s["per_epoch"][:3]] == [e["plan_digest"] for e in ref["per_epoch"]]
+    assert s["per_epoch"][3]["kept"] > 0
