@@ -47,7 +47,8 @@ def main():
               f"{row['time_ratio']:.3f}, ideal (1 - pruned {row['pruned_fraction']:.3f}) {row['ideal_ratio']:.3f}; "
               f"accuracy {row['repb_accuracy']:.4f} vs {row['full_accuracy']:.4f}")
     with open(OUT, "w") as fh:
-        json.dump({"rows": rows, "loadavg_at_end": os.getloadavg()}, fh, indent=2)
+        source = {"summaries": args.summaries} if args.summaries else {"loadavg_at_end": os.getloadavg()}
+        json.dump({"rows": rows, **source}, fh, indent=2)
 
 
 if __name__ == "__main__":
