@@ -88,14 +88,7 @@ class Config:
 
     @classmethod
     def from_yaml(cls, path: str, overrides: list[str] | None = None) -> "Config":
-        import yaml
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file {path!r} does not exist; the shipped ones are in jobs/configs/")
-        with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
-        data = {**data, **parse_overrides(overrides or [])}
+        data = {**load_yaml_mapping(path, "config"), **parse_overrides(overrides or [])}
         if data.get("name") is None:
             data["name"] = os.path.splitext(os.path.basename(path))[0]
         return cls.from_dict(data)
@@ -131,6 +124,18 @@ class Config:
     @property
     def run_dir(self) -> str:
         return os.path.join(self.output_dir, self.name or "run")
+
+
+def load_yaml_mapping(path: str, what: str) -> dict[str, Any]:
+    """The mapping in a YAML file; a missing file or a non-mapping is a ConfigError."""
+    import yaml
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} file {path!r} does not exist; the shipped ones are in jobs/configs/")
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a {what} file must be a mapping of keys to values")
+    return data
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
-from repb_ray.config import Config, ConfigError, parse_overrides
+from repb_ray.config import Config, ConfigError, load_yaml_mapping, parse_overrides
 from repb_ray.core.checks import suggest
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -56,11 +56,7 @@ class SweepSpec:
 
     @classmethod
     def from_yaml(cls, path: str, overrides: list[str] | None = None) -> "SweepSpec":
-        import yaml
-        if not os.path.isfile(path):
-            raise ConfigError(f"sweep file {path!r} does not exist; the shipped ones are in jobs/configs/")
-        with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
+        data = load_yaml_mapping(path, "sweep")
         names = [f.name for f in fields(cls)]
         for key in data:
             if key not in names:
