@@ -81,7 +81,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
             name=cfg.name, storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks + ([_ProgressCallback()] if progress else [])),
+            callbacks=callbacks + ([progress_callback()] if progress else [])),
     )
     try:
         result = trainer.fit()
@@ -150,20 +150,15 @@ def build_summary(cfg: Config, history: list, *, num_samples: int, wall_time_s: 
     }
 
 
-def _progress_callback_cls():
+def progress_callback():
+    """A ray.train.UserCallback printing one line per epoch (it runs in the Train controller)."""
     import ray.train
 
     class ProgressCallback(ray.train.UserCallback):
-        """Prints one line per epoch (runs in the Train controller)."""
-
         def after_report(self, run_context, metrics, checkpoint):
             m = metrics[0] if metrics else {}
             if m:
                 print(f"[repb_ray] epoch {m['epoch']}: acc {m['test_accuracy']:.4f} loss {m['train_loss']:.4f} "
                       f"kept {m['kept']} (pruned {m['pruned_fraction']:.1%}, cum {m['cum_pruned_fraction']:.1%}) "
                       f"w_max {m['weight_max']:.2f} {m['epoch_time_s']:.1f}s", flush=True)
-    return ProgressCallback
-
-
-def _ProgressCallback():
-    return _progress_callback_cls()()
+    return ProgressCallback()
