@@ -34,7 +34,7 @@ def test_summary_has_every_field(reference_run):
         assert key in s, key
     assert s["epochs"] == 3 and s["num_workers"] == 2 and s["policy"] == "repb"
     assert set(s["per_epoch"][0]) == {"epoch", "kept", "pruned_fraction", "train_loss", "test_accuracy",
-                                      "epoch_time_s", "weight_mean", "weight_max", "plan_digest"}
+                                      "epoch_time_s", "train_time_s", "weight_mean", "weight_max", "plan_digest"}
     kept = [e["kept"] for e in s["per_epoch"]]
     assert s["samples_trained"] == sum(kept)
     assert s["pruned_fraction"] == pytest.approx(1 - sum(kept) / (3 * 256))

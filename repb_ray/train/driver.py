@@ -136,7 +136,7 @@ class _Tracker:
 
 
 def build_summary(cfg: Config, history: list, *, num_samples: int, wall_time_s: float) -> dict:
-    keys = ("epoch", "kept", "pruned_fraction", "train_loss", "test_accuracy", "epoch_time_s",
+    keys = ("epoch", "kept", "pruned_fraction", "train_loss", "test_accuracy", "epoch_time_s", "train_time_s",
             "weight_mean", "weight_max", "plan_digest")
     accs = [h["test_accuracy"] for h in history]
     trained = sum(h["kept"] for h in history)
