@@ -48,8 +48,10 @@ class _ObservationSender:
             self._send(final=False)
 
     def _send(self, final: bool) -> None:
-        cols = [np.concatenate(c) if c else np.empty(0, d) for c, d in
-                zip(zip(*self.chunks) if self.chunks else ([], [], []), (np.int64, np.int64, np.float32))]
+        if self.chunks:
+            cols = [np.concatenate(c) for c in zip(*self.chunks)]
+        else:  # a rank with no step left still reports, so the coordinator can close the epoch
+            cols = [np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)]
         self.refs.append(self.coord.observe.remote(self.generation, self.epoch, self.rank, *cols, final))
         self.chunks, self.steps_buffered = [], 0
 
