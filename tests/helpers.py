@@ -5,15 +5,19 @@ import numpy as np
 
 def run_epoch(policy, scores_of=None, batch=64, rng=None, world_size=None, chunk=None):
     """Observe every id of the current plan in a shuffled order, `batch` ids per global step, then
-    finish the epoch. `scores_of(ids) -> float32` gives the scores (default: seeded uniform)."""
+    finish the epoch. `scores_of(ids) -> float32` gives the scores (default: seeded uniform).
+    chunk=None sends one step per call (observe_batch); a chunk size sends per-sample steps."""
     plan = policy.plan
     rng = rng or np.random.default_rng(plan.epoch)
     ids = rng.permutation(plan.ids)
     scores = scores_of(ids) if scores_of else rng.random(ids.size).astype(np.float32)
     steps = (np.arange(ids.size) // batch).astype(np.int64)
-    chunk = chunk or batch
-    for s in range(0, ids.size, chunk):
-        policy.observe(steps[s:s + chunk], ids[s:s + chunk], scores[s:s + chunk])
+    if chunk is None:
+        for s in range(0, ids.size, batch):
+            policy.observe_batch(int(steps[s]), ids[s:s + batch], scores[s:s + batch])
+    else:
+        for s in range(0, ids.size, chunk):
+            policy.observe(steps[s:s + chunk], ids[s:s + chunk], scores[s:s + chunk])
     return policy.finish_epoch(world_size=world_size)
 
 

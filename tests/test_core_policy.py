@@ -159,6 +159,9 @@ def test_epoch_plan_helpers():
     assert plan.weights_for(np.array([9, 1])).tolist() == [3.0, 1.0]
     with pytest.raises(KeyError, match="id 5 is not in the plan of epoch 3"):
         plan.weights_for(np.array([5]))
-    dense = plan.dense_weights(10)
-    assert dense[4] == 2 and np.isnan(dense[0])
+    chunks = plan.chunks(10, chunk=4)                 # ids [0, 4), [4, 8), [8, 10)
+    assert [(c.lo, c.hi, c.kept) for c in chunks] == [(0, 4, 1), (4, 8, 1), (8, 10, 1)]
+    keep, w = chunks[2].lookup(np.array([8, 9, 9], np.int64))
+    assert keep.tolist() == [False, True, True] and w.tolist() == [3.0, 3.0]
+    assert chunks[0].bits.nbytes == 1                  # one bit per id, not a float per id
     assert len(plan.digest) == 64

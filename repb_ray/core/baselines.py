@@ -4,43 +4,63 @@ from __future__ import annotations
 
 import numpy as np
 
+from repb_ray.core.budget import clamp_size, target_size
 from repb_ray.core.checks import check_float
-from repb_ray.core.policy import Policy
+from repb_ray.core.policy import Call, Policy, SelectingShard
+from repb_ray.core.repb import check_budget
+from repb_ray.core.rng import uniforms
+
+
+class RandomShard(SelectingShard):
+    def draw_keys(self, epoch: int) -> None:
+        """Selection keys: this range's uniforms of the epoch's stream."""
+        keys = np.empty(self.span, np.uint64)
+        for start, u in uniforms(self.spec.seed, epoch, self.lo, self.hi):
+            keys[start - self.lo: start - self.lo + u.shape[0]] = u.view(np.uint64)  # u >= 0: bits are ordered
+        self.tmp["select"] = keys
 
 
 class RandomPolicy(Policy):
     """Random*: every epoch (the first included) a uniform random subset of size
-    round((1 - prune_ratio) * n), weight 1."""
+    round((1 - prune_ratio) * n) (the ids with the smallest uniforms of the epoch's stream), weight 1.
+    With target_pruned, the size is set before each epoch to keep the run on target."""
 
     name = "random"
-    PARAMS = {"prune_ratio": 0.5}
+    SHARD = RandomShard
+    PARAMS = {"prune_ratio": 0.5, "target_pruned": None, "num_epochs": None}
 
     def _check_params(self, p: dict) -> dict:
         p["prune_ratio"] = check_float("prune_ratio", p["prune_ratio"], lo=0.0, hi=1.0, hi_open=True)
         if round((1.0 - p["prune_ratio"]) * self.num_samples) < 1:
             raise ValueError(f"prune_ratio={p['prune_ratio']:g} keeps no sample of num_samples="
                              f"{self.num_samples}; lower prune_ratio")
+        check_budget(self.name, p)
         return p
 
-    def _subset(self, rng):
-        n = self.num_samples
-        k = round((1.0 - self.params["prune_ratio"]) * n)
-        if k == n:
-            return np.arange(n, dtype=np.int64), np.ones(n, np.float32)
-        # the k ids with the smallest uniform keys: a uniform k-subset, in O(n) and already sorted
-        keys = rng.random(n)
-        chosen = keys <= np.partition(keys, k - 1)[k - 1]
-        if np.count_nonzero(chosen) != k:  # tied keys (practically never): break ties by position
-            chosen[:] = False
-            chosen[np.argpartition(keys, k - 1)[:k]] = True
-        ids = np.flatnonzero(chosen).astype(np.int64, copy=False)
-        return ids, np.ones(k, np.float32)
+    def _size(self, epoch: int) -> int:
+        p = self.params
+        if p["target_pruned"] is None:
+            return round((1.0 - p["prune_ratio"]) * self.num_samples)
+        return clamp_size(target_size(p["target_pruned"], p["num_epochs"], self.num_samples, self.sizes, epoch),
+                          self.num_samples)
 
-    def _first_plan(self, rng):
-        return self._subset(rng)
+    def _subset(self, epoch: int, world_size: int):
+        k = self._size(epoch)
+        if k >= self.num_samples:
+            kept = yield Call("keep_all")
+            yield from self._trim_commit(epoch, kept, 0, world_size, {"size": k})
+            return
+        yield Call("draw_keys", (epoch,))
+        kept = yield from self._select_smallest(k, self.num_samples)
+        yield from self._trim_commit(epoch, kept, self.num_samples, world_size, {"size": k})
 
-    def _next_plan(self, steps, scores, rng):
-        return self._subset(rng)
+    def conduct_first(self):
+        yield from self._subset(1, self.world_size)
+
+    def conduct_next(self, world_size: int):
+        yield from self._validate()
+        yield Call("check_once")
+        yield from self._subset(self.epoch + 1, world_size)
 
 
 class FullPolicy(Policy):
@@ -48,5 +68,8 @@ class FullPolicy(Policy):
 
     name = "full"
 
-    def _next_plan(self, steps, scores, rng):
-        return self._first_plan(rng)
+    def conduct_next(self, world_size: int):
+        yield from self._validate()
+        yield Call("check_once")
+        kept = yield Call("keep_all")
+        yield from self._trim_commit(self.epoch + 1, kept, 0, world_size, {})

@@ -28,15 +28,17 @@ def check_float(name: str, value, *, lo: float | None = None, hi: float | None =
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {name}={value!r} ({type(value).__name__})")
     value = float(value)
-    left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
+    left, right = ("(" if lo_open or lo is None else "["), (")" if hi_open or hi is None else "]")
     bad = not math.isfinite(value)
     if lo is not None:
         bad = bad or value < lo or (lo_open and value == lo)
     if hi is not None:
         bad = bad or value > hi or (hi_open and value == hi)
     if bad:
-        rng = f"{left}{'-inf' if lo is None else lo:g}, {'inf' if hi is None else hi:g}{right}" \
-            if lo is not None or hi is not None else "a finite number"
+        if lo is None and hi is None:
+            rng = "a finite number"
+        else:
+            rng = f"{left}{'-inf' if lo is None else format(lo, 'g')}, {'inf' if hi is None else format(hi, 'g')}{right}"
         raise ValueError(f"{name} must be in {rng}, got {name}={value:g}")
     return value
 

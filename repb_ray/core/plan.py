@@ -1,4 +1,5 @@
-"""EpochPlan: the ids of D_E (sorted int64) and their loss weights (float32); runs anywhere."""
+"""EpochPlan (the ids of D_E and their loss weights), the plan digest, and plan chunks for serving
+an epoch by id range; runs anywhere."""
 
 from __future__ import annotations
 
@@ -7,10 +8,41 @@ from dataclasses import dataclass
 
 import numpy as np
 
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_SEEDS = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03))
+
+
+def _mix(x: np.ndarray, seed: np.uint64) -> np.ndarray:
+    """splitmix64 finaliser of x + seed (a bijection of uint64)."""
+    z = x + seed
+    z ^= z >> np.uint64(30)
+    z *= _M1
+    z ^= z >> np.uint64(27)
+    z *= _M2
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def digest_parts(ids: np.ndarray) -> tuple[int, int, int]:
+    """(count, sum of mix1, sum of mix2) mod 2**64 over a set of ids: add parts of disjoint sets to
+    get the parts of their union, in any order."""
+    x = np.ascontiguousarray(ids, np.int64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        return int(x.shape[0]), int(_mix(x, _SEEDS[0]).sum(dtype=np.uint64)), int(_mix(x, _SEEDS[1]).sum(dtype=np.uint64))
+
+
+def combine_digest(parts) -> str:
+    """The plan digest from digest_parts of disjoint pieces of one plan."""
+    count, a, b = 0, 0, 0
+    for c, x, y in parts:
+        count, a, b = count + c, (a + x) % (1 << 64), (b + y) % (1 << 64)
+    return hashlib.sha256(f"{count}:{a:016x}:{b:016x}".encode()).hexdigest()
+
 
 def plan_digest(ids: np.ndarray) -> str:
-    """sha256 of the sorted plan ids as little-endian int64 bytes."""
-    return hashlib.sha256(np.ascontiguousarray(ids, dtype="<i8").tobytes()).hexdigest()
+    """A digest of the set of plan ids (sha256 over a 128-bit additive hash and the size): the same
+    whether it is computed on the whole plan or summed from id-range shards."""
+    return combine_digest([digest_parts(ids)])
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,10 +76,15 @@ class EpochPlan:
             raise KeyError(f"id {first} is not in the plan of epoch {self.epoch}")
         return self.weights[pos]
 
-    def dense_weights(self, num_samples: int) -> np.ndarray:
-        """float32[num_samples]: the weight of every id in the plan, NaN for ids left out."""
-        out = np.full(num_samples, np.nan, dtype=np.float32)
-        out[self.ids] = self.weights
+    def chunks(self, num_samples: int, chunk: int) -> list["PlanChunk"]:
+        """The plan as PlanChunks of `chunk` ids each over [0, num_samples)."""
+        out = []
+        for lo in range(0, num_samples, chunk):
+            hi = min(lo + chunk, num_samples)
+            a, b = np.searchsorted(self.ids, [lo, hi])
+            mask = np.zeros(hi - lo, bool)
+            mask[self.ids[a:b] - lo] = True
+            out.append(PlanChunk.from_mask(self.epoch, lo, mask, self.weights[a:b]))
         return out
 
     def to_dict(self) -> dict:
@@ -57,3 +94,36 @@ class EpochPlan:
     def from_dict(cls, d: dict) -> "EpochPlan":
         return cls(int(d["epoch"]), np.array(d["ids"], dtype=np.int64),
                    np.array(d["weights"], dtype=np.float32))
+
+
+@dataclass(frozen=True, eq=False)
+class PlanChunk:
+    """The plan over ids [lo, hi): a packed membership bitmask (1 bit per id) and the float32
+    weights of the member ids in id order. What a data task fetches for its rows."""
+
+    epoch: int
+    lo: int
+    hi: int
+    bits: np.ndarray      # uint8, np.packbits of the membership mask (little bit order)
+    weights: np.ndarray   # float32 [number of members]
+
+    @classmethod
+    def from_mask(cls, epoch: int, lo: int, mask: np.ndarray, weights: np.ndarray) -> "PlanChunk":
+        assert weights.shape[0] == int(np.count_nonzero(mask))
+        return cls(epoch, lo, lo + mask.shape[0], np.packbits(mask, bitorder="little"),
+                   np.ascontiguousarray(weights, np.float32))
+
+    @property
+    def kept(self) -> int:
+        return int(self.weights.shape[0])
+
+    def mask(self) -> np.ndarray:
+        return np.unpackbits(self.bits, count=self.hi - self.lo, bitorder="little").view(bool)
+
+    def lookup(self, ids: np.ndarray):
+        """(in_plan mask, weights of the ids that are in the plan) for ids within [lo, hi)."""
+        member = self.mask()
+        local = ids - self.lo
+        keep = member[local]
+        rank = np.cumsum(member, dtype=np.int64) - 1
+        return keep, self.weights[rank[local[keep]]]

@@ -1,52 +1,104 @@
-"""Policy base class (per-sample state, epoch planning, state_dict) and make_policy; runs anywhere."""
+"""Policy: a pruning rule over shards of the id space (one by default), conducted epoch by epoch,
+with the plain single-process API (observe, finish_epoch, plan, state_dict); runs anywhere.
+
+A policy's end of epoch is a generator (`conduct_next`) that yields Calls ("run this step on every
+shard") and combines their small results. The local Policy runs them on in-process shards; the
+Ray coordinator runs the same generators on shard actors, so plans are the same for any number of
+shards, bit for bit.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from repb_ray.core.checks import check_int, suggest
-from repb_ray.core.observations import ObservationBuffer
-from repb_ray.core.plan import EpochPlan
+from repb_ray.core.plan import EpochPlan, combine_digest
+from repb_ray.core.rng import rng_after
+from repb_ray.core.select import RadixSelect, radix_threshold, smallest_mask
+from repb_ray.core.shard import Shard
 
-STATE_FORMAT = 1
-
-
-def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
-    """The generator for every random draw that decides the plan of `epoch` (1-based)."""
-    return np.random.default_rng([seed, epoch])
+STATE_FORMAT = 2
 
 
-def trim_to_multiple(ids: np.ndarray, weights: np.ndarray, world_size: int, rng: np.random.Generator):
-    """Move len(ids) % world_size randomly chosen samples out, so every rank gets as many samples."""
-    extra = ids.shape[0] % world_size
-    if extra == 0:
-        return ids, weights
-    keep = np.ones(ids.shape[0], dtype=bool)
-    keep[rng.choice(ids.shape[0], size=extra, replace=False)] = False
-    return ids[keep], weights[keep]
+@dataclass(frozen=True)
+class Call:
+    """Run `method` on every shard: with `args` for all, or `per_shard[j]` for shard j."""
+
+    method: str
+    args: tuple = ()
+    per_shard: list | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What every shard of a policy shares."""
+
+    name: str
+    num_samples: int
+    seed: int
+    params: dict = field(default_factory=dict)
+
+
+def drive(gen, call: Callable[[Call], list]):
+    """Run a conducting generator: send each Call's results back until it returns."""
+    result = None
+    while True:
+        try:
+            request = gen.send(result)
+        except StopIteration as stop:
+            return stop.value
+        result = call(request)
+
+
+def split_range(num_samples: int, shards: int) -> list[tuple[int, int]]:
+    """`shards` contiguous id ranges of near-equal size covering [0, num_samples)."""
+    edges = [num_samples * j // shards for j in range(shards + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def check_bounds(bounds, num_samples: int) -> list[tuple[int, int]]:
+    out = [(int(a), int(b)) for a, b in bounds]
+    if not out or out[0][0] != 0 or out[-1][1] != num_samples or any(
+            a >= b for a, b in out) or any(out[j][1] != out[j + 1][0] for j in range(len(out) - 1)):
+        raise ValueError(f"shard bounds must be non-empty contiguous ranges covering [0, {num_samples}), got {bounds}")
+    return out
 
 
 class Policy:
-    """Holds N_i (times each sample was in a plan), the current EpochPlan and the epoch's observations.
+    """Holds the global state (epoch, plan sizes, per-epoch decisions) and, when local, the shards.
 
-    Subclasses define PARAMS (name -> default, `...` when required), `_check_params`,
-    `_first_plan(rng)` and `_next_plan(steps, scores, rng)`; both return (sorted ids int64, weights).
+    Subclasses set `name`, `PARAMS` (name -> default, `...` when required), `SHARD` and define
+    `_check_params`, `conduct_first()` and `conduct_next(world_size)`.
     """
 
     name = "base"
     PARAMS: dict = {}
+    SHARD = Shard
+    CONSUMES_DRAWS = False  # whether the plan decision takes one uniform per id
 
-    def __init__(self, num_samples: int, seed: int = 0, world_size: int = 1, **params):
+    def __init__(self, num_samples: int, seed: int = 0, world_size: int = 1, *, shards: int = 1,
+                 bounds=None, local: bool = True, **params):
         self.num_samples = check_int("num_samples", num_samples, minimum=1)
         self.seed = check_int("seed", seed, minimum=0)
         self.world_size = self._check_world_size(world_size)
         self.params = self._check_params(self._fill_params(params))
-        self.counts = np.zeros(self.num_samples, dtype=np.int32)
+        self.spec = Spec(self.name, self.num_samples, self.seed, dict(self.params))
+        if bounds is None:
+            k = check_int("shards", shards, minimum=1)
+            if k > self.num_samples:
+                raise ValueError(f"shards={k} is larger than num_samples={self.num_samples}; use fewer shards")
+            bounds = split_range(self.num_samples, k)
+        self.bounds = check_bounds(bounds, self.num_samples)
+        self.epoch = 0
         self.sizes: list[int] = []
-        self._buffer = ObservationBuffer()
-        rng = epoch_rng(self.seed, 1)
-        ids, weights = self._first_plan(rng)
-        self._commit(1, *trim_to_multiple(ids, weights, self.world_size, rng))
+        self.history: list[dict] = []
+        self.shards = [self.SHARD(lo, hi, self.spec) for lo, hi in self.bounds] if local else None
+        self._plan = None
+        if local:
+            self._run(self.conduct_first())
 
     # -- parameters -------------------------------------------------------------------------------
     def _fill_params(self, params: dict) -> dict:
@@ -70,107 +122,244 @@ class Policy:
                              "use fewer workers or more data")
         return ws
 
+    # -- running the protocol on local shards ------------------------------------------------------
+    def _call_local(self, call: Call) -> list:
+        if call.per_shard is None:
+            return [getattr(s, call.method)(*call.args) for s in self.shards]
+        return [getattr(s, call.method)(*a) for s, a in zip(self.shards, call.per_shard)]
+
+    def _run(self, gen):
+        self._plan = None
+        return drive(gen, self._call_local)
+
+    def _local(self) -> list:
+        if self.shards is None:
+            raise RuntimeError("this policy conducts remote shards; observe and read plans through them")
+        return self.shards
+
     # -- the epoch loop ---------------------------------------------------------------------------
     @property
-    def epoch(self) -> int:
-        return self._plan.epoch
-
-    @property
     def plan(self) -> EpochPlan:
+        if self._plan is None:
+            parts = [s.plan_arrays() for s in self._local()]
+            ids = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+            w = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+            self._plan = EpochPlan(self.epoch, ids.astype(np.int64, copy=False), w)
         return self._plan
 
     def observe(self, steps: np.ndarray, ids: np.ndarray, scores: np.ndarray) -> None:
         """Record scores of trained samples: steps int64 (global step within the epoch), ids int64,
         scores float32, all 1-D of one length. Any chunking and any order."""
-        self._buffer.add(steps, ids, scores)
+        shards = self._local()
+        if len(shards) == 1:
+            shards[0].observe(steps, ids, scores)
+            return
+        for j, sel in self._route(ids):
+            shards[j].observe(steps[sel], ids[sel], scores[sel])
+
+    def observe_batch(self, step: int, ids: np.ndarray, scores: np.ndarray) -> None:
+        """The scores of one global step's samples (the fast path: one step number per batch)."""
+        shards = self._local()
+        if len(shards) == 1:
+            shards[0].observe_batch(step, ids, scores)
+            return
+        for j, sel in self._route(ids):
+            shards[j].observe_batch(step, ids[sel], scores[sel])
+
+    def _route(self, ids: np.ndarray):
+        ids = np.asarray(ids)
+        owner = np.searchsorted(np.array([b for _, b in self.bounds[:-1]], np.int64), ids, side="right")
+        for j in np.unique(owner):
+            yield int(j), owner == j
 
     def finish_epoch(self, world_size: int | None = None) -> EpochPlan:
         """Decide D_{E+1} and its weights from this epoch's observations; returns the new plan.
         With world_size, |D_{E+1}| is made divisible by it by moving at most world_size-1 randomly
         chosen samples out (they count as not trained and can be resampled later)."""
         ws = self.world_size if world_size is None else self._check_world_size(world_size)
-        steps, scores = self._buffer.align(self._plan.ids, self.num_samples, self.epoch)
-        rng = epoch_rng(self.seed, self.epoch + 1)
-        ids, weights = self._next_plan(steps, scores, rng)
-        ids, weights = trim_to_multiple(ids, weights, ws, rng)
-        self._commit(self.epoch + 1, ids, weights)
-        return self._plan
+        self._run(self.conduct_next(ws))
+        return self.plan
 
-    def _commit(self, epoch: int, ids: np.ndarray, weights: np.ndarray) -> None:
-        if ids.shape[0] == 0:
-            raise ValueError(f"the plan for epoch {epoch} is empty (num_samples={self.num_samples}, "
-                             f"params={self.params}); lower the pruning rate or use fewer workers")
-        assert ids.dtype == np.int64 and (ids.shape[0] < 2 or (np.diff(ids) > 0).all())
-        self._plan = EpochPlan(epoch, ids, weights.astype(np.float32, copy=False))
-        self.counts[ids] += 1
-        self.sizes.append(int(ids.shape[0]))
-        self._buffer.clear()
-        self._buffer.reserve(ids.shape[0])
+    def retrim(self, world_size: int) -> EpochPlan:
+        """Make the current plan's size divisible by a new world size (resuming on another number of
+        workers): the samples moved out are drawn from default_rng([seed, epoch, 1])."""
+        self.world_size = self._check_world_size(world_size)
+        self._run(self.conduct_retrim(world_size))
+        return self.plan
 
     # -- accounting -------------------------------------------------------------------------------
+    @property
+    def counts(self) -> np.ndarray:
+        shards = self._local()
+        return shards[0].counts if len(shards) == 1 else np.concatenate([s.counts for s in shards])
+
     def pruned_fraction(self) -> float:
         """1 - sum_E |D_E| / (E n) over the epochs planned so far, the current one included."""
         return 1.0 - sum(self.sizes) / (len(self.sizes) * self.num_samples)
 
-    # -- state ------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        steps, ids, scores = self._buffer.arrays()
-        return {
-            "format": STATE_FORMAT, "policy": self.name, "params": dict(self.params),
-            "num_samples": self.num_samples, "seed": self.seed, "world_size": self.world_size,
-            "epoch": self.epoch, "counts": self.counts.copy(), "sizes": list(self.sizes),
-            "plan_ids": self._plan.ids.copy(), "plan_weights": self._plan.weights.copy(),
-            "pending_steps": steps.copy(), "pending_ids": ids.copy(), "pending_scores": scores.copy(),
-            **self._extra_state(),
-        }
+    def budget_status(self, epochs: int | None = None) -> dict | None:
+        """With target_pruned: the pruned fraction over the first `epochs` (default num_epochs) epochs
+        and whether it is within 1 point of the target."""
+        target = self.params.get("target_pruned")
+        if target is None:
+            return None
+        done = self.sizes[: epochs or self.params["num_epochs"]]
+        pruned = 1.0 - sum(done) / (len(done) * self.num_samples)
+        return {"target_pruned": target, "pruned": pruned, "reached": abs(pruned - target) <= 0.01}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continue exactly where the policy that produced `state` was."""
+    def digest(self) -> str:
+        return combine_digest(s.digest_parts() for s in self._local())
+
+    # -- state ------------------------------------------------------------------------------------
+    def global_state(self) -> dict:
+        return {"format": STATE_FORMAT, "policy": self.name, "params": dict(self.params),
+                "num_samples": self.num_samples, "seed": self.seed, "world_size": self.world_size,
+                "epoch": self.epoch, "sizes": list(self.sizes), "history": [dict(h) for h in self.history]}
+
+    def state_dict(self) -> dict:
+        """Global state plus every per-sample array over the whole id range (the same for any number
+        of shards, so a state saved with K shards loads into any other K)."""
+        shards = self._local()
+        parts = [s.state_arrays() for s in shards]
+        arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return {**self.global_state(), **shards[0].state_scalars(), **arrays}
+
+    def check_state(self, state: dict) -> None:
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"state format {state.get('format')!r} is not supported (expected {STATE_FORMAT}); "
+                             "it was saved by another version of repb_ray: start the run afresh")
         for key in ("policy", "params", "num_samples", "seed"):
             mine = self.name if key == "policy" else getattr(self, key)
             if state.get(key) != mine:
                 raise ValueError(f"state has {key}={state.get(key)!r} but this policy has {key}={mine!r}; "
                                  "build the policy with the same arguments as the one that saved the state")
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"state format {state.get('format')!r} is not supported (expected {STATE_FORMAT})")
+
+    def load_global_state(self, state: dict) -> None:
+        self.check_state(state)
         self.world_size = int(state["world_size"])
-        self.counts = np.array(state["counts"], dtype=np.int32, copy=True)
+        self.epoch = int(state["epoch"])
         self.sizes = [int(s) for s in state["sizes"]]
-        self._plan = EpochPlan(int(state["epoch"]), np.array(state["plan_ids"], dtype=np.int64, copy=True),
-                               np.array(state["plan_weights"], dtype=np.float32, copy=True))
-        self._buffer.clear()
-        if len(state["pending_ids"]):
-            self._buffer.add(*(np.array(state[f"pending_{k}"], copy=True) for k in ("steps", "ids", "scores")))
-        self._load_extra_state(state)
+        self.history = [dict(h) for h in state.get("history", [])]
+        self._plan = None
 
-    def _extra_state(self) -> dict:
-        return {}
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where the policy that produced `state` was."""
+        self.load_global_state(state)
+        for s in self._local():
+            s.load_arrays(state, self.epoch)
 
-    def _load_extra_state(self, state: dict) -> None:
-        pass
+    # -- protocol pieces shared by the policies ---------------------------------------------------
+    def _validate(self):
+        stats = yield Call("validate")
+        return {"m": sum(s["m"] for s in stats), "max_abs": max(s["max_abs"] for s in stats),
+                "max_step": max(s["max_step"] for s in stats)}
 
-    # -- subclass hooks ---------------------------------------------------------------------------
-    def _first_plan(self, rng: np.random.Generator):
-        return np.arange(self.num_samples, dtype=np.int64), np.ones(self.num_samples, np.float32)
+    def _select_smallest(self, k: int, total: int):
+        """Conduct an exact k-smallest selection over the keys each shard holds in tmp['select'];
+        each shard ends with the chosen mask in tmp['keep']. Returns the kept counts per shard."""
+        if k >= total or len(self.bounds) == 1:
+            return (yield Call("select_local", (k,)))
+        drive_radix = radix_threshold(k)
+        request = next(drive_radix)
+        while True:
+            hists = yield Call("select_histogram", request)
+            try:
+                request = drive_radix.send(np.sum(hists, axis=0))
+            except StopIteration as stop:
+                threshold, ties = stop.value
+                break
+        counts = yield Call("select_counts", (threshold,))
+        per = []
+        for below, equal in counts:
+            take = min(ties, equal)
+            ties -= take
+            per.append((threshold, take))
+        return (yield Call("select_apply", per_shard=per))
 
-    def _next_plan(self, steps: np.ndarray, scores: np.ndarray, rng: np.random.Generator):
+    def _trim_commit(self, epoch: int, kept: list[int], consumed: int, world_size: int, info: dict):
+        """Trim the proposed plan to a multiple of world_size with the epoch's generator (after the
+        `consumed` uniforms), commit it on every shard and record it."""
+        k = sum(kept)
+        extra = k % world_size
+        if k - extra == 0:
+            raise ValueError(f"the plan for epoch {epoch} is empty (num_samples={self.num_samples}, "
+                             f"params={self.params}); lower the pruning rate or use fewer workers")
+        drops = [[] for _ in kept]
+        if extra:
+            pos = np.sort(rng_after(self.seed, epoch, consumed).choice(k, size=extra, replace=False))
+            offsets = np.concatenate([[0], np.cumsum(kept)])
+            for j in range(len(kept)):
+                drops[j] = (pos[(pos >= offsets[j]) & (pos < offsets[j + 1])] - offsets[j]).tolist()
+        sizes = yield Call("commit", per_shard=[(epoch, d, info) for d in drops])
+        self.epoch = epoch
+        self.sizes.append(int(sum(sizes)))
+        self.history.append(dict(info))
+        return self.sizes[-1]
+
+    def conduct_first(self):
+        """Epoch 1: the whole dataset (trimmed to the world size)."""
+        kept = yield Call("keep_all")
+        yield from self._trim_commit(1, kept, 0, self.world_size, {})
+
+    def conduct_next(self, world_size: int):
         raise NotImplementedError
+
+    def conduct_retrim(self, world_size: int):
+        k = self.sizes[-1]
+        extra = k % world_size
+        if extra == 0:
+            return
+        if k - extra == 0:
+            raise ValueError(f"the plan of epoch {self.epoch} has {k} samples, fewer than world_size={world_size}")
+        pos = np.sort(np.random.default_rng([self.seed, self.epoch, 1]).choice(k, size=extra, replace=False))
+        kept = yield Call("current_size")
+        offsets = np.concatenate([[0], np.cumsum(kept)])
+        drops = [(pos[(pos >= offsets[j]) & (pos < offsets[j + 1])] - offsets[j]).tolist() for j in range(len(kept))]
+        sizes = yield Call("retrim", per_shard=[(d,) for d in drops])
+        self.sizes[-1] = int(sum(sizes))
+
+
+class SelectingShard(Shard):
+    """A shard that can take part in an exact k-smallest selection over keys in tmp['select']."""
+
+    def select_local(self, k: int) -> int:
+        self.tmp["keep"] = smallest_mask(self.tmp.pop("select"), k)
+        return int(np.count_nonzero(self.tmp["keep"]))
+
+    def select_histogram(self, prefix: int, bits: int) -> np.ndarray:
+        if "radix" not in self.tmp:
+            self.tmp["radix"] = RadixSelect(self.tmp.pop("select"))
+        return self.tmp["radix"].histogram(prefix, bits)
+
+    def select_counts(self, threshold: int) -> tuple[int, int]:
+        return self.tmp["radix"].counts(threshold)
+
+    def select_apply(self, threshold: int, ties: int) -> int:
+        self.tmp["keep"] = self.tmp.pop("radix").mask(threshold, ties)
+        return int(np.count_nonzero(self.tmp["keep"]))
 
 
 def _registry() -> dict:
+    from repb_ray.core.bandits import EpsilonGreedyPolicy, UCBPolicy
     from repb_ray.core.baselines import FullPolicy, RandomPolicy
     from repb_ray.core.infobatch import InfoBatchPolicy
     from repb_ray.core.repb import RePBPolicy
-    return {cls.name: cls for cls in (RePBPolicy, InfoBatchPolicy, RandomPolicy, FullPolicy)}
+    return {cls.name: cls for cls in (RePBPolicy, InfoBatchPolicy, RandomPolicy, FullPolicy,
+                                      EpsilonGreedyPolicy, UCBPolicy)}
 
 
-POLICY_NAMES = ("repb", "infobatch", "random", "full")
+POLICY_NAMES = ("repb", "infobatch", "random", "full", "egreedy", "ucb")
 
 
-def make_policy(name: str, *, num_samples: int, seed: int = 0, world_size: int = 1, **params) -> Policy:
-    """Build a policy by name: 'repb', 'infobatch', 'random' or 'full'."""
+def policy_class(name: str) -> type:
     registry = _registry()
     if name not in registry:
         raise ValueError(f"unknown policy {name!r}{suggest(str(name), registry)}; "
                          f"choose one of: {', '.join(POLICY_NAMES)}")
-    return registry[name](num_samples=num_samples, seed=seed, world_size=world_size, **params)
+    return registry[name]
+
+
+def make_policy(name: str, *, num_samples: int, seed: int = 0, world_size: int = 1, **params) -> Policy:
+    """Build a policy by name: 'repb', 'infobatch', 'random', 'full', 'egreedy' or 'ucb'."""
+    return policy_class(name)(num_samples=num_samples, seed=seed, world_size=world_size, **params)
+

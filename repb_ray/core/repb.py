@@ -1,11 +1,18 @@
-"""RePB (paper sec. 3): local window pruning, uniform resampling, cumulative temporal rescaling."""
+"""RePB (paper sec. 3): local window pruning, uniform resampling, cumulative temporal rescaling.
+
+The functions state the rules on plain arrays; RePBShard applies them to one id range inside the
+end-of-epoch protocol that RePBPolicy conducts (window means are exact, see core.exact)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from repb_ray.core.budget import target_size
 from repb_ray.core.checks import check_bool, check_float, check_int
-from repb_ray.core.policy import Policy
+from repb_ray.core.exact import digit_sums, group_means, mean_tolerance, scale_exponent
+from repb_ray.core.policy import Call, Policy
+from repb_ray.core.rng import uniforms
+from repb_ray.core.shard import Shard
 
 
 def prune_windows(steps: np.ndarray, scores: np.ndarray, window: int | None, rho: float,
@@ -13,10 +20,9 @@ def prune_windows(steps: np.ndarray, scores: np.ndarray, window: int | None, rho
     """LWP (eq. 1): keep mask; sample i in window k = steps // window is kept iff
     s_i >= mu_k or u_i >= rho. window=None makes the whole epoch one window."""
     win = np.zeros_like(steps) if window is None else steps // window
-    counts = np.bincount(win)
-    sums = np.bincount(win, weights=scores.astype(np.float64))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mu = sums / counts
+    num = int(win.max()) + 1 if win.size else 0
+    t = scale_exponent(float(np.abs(scores).max())) if scores.size else 0
+    mu = group_means(digit_sums(scores.astype(np.float32), win, num, t), np.bincount(win, minlength=num), t)
     return (scores >= mu[win]) | (u >= rho)
 
 
@@ -35,11 +41,118 @@ def ctr_weights(counts: np.ndarray, epoch: int, max_weight: float | None = None)
     return w
 
 
+def rho_for_size(size: float, above: int, below: int, out: int) -> float:
+    """The rho whose expected plan size above + (1 - rho)(below + out) is `size`, within [0, 1]."""
+    candidates = below + out
+    if candidates == 0:
+        return 0.0
+    return float(min(max(1.0 - (size - above) / candidates, 0.0), 1.0))
+
+
+class RePBShard(Shard):
+    def window_sums(self, window: int, num_windows: int):
+        """Float64 sums (any order) and counts of the scores per window (window 0: one per epoch)."""
+        steps, starts, lengths = self.buf.run_arrays()
+        run_win = steps // window if window else np.zeros_like(steps)
+        self.tmp["runs"] = run_win, lengths
+        _, scores = self.buf.arrays()
+        sums = np.add.reduceat(scores, starts, dtype=np.float64) if starts.size else np.zeros(0)
+        return (np.bincount(run_win, weights=sums, minlength=num_windows),
+                np.bincount(run_win, weights=lengths, minlength=num_windows).astype(np.int64))
+
+    def below_mean(self, mu: np.ndarray, tolerance: float) -> list[int]:
+        """Compare each score with its window's approximate mean; returns the windows that hold a
+        score within `tolerance` of it (they need the exact mean), else marks the samples."""
+        run_win, lengths = self.tmp["runs"]
+        _, scores = self.buf.arrays()
+        d = scores - np.repeat(mu[run_win], lengths)
+        below = d < 0
+        np.abs(d, out=d)
+        unsure = d <= tolerance
+        if not unsure.any():
+            self._mark(below)
+            return []
+        self.tmp["below"], self.tmp["unsure"] = below, unsure
+        return np.unique(np.repeat(run_win, lengths)[unsure]).tolist()
+
+    def _obs_windows(self) -> np.ndarray:
+        run_win, lengths = self.tmp["runs"]
+        return np.repeat(run_win, lengths)
+
+    def exact_sums(self, exponent: int, windows: np.ndarray) -> np.ndarray:
+        """Exact digit sums of the scores of the listed (sorted) windows."""
+        obs_win = self._obs_windows()
+        sel = np.isin(obs_win, windows)
+        _, scores = self.buf.arrays()
+        return digit_sums(scores[sel], np.searchsorted(windows, obs_win[sel]), windows.shape[0], exponent)
+
+    def resolve(self, windows: np.ndarray, mu: np.ndarray) -> None:
+        """Decide the unsure samples with the exact means of their windows (a shard that had none
+        decided all its samples in below_mean)."""
+        if "unsure" not in self.tmp:
+            return
+        below, unsure = self.tmp.pop("below"), self.tmp.pop("unsure")
+        _, scores = self.buf.arrays()
+        below[unsure] = scores[unsure] < mu[np.searchsorted(windows, self._obs_windows()[unsure])]
+        self._mark(below)
+
+    def _mark(self, below: np.ndarray) -> None:
+        self.tmp["state"] = self.seen(below)  # 1: at or above its window mean, 2: below
+
+    def plan_counts(self) -> tuple[int, int, int]:
+        """(above, below, out): plan samples at or above their window mean, below it, ids not in the plan."""
+        n_below = int(np.count_nonzero(self.tmp["state"] == 2))
+        return self.plan_size - n_below, n_below, self.span - self.plan_size
+
+    def decide(self, epoch: int, rho: float, resample_: bool) -> int:
+        """LWP and resampling with this range's uniforms of the epoch's stream."""
+        state = self.tmp.pop("state")
+        keep = np.empty(self.span, bool)
+        back = 1.0 - rho
+        for start, u in uniforms(self.spec.seed, epoch, self.lo, self.hi):
+            a = start - self.lo
+            st = state[a: a + u.shape[0]]
+            k = st == 1
+            k |= (st == 2) & (u >= rho)
+            if resample_:
+                k |= (st == 0) & (u < back)
+            keep[a: a + u.shape[0]] = k
+        self.tmp["keep"] = keep
+        return int(np.count_nonzero(keep))
+
+    def weights_of(self, local: np.ndarray) -> np.ndarray:
+        p = self.spec.params
+        if self.epoch <= 1 or not p["ctr"]:
+            return np.ones(local.shape[0], np.float32)
+        prev = self.counts[local].astype(np.int32) - 1  # N_i(E) for the plan of epoch E + 1
+        return ctr_weights(prev, self.epoch - 1, p["ctr_max"])
+
+
+def window_means(policy, stats: dict, window: int):
+    """Conduct the window means of an epoch: approximate sums, then the exact means of the windows
+    where a score is too close to call; leaves each shard's samples marked above/below."""
+    exponent = scale_exponent(stats["max_abs"])
+    num_windows = stats["max_step"] // window + 1 if window else 1
+    parts = yield Call("window_sums", (window, num_windows))
+    sums, counts = sum(x[0] for x in parts), sum(x[1] for x in parts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mu = sums / counts
+    tol = mean_tolerance(int(counts.max()), stats["max_abs"], exponent)
+    unsure = yield Call("below_mean", (mu, tol))
+    windows = np.array(sorted(set().union(*unsure)), np.int64)
+    if windows.size:
+        digits = sum((yield Call("exact_sums", (exponent, windows))))
+        yield Call("resolve", (windows, group_means(digits, counts[windows], exponent)))
+
+
 class RePBPolicy(Policy):
-    """RePB with the paper's ablation switches (Table 10) and an optional CTR weight cap."""
+    """RePB with the paper's ablation switches (Table 10), an optional CTR weight cap and an optional
+    pruning budget (`target_pruned`: rho is set before each epoch to keep the run on target)."""
 
     name = "repb"
-    PARAMS = {"rho": 0.5, "window": 1, "lwp": True, "resample": True, "ctr": True, "ctr_max": None}
+    SHARD = RePBShard
+    PARAMS = {"rho": 0.5, "window": 1, "lwp": True, "resample": True, "ctr": True, "ctr_max": None,
+              "target_pruned": None, "num_epochs": None}
 
     def _check_params(self, p: dict) -> dict:
         p["rho"] = check_float("rho", p["rho"], lo=0.0, hi=1.0)
@@ -48,21 +161,31 @@ class RePBPolicy(Policy):
             p[key] = check_bool(key, p[key])
         if p["ctr_max"] is not None:
             p["ctr_max"] = check_float("ctr_max", p["ctr_max"], lo=1.0)
+        check_budget(self.name, p)
         return p
 
-    def _next_plan(self, steps, scores, rng):
-        p, plan = self.params, self.plan
-        u = rng.random(self.num_samples)  # one U per id, in id order
-        keep = prune_windows(steps, scores, p["window"] if p["lwp"] else None, p["rho"], u[plan.ids])
-        chosen = np.zeros(self.num_samples, dtype=bool)
-        chosen[plan.ids[keep]] = True
-        if p["resample"]:
-            in_epoch = np.zeros(self.num_samples, dtype=bool)
-            in_epoch[plan.ids] = True
-            chosen |= resample(in_epoch, p["rho"], u)
-        ids = np.flatnonzero(chosen).astype(np.int64, copy=False)
-        if p["ctr"]:
-            weights = ctr_weights(self.counts[ids], self.epoch, p["ctr_max"])
-        else:
-            weights = np.ones(ids.shape[0], np.float32)
-        return ids, weights
+    def conduct_next(self, world_size: int):
+        p, e = self.params, self.epoch + 1
+        stats = yield from self._validate()
+        if stats["max_step"] >= max(stats["m"], 1):
+            raise ValueError(f"steps must count global steps within the epoch (0, 1, ...), got step "
+                             f"{stats['max_step']} for {stats['m']} observed samples in epoch {self.epoch}")
+        yield from window_means(self, stats, p["window"] if p["lwp"] else 0)
+        counts = yield Call("plan_counts")
+        above, below, out = (sum(c[j] for c in counts) for j in range(3))
+        rho = p["rho"]
+        if p["target_pruned"] is not None:
+            size = target_size(p["target_pruned"], p["num_epochs"], self.num_samples, self.sizes, e)
+            rho = rho_for_size(size, above, below, out if p["resample"] else 0)
+        kept = yield Call("decide", (e, rho, p["resample"]))
+        yield from self._trim_commit(e, kept, self.num_samples, world_size, {"rho": rho})
+
+
+def check_budget(name: str, p: dict) -> None:
+    """Validate target_pruned / num_epochs (shared by the policies that take a budget)."""
+    if p.get("target_pruned") is None:
+        return
+    p["target_pruned"] = check_float("target_pruned", p["target_pruned"], lo=0.0, hi=1.0, hi_open=True)
+    if p.get("num_epochs") is None:
+        raise TypeError(f"policy {name!r} with target_pruned= needs num_epochs= (the run's length)")
+    p["num_epochs"] = check_int("num_epochs", p["num_epochs"], minimum=1)
