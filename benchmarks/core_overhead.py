@@ -1,10 +1,12 @@
-"""Pruning-logic overhead per epoch: repb_ray's core policies vs an InfoBatch-style reference.
+"""Pruning-logic overhead per epoch: repb_ray's core policies vs an InfoBatch-style reference, side by side.
 
-    python benchmarks/core_overhead.py [--sizes 1000000 10000000] [--repeats 3] [--out benchmarks/results/core_overhead.json]
+    python benchmarks/core_overhead.py [--sizes 1000000 10000000] [--repeats 5] [--out benchmarks/results/core_overhead.json]
 
-One epoch = observing every sample of the plan in batches of 128 (shuffled ids, one call per batch)
-plus the end-of-epoch decision. Times are medians over --repeats epochs, measured side by side in
-one process; the ratio column is ours / reference (InfoBatch-style, benchmarks/infobatch_reference.py).
+One epoch = observing every sample of the plan in batches of 128 (shuffled ids, one call per batch
+with one step number) plus the end-of-epoch decision. Ours and the reference alternate epoch by
+epoch in one process, so the machine's speed changes hit both alike; the table reports medians and
+the speedup (reference / ours). Memory: resident bytes per sample between epochs (per-sample state
+and the observation buffer) and the peak during finish_epoch (tracemalloc, in an untimed epoch).
 """
 
 import argparse
@@ -12,6 +14,7 @@ import json
 import os
 import platform
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -19,73 +22,105 @@ from infobatch_reference import InfoBatchReference
 from repb_ray.core import make_policy
 
 BATCH = 128
+POLICIES = (("repb", {"rho": 0.5, "window": 1}), ("infobatch", {"prune_ratio": 0.5, "num_epochs": 100}),
+            ("random", {"prune_ratio": 0.5}))
 
 
-def _epoch_inputs(ids, rng):
+def _batches(ids, rng):
     ids = rng.permutation(ids)
     scores = rng.random(ids.size, dtype=np.float32)
-    steps = (np.arange(ids.size) // BATCH).astype(np.int64)
-    return [(steps[s:s + BATCH], ids[s:s + BATCH], scores[s:s + BATCH]) for s in range(0, ids.size, BATCH)]
+    return [(s // BATCH, ids[s:s + BATCH], scores[s:s + BATCH]) for s in range(0, ids.size, BATCH)]
 
 
-def time_policy(name, n, repeats, **params):
-    p = make_policy(name, num_samples=n, seed=0, **params)
-    rng = np.random.default_rng(1)
-    times = []
-    for _ in range(repeats + 1):  # the first epoch warms up allocations
-        chunks = _epoch_inputs(p.plan.ids, rng)
-        t = time.perf_counter()
-        for c in chunks:
-            p.observe(*c)
-        p.finish_epoch()
-        times.append(time.perf_counter() - t)
-    state = p.state_dict()
-    nbytes = sum(v.nbytes for v in state.values() if isinstance(v, np.ndarray))
-    return float(np.median(times[1:])), nbytes / n
+class Ours:
+    def __init__(self, name, n, **params):
+        self.p = make_policy(name, num_samples=n, seed=0, **params)
+        self.rng = np.random.default_rng(1)
+
+    def inputs(self):
+        return _batches(self.p.plan.ids, self.rng)
+
+    def epoch(self, batches):
+        observe = self.p.observe_batch
+        for step, ids, scores in batches:
+            observe(step, ids, scores)
+        self.p.finish_epoch()
 
 
-def time_reference(n, repeats):
-    ref = InfoBatchReference(n, 0.5)
-    rng = np.random.default_rng(1)
-    order = np.arange(n)
-    times = []
-    for _ in range(repeats + 1):
-        chunks = _epoch_inputs(np.asarray(order, dtype=np.int64), rng)
-        t = time.perf_counter()
-        for _, ids, scores in chunks:
-            ref.set_scores(ids, scores)
-        order = ref.prune()
-        times.append(time.perf_counter() - t)
-    nbytes = ref.scores.nbytes + ref.weights.nbytes + len(order) * 8  # scores, weights, index list (as int64)
-    return float(np.median(times[1:])), nbytes / n
+class Reference:
+    def __init__(self, n):
+        self.ref = InfoBatchReference(n, 0.5)
+        self.order = np.arange(n, dtype=np.int64)
+        self.rng = np.random.default_rng(1)
+
+    def inputs(self):
+        return _batches(np.asarray(self.order, np.int64), self.rng)
+
+    def epoch(self, batches):
+        for _, ids, scores in batches:
+            self.ref.set_scores(ids, scores)
+        self.order = self.ref.prune()
+
+
+def _timed(runner):
+    batches = runner.inputs()
+    t = time.perf_counter()
+    runner.epoch(batches)
+    return time.perf_counter() - t
+
+
+def _memory(runner, n):
+    """(resident, peak during finish_epoch) bytes per sample, from an untimed epoch."""
+    p = runner.p
+    batches = runner.inputs()
+    for step, ids, scores in batches:
+        p.observe_batch(step, ids, scores)
+    del batches
+    p._plan = None  # the plain API's materialised EpochPlan is not policy state
+    tracemalloc.start()
+    p.finish_epoch()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    p._plan = None
+    resident = sum(sum(s.nbytes().values()) for s in p.shards)
+    return resident / n, (resident + peak) / n
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "core_overhead.json"))
     args = ap.parse_args()
     rows = []
+    load_start = os.getloadavg()
     for n in args.sizes:
-        ref_t, ref_b = time_reference(n, args.repeats)
-        rows.append({"n": n, "policy": "infobatch-reference", "seconds": ref_t, "bytes_per_sample": ref_b, "ratio": 1.0})
-        for name, params in (("repb", {"rho": 0.5, "window": 1}), ("infobatch", {"prune_ratio": 0.5, "num_epochs": 100}),
-                             ("random", {"prune_ratio": 0.5})):
-            t, b = time_policy(name, n, args.repeats, **params)
-            rows.append({"n": n, "policy": name, "seconds": t, "bytes_per_sample": b, "ratio": t / ref_t})
-            print(f"n={n:>10,} {name:<20} {t:8.4f} s/epoch  {b:6.1f} B/sample  ratio {t / ref_t:5.2f}", flush=True)
-        print(f"n={n:>10,} {'infobatch-reference':<20} {ref_t:8.4f} s/epoch  {ref_b:6.1f} B/sample  ratio  1.00", flush=True)
+        ref = Reference(n)
+        ours = {name: Ours(name, n, **params) for name, params in POLICIES}
+        runners = [("infobatch-reference", ref)] + list(ours.items())
+        for _, r in runners:  # warm-up epoch (allocations, first plans)
+            _timed(r)
+        times = {name: [] for name, _ in runners}
+        for _ in range(args.repeats):
+            for name, r in runners:
+                times[name].append(_timed(r))
+        ref_t = float(np.median(times["infobatch-reference"]))
+        for name, _ in runners:
+            t = float(np.median(times[name]))
+            row = {"n": n, "policy": name, "seconds": t, "speedup_vs_reference": ref_t / t}
+            if name in ours:
+                row["resident_bytes_per_sample"], row["peak_bytes_per_sample"] = _memory(ours[name], n)
+            rows.append(row)
+            print(f"n={n:>11,} {name:<20} {t:8.4f} s/epoch  x{ref_t / t:5.1f} vs reference"
+                  + (f"  {row['resident_bytes_per_sample']:5.1f} B/sample resident, {row['peak_bytes_per_sample']:5.1f} peak"
+                     if name in ours else ""), flush=True)
     load = os.getloadavg()
-    out = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_at_end": load},
-           "batch": BATCH, "repeats": args.repeats, "rows": rows}
+    out = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_at_start": load_start,
+                       "loadavg_at_end": load}, "batch": BATCH, "repeats": args.repeats, "rows": rows}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(out, fh, indent=2)
-    print(f"\n{'n':>11} {'policy':<20} {'s/epoch':>8} {'B/sample':>9} {'ours/ref':>8}")
-    for r in rows:
-        print(f"{r['n']:>11,} {r['policy']:<20} {r['seconds']:8.4f} {r['bytes_per_sample']:9.1f} {r['ratio']:8.2f}")
-    print(f"load average (1, 5, 15 min) at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; wrote {args.out}")
+    print(f"load average (1, 5, 15 min): start {load_start[0]:.2f}, end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; wrote {args.out}")
 
 
 if __name__ == "__main__":

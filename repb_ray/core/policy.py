@@ -99,6 +99,8 @@ class Policy:
         self._plan = None
         if local:
             self._run(self.conduct_first())
+            if len(self.shards) == 1:  # the hot path straight into the buffer (same checks)
+                self.observe_batch = self.shards[0].buf.add_batch
 
     # -- parameters -------------------------------------------------------------------------------
     def _fill_params(self, params: dict) -> dict:

@@ -41,6 +41,18 @@ def ctr_weights(counts: np.ndarray, epoch: int, max_weight: float | None = None)
     return w
 
 
+def ceil32(x: np.ndarray) -> np.ndarray:
+    """The smallest float32 >= x (float64), elementwise."""
+    f = x.astype(np.float32)
+    return np.where(f < x, np.nextafter(f, np.float32(np.inf)), f)
+
+
+def floor32(x: np.ndarray) -> np.ndarray:
+    """The largest float32 <= x (float64), elementwise."""
+    f = x.astype(np.float32)
+    return np.where(f > x, np.nextafter(f, np.float32(-np.inf)), f)
+
+
 def rho_for_size(size: float, above: int, below: int, out: int) -> float:
     """The rho whose expected plan size above + (1 - rho)(below + out) is `size`, within [0, 1]."""
     candidates = below + out
@@ -62,13 +74,23 @@ class RePBShard(Shard):
 
     def below_mean(self, mu: np.ndarray, tolerance: float) -> list[int]:
         """Compare each score with its window's approximate mean; returns the windows that hold a
-        score within `tolerance` of it (they need the exact mean), else marks the samples."""
+        score within `tolerance` of it (they need the exact mean), else marks the samples.
+        Comparisons run on float32 against thresholds rounded outward, which is exact for float32
+        scores: s < t iff s < ceil32(t), and s >= t iff s >= ceil32(t)."""
         run_win, lengths = self.tmp["runs"]
         _, scores = self.buf.arrays()
-        d = scores - np.repeat(mu[run_win], lengths)
-        below = d < 0
-        np.abs(d, out=d)
-        unsure = d <= tolerance
+        mu_run = mu[run_win]
+        below = scores < np.repeat(ceil32(mu_run), lengths)
+        slack = 1.25 * tolerance  # covers the rounding of mu +- tolerance
+        lo, hi = ceil32(mu_run - slack), floor32(mu_run + slack)
+        near = lo <= hi  # runs whose window mean has a float32 value this close
+        if not near.any():
+            self._mark(below)
+            return []
+        if (np.nextafter(lo[near], np.float32(np.inf)) > hi[near]).all():  # one such value each
+            unsure = scores == np.repeat(np.where(near, lo, np.float32(np.nan)), lengths)
+        else:
+            unsure = (scores >= np.repeat(lo, lengths)) & (scores <= np.repeat(hi, lengths))
         if not unsure.any():
             self._mark(below)
             return []

@@ -149,7 +149,7 @@ class Shard:
 
     def plan_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         local = self.plan_local()
-        return local + self.lo, self.weights_of(local)
+        return (local + self.lo if self.lo else local), self.weights_of(local)
 
     def digest_parts(self) -> tuple[int, int, int]:
         return digest_parts(self.plan_local() + self.lo)
