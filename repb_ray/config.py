@@ -10,11 +10,13 @@ from typing import Any, Optional
 
 from repb_ray.core.checks import check_bool, check_float, check_int, suggest
 from repb_ray.core.policy import POLICY_NAMES
+from repb_ray.torch.schedule import OPTIMIZERS, SCHEDULES
 
-DATASETS = ("fashion_mnist", "cifar10", "cifar100", "synthetic")
-MODELS = ("auto", "cnn", "resnet18", "mlp")
 SCORES = ("loss", "grad_norm")
 FAIL_KINDS = ("worker", "coordinator")
+MOVED_TO_TASK_ARGS = {"dataset": "task", "data_dir": "task_args.data_dir", "download": "task_args.download",
+                      "train_subset": "task_args.train_subset", "test_subset": "task_args.test_subset",
+                      "synthetic_size": "task_args.size", "model": "task_args.model", "augment": "task_args.augment"}
 
 
 class ConfigError(ValueError):
@@ -29,17 +31,11 @@ class Config:
     name: Optional[str] = None            # run name; re-running with the same name resumes the run
     seed: int = 0
     epochs: int = 15
-    output_dir: str = "runs"              # summary.json, audit files; a run gets output_dir/name
+    output_dir: str = "runs"              # summary.json and the MLflow store; a run gets output_dir/name
     storage_path: Optional[str] = None    # Ray Train storage (shared on a cluster); default output_dir/ray_results
-    # data and model
-    dataset: str = "fashion_mnist"
-    data_dir: Optional[str] = None
-    download: bool = False                # allow torchvision to download when no local copy is found
-    train_subset: Optional[int] = None    # use only the first N training samples (smoke runs)
-    test_subset: Optional[int] = None
-    synthetic_size: int = 512             # synthetic: number of training samples
-    model: str = "auto"
-    augment: Optional[bool] = None        # random crop + flip; None = on for CIFAR, off otherwise
+    # the task: what is trained (built-in name or module:Class) and its arguments
+    task: str = "fashion_mnist"
+    task_args: dict = field(default_factory=dict)
     # pruning policy
     policy: str = "repb"
     rho: float = 0.5
@@ -49,23 +45,34 @@ class Config:
     ctr: bool = True
     ctr_max: Optional[float] = None
     ctr_normalize: bool = False           # normalise weights to mean 1 in each batch
-    prune_ratio: float = 0.5              # infobatch / random
+    prune_ratio: float = 0.5              # infobatch / random / egreedy / ucb
     delta: float = 0.875                  # infobatch annealing
+    anneal: bool = True                   # infobatch: false is InfoBatch* (no full-data epochs at the end)
+    epsilon: float = 0.1                  # egreedy
+    ucb_c: float = 1.0                    # ucb
+    ema_alpha: float = 0.8                # egreedy / ucb moving statistics
+    select_every: int = 1                 # egreedy / ucb: epochs between selections
+    target_pruned: Optional[float] = None  # a pruning budget: fraction of sample-steps saved over the run
     score: str = "loss"
     # optimisation
+    optimizer: str = "sgd"
     batch_size: int = 128                 # per worker; the global batch is batch_size * num_workers
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    schedule: str = "cosine"              # cosine over the real (pruned) steps, or constant
     warmup_epochs: float = 0.0
     eval_batch_size: int = 1000
-    # workers
+    # workers and the data plane
     num_workers: int = 2                  # 0 = run the loop in the driver process (local mode)
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
     torch_threads: int = 0                # 0 = the CPUs each worker holds
     observe_every: int = 32               # steps buffered before sending scores to the coordinator
     coordinator_timeout_s: float = 600.0
+    coordinator_shards: int = 1           # actors holding the per-sample state, by id range
+    shuffle_rows: int = 4096              # local shuffle buffer (rows) across blocks, seeded per epoch; 0: off
+    prefetch_batches: int = 2
     max_failures: int = 0
     fail_at: Optional[dict] = None        # test hook: {epoch, step, rank, kind: worker|coordinator}
     audit: bool = False                   # write per-rank ids/weights per epoch (tests)
@@ -83,12 +90,15 @@ class Config:
         names = [f.name for f in fields(cls)]
         for key in d:
             if key not in names:
+                if key in MOVED_TO_TASK_ARGS:
+                    raise ConfigError(f"config key {key!r} is now {MOVED_TO_TASK_ARGS[key]} (the task holds the data "
+                                      "and the model), e.g. task: fashion_mnist, task_args: {train_subset: 20000}")
                 raise ConfigError(f"unknown config key {key!r}{suggest(key, names)}")
         return cls(**d)
 
     @classmethod
     def from_yaml(cls, path: str, overrides: list[str] | None = None) -> "Config":
-        data = {**load_yaml_mapping(path, "config"), **parse_overrides(overrides or [])}
+        data = apply_overrides(load_yaml_mapping(path, "config"), parse_overrides(overrides or []))
         if data.get("name") is None:
             data["name"] = os.path.splitext(os.path.basename(path))[0]
         return cls.from_dict(data)
@@ -104,18 +114,22 @@ class Config:
 
     # -- derived --------------------------------------------------------------------------------
     def policy_params(self) -> dict[str, Any]:
+        budget = {"target_pruned": self.target_pruned, "num_epochs": self.epochs} if self.target_pruned is not None else {}
         if self.policy == "repb":
             return {"rho": self.rho, "window": self.window, "lwp": self.lwp, "resample": self.resample,
-                    "ctr": self.ctr, "ctr_max": self.ctr_max}
+                    "ctr": self.ctr, "ctr_max": self.ctr_max, **budget}
         if self.policy == "infobatch":
-            return {"prune_ratio": self.prune_ratio, "num_epochs": self.epochs, "delta": self.delta}
+            return {"prune_ratio": self.prune_ratio, "num_epochs": self.epochs, "delta": self.delta,
+                    "anneal": self.anneal, **({"target_pruned": self.target_pruned} if budget else {})}
         if self.policy == "random":
-            return {"prune_ratio": self.prune_ratio}
+            return {"prune_ratio": self.prune_ratio, **budget}
+        if self.policy == "egreedy":
+            return {"prune_ratio": self.prune_ratio, "epsilon": self.epsilon, "alpha": self.ema_alpha,
+                    "select_every": self.select_every, **budget}
+        if self.policy == "ucb":
+            return {"prune_ratio": self.prune_ratio, "ucb_c": self.ucb_c, "alpha": self.ema_alpha,
+                    "select_every": self.select_every, **budget}
         return {}
-
-    @property
-    def use_augment(self) -> bool:
-        return self.dataset.startswith("cifar") if self.augment is None else self.augment
 
     @property
     def world_size(self) -> int:
@@ -127,27 +141,53 @@ class Config:
 
 
 def load_yaml_mapping(path: str, what: str) -> dict[str, Any]:
-    """The mapping in a YAML file; a missing file or a non-mapping is a ConfigError."""
+    """The mapping in a YAML file; a missing file, a YAML syntax error or a non-mapping is a ConfigError."""
     import yaml
     if not os.path.isfile(path):
         raise ConfigError(f"{what} file {path!r} does not exist; the shipped ones are in jobs/configs/")
     with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', None) or exc}); fix the "
+                              "syntax there") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a {what} file must be a mapping of keys to values")
     return data
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`key=value` strings to a dict; values parse as YAML (numbers, true/false, null, lists)."""
+    """`key=value` strings to a dict; values parse as YAML (numbers, true/false, null, lists);
+    `a.b=value` sets key b of the mapping a (e.g. task_args.train_subset=20000)."""
     import yaml
-    out = {}
+    out: dict = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}; e.g. --set rho=0.3")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}=...: the value {value!r} is not valid YAML; quote it") from None
+        out[key.strip()] = parsed
     return out
+
+
+def apply_overrides(data: dict, overrides: dict) -> dict:
+    """Merge overrides into a config mapping; dotted keys go into nested mappings."""
+    data = dict(data)
+    for key, value in overrides.items():
+        if "." in key:
+            head, rest = key.split(".", 1)
+            inner = data.get(head) or {}
+            if not isinstance(inner, dict):
+                raise ConfigError(f"--set {key}: {head} is not a mapping, got {head}={inner!r}")
+            data[head] = apply_overrides(inner, {rest: value})
+        else:
+            data[key] = value
+    return data
 
 
 def _choice(key: str, value, choices) -> None:
@@ -158,10 +198,14 @@ def _choice(key: str, value, choices) -> None:
 
 def _validate(c: Config) -> None:
     try:
-        _choice("dataset", c.dataset, DATASETS)
-        _choice("model", c.model, MODELS)
+        if not isinstance(c.task, str) or not c.task:
+            raise ConfigError(f"task must be a built-in name or 'module:Class', got task={c.task!r}")
+        if not isinstance(c.task_args, dict):
+            raise ConfigError(f"task_args must be a mapping, got task_args={c.task_args!r}")
         _choice("policy", c.policy, POLICY_NAMES)
         _choice("score", c.score, SCORES)
+        _choice("optimizer", c.optimizer, OPTIMIZERS)
+        _choice("schedule", c.schedule, SCHEDULES)
         check_int("seed", c.seed, minimum=0)
         check_int("epochs", c.epochs, minimum=1)
         check_int("batch_size", c.batch_size, minimum=1)
@@ -169,15 +213,22 @@ def _validate(c: Config) -> None:
         check_int("num_workers", c.num_workers, minimum=0)
         check_int("torch_threads", c.torch_threads, minimum=0)
         check_int("observe_every", c.observe_every, minimum=1)
+        check_int("coordinator_shards", c.coordinator_shards, minimum=1)
+        check_int("shuffle_rows", c.shuffle_rows, minimum=0)
+        check_int("prefetch_batches", c.prefetch_batches, minimum=0)
         check_int("max_failures", c.max_failures, minimum=-1)
-        check_int("synthetic_size", c.synthetic_size, minimum=2)
-        for key in ("train_subset", "test_subset"):
-            if getattr(c, key) is not None:
-                check_int(key, getattr(c, key), minimum=1)
+        check_int("select_every", c.select_every, minimum=1)
         check_float("rho", c.rho, lo=0.0, hi=1.0)
         check_int("window", c.window, minimum=1)
         check_float("prune_ratio", c.prune_ratio, lo=0.0, hi=1.0, hi_open=True)
         check_float("delta", c.delta, lo=0.0, hi=1.0)
+        check_float("epsilon", c.epsilon, lo=0.0, hi=1.0)
+        check_float("ucb_c", c.ucb_c, lo=0.0)
+        check_float("ema_alpha", c.ema_alpha, lo=0.0, hi=1.0, lo_open=True)
+        if c.target_pruned is not None:
+            check_float("target_pruned", c.target_pruned, lo=0.0, hi=1.0, hi_open=True)
+            if c.policy == "full":
+                raise ConfigError("target_pruned does not apply to policy=full; drop it or pick another policy")
         if c.ctr_max is not None:
             check_float("ctr_max", c.ctr_max, lo=1.0)
         check_float("lr", c.lr, lo=0.0, lo_open=True)
@@ -186,10 +237,8 @@ def _validate(c: Config) -> None:
         check_float("warmup_epochs", c.warmup_epochs, lo=0.0)
         check_float("cpus_per_worker", c.cpus_per_worker, lo=0.0, lo_open=True)
         check_float("coordinator_timeout_s", c.coordinator_timeout_s, lo=0.0, lo_open=True)
-        for key in ("lwp", "resample", "ctr", "ctr_normalize", "use_gpu", "audit", "download"):
+        for key in ("lwp", "resample", "ctr", "ctr_normalize", "use_gpu", "audit", "anneal"):
             check_bool(key, getattr(c, key))
-        if c.augment is not None:
-            check_bool("augment", c.augment)
         if c.name is not None and (not isinstance(c.name, str) or not c.name or "/" in c.name):
             raise ConfigError(f"name must be a non-empty string without '/', got name={c.name!r}")
         if not isinstance(c.tags, dict):

@@ -1,5 +1,20 @@
-"""Datasets with stable int64 sample ids: Fashion-MNIST, CIFAR-10/100, synthetic arrays."""
+"""Train and test data on Ray Data: id-block sources (in memory or Parquet), the pruned epoch
+pipeline bound to a coordinator's plan, and Parquet preparation with dense ids."""
 
-from repb_ray.data.arrays import ArraySplit, load_dataset, synthetic
 
-__all__ = ["ArraySplit", "load_dataset", "synthetic"]
+def from_numpy(columns: dict, **kwargs):
+    from repb_ray.data.sources import from_numpy as f
+    return f(columns, **kwargs)
+
+
+def read_parquet(path, **kwargs):
+    from repb_ray.data.sources import read_parquet as f
+    return f(path, **kwargs)
+
+
+def prepare_dataset(ds, out_dir: str, **kwargs):
+    from repb_ray.data.prepare import prepare_dataset as f
+    return f(ds, out_dir, **kwargs)
+
+
+__all__ = ["from_numpy", "read_parquet", "prepare_dataset"]

@@ -1,11 +1,12 @@
-"""Plain PyTorch use without Ray: id-carrying dataset, plan sampler, weighted loss, scores, gathering."""
+"""Plain PyTorch use without Ray: id-carrying dataset, plan sampler, weighted loss, scores, gathering,
+the plan-following LR schedule, and the task-driven step and evaluation."""
 
 from repb_ray.torch.dataset import IndexedDataset
 from repb_ray.torch.sampler import PlanSampler
 from repb_ray.torch.loss import weighted_loss
-from repb_ray.torch.scores import compute_scores, SCORE_FUNCTIONS
+from repb_ray.torch.scores import SCORES, Scorer
 from repb_ray.torch.distributed import gather_observations
-from repb_ray.torch.schedule import PlanCosineLR
+from repb_ray.torch.schedule import PlanCosineLR, build_optimizer
 
-__all__ = ["IndexedDataset", "PlanSampler", "weighted_loss", "compute_scores", "SCORE_FUNCTIONS",
-           "gather_observations", "PlanCosineLR"]
+__all__ = ["IndexedDataset", "PlanSampler", "weighted_loss", "Scorer", "SCORES", "gather_observations",
+           "PlanCosineLR", "build_optimizer"]

@@ -1,4 +1,5 @@
-"""PlanCosineLR: cosine learning rate over training progress, measured in the plan's real steps."""
+"""The optimizer from the config (SGD or AdamW) and PlanCosineLR: a cosine learning rate over training
+progress measured in the plan's real steps."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ class PlanCosineLR:
     follows the real (pruned) epoch lengths. Call `start_epoch(epoch, steps)` then `step()` per batch."""
 
     def __init__(self, optimizer, base_lr: float, epochs: int, warmup_epochs: float = 0.0,
-                 min_lr_ratio: float = 0.0):
-        self.optimizer, self.base_lr, self.epochs = optimizer, base_lr, epochs
+                 min_lr_ratio: float = 0.0, constant: bool = False):
+        self.optimizer, self.base_lr, self.epochs, self.constant = optimizer, base_lr, epochs, constant
         self.warmup_epochs, self.min_lr_ratio = warmup_epochs, min_lr_ratio
         self.epoch, self.steps_in_epoch, self.step_in_epoch = 1, 1, 0
         self._apply()
@@ -19,6 +20,8 @@ class PlanCosineLR:
     def lr_at(self, progress_epochs: float) -> float:
         if self.warmup_epochs > 0 and progress_epochs < self.warmup_epochs:
             return self.base_lr * max(progress_epochs, 1e-3) / self.warmup_epochs
+        if self.constant:
+            return self.base_lr
         t = min(1.0, progress_epochs / self.epochs)
         lo = self.base_lr * self.min_lr_ratio
         return lo + (self.base_lr - lo) * 0.5 * (1.0 + math.cos(math.pi * t))
@@ -46,3 +49,17 @@ class PlanCosineLR:
         self.epoch, self.steps_in_epoch = state["epoch"], state["steps_in_epoch"]
         self.step_in_epoch = state["step_in_epoch"]
         self._apply()
+
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "constant")
+
+
+def build_optimizer(name: str, params, *, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
+    """SGD (Nesterov momentum when momentum > 0) or AdamW."""
+    import torch
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got optimizer={name!r}")

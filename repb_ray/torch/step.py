@@ -1,44 +1,52 @@
-"""One weighted training step and a rank-sharded evaluation, shared by the plain and Ray loops."""
+"""One weighted training step and a sharded evaluation through the Task contract; shared by the
+plain PyTorch loop and the Ray worker loop."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
+from repb_ray.task import check_loss
 from repb_ray.torch.loss import weighted_loss
-from repb_ray.torch.scores import compute_scores
 
 
-def train_step(model, optimizer, x, y, weights, *, score: str = "loss", normalize: bool = False):
-    """Forward, CTR-weighted loss, update. Returns (batch loss, float32 scores from the pre-update forward)."""
+def train_step(task, task_path: str, model, optimizer, batch: dict, scorer, *, normalize: bool = False,
+               first: bool = False):
+    """Forward through task.loss, the CTR-weighted mean, backward, update. Returns (the batch loss,
+    detached on its device, and the per-sample scores from the pre-update forward)."""
     model.train()
-    logits = model(x)
-    per_sample = F.cross_entropy(logits, y, reduction="none")
+    per_sample = task.loss(model, batch)
+    check_loss(task_path, per_sample, int(batch["id"].shape[0]), first=first)
+    weights = batch["weight"].to(per_sample.device, non_blocking=True)
     loss = weighted_loss(per_sample, weights, normalize=normalize)
+    scores = scorer(per_sample)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss.detach()), compute_scores(score, per_sample, logits, y)
+    return loss.detach(), scores
 
 
 @torch.no_grad()
-def evaluate(model, split, *, batch_size: int, device, rank: int = 0, world_size: int = 1) -> dict:
-    """Accuracy and mean loss on `split` (an ArraySplit); ranks take rows rank::world_size and the
-    sums are all-reduced when a process group is up."""
+def evaluate(task, model, batches, device) -> dict[str, float]:
+    """Sum task.metrics over this rank's test batches, all-reduce the sums across ranks (every rank
+    takes part, with or without batches), and summarize them."""
+    from repb_ray.task import summarize_metrics
+    was_training = model.training
     model.eval()
-    idx = np.arange(rank, len(split), world_size)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # correct, loss sum, count
-    for start in range(0, idx.shape[0], batch_size):
-        rows = idx[start:start + batch_size]
-        x = torch.from_numpy(split.features(split.x[rows])).to(device)
-        y = torch.from_numpy(split.y[rows]).to(device)
-        logits = model(x)
-        sums[0] += (logits.argmax(1) == y).sum()
-        sums[1] += F.cross_entropy(logits, y, reduction="sum")
-        sums[2] += rows.shape[0]
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(sums)
-    correct, loss_sum, count = sums.tolist()
-    return {"test_accuracy": correct / max(count, 1), "test_loss": loss_sum / max(count, 1)}
+    sums: dict = {}
+    for batch in batches:
+        for k, v in task.metrics(model, batch).items():
+            v = v.detach().double() if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64)
+            sums[k] = sums[k] + v.to(device) if k in sums else v.to(device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        keys: list = [None] * dist.get_world_size()
+        dist.all_gather_object(keys, sorted(sums))
+        names = sorted(set().union(*map(set, keys)))
+        vec = torch.stack([sums.get(k, torch.zeros((), dtype=torch.float64, device=device)).reshape(()).to(device)
+                           for k in names]) if names else torch.zeros(0, dtype=torch.float64, device=device)
+        dist.all_reduce(vec)
+        sums = dict(zip(names, vec.tolist()))
+    else:
+        sums = {k: float(v) for k, v in sums.items()}
+    model.train(was_training)
+    return summarize_metrics(task, sums) if sums else {}

@@ -1,40 +1,75 @@
-"""The driver of one training run: Ray set-up, data, coordinator, TorchTrainer, summary.json."""
+"""The driver of one training run: Ray set-up, the task's datasets, the coordinator, the TorchTrainer,
+summary.json and tracking. Runs in the process that calls `repb-ray train` (or a Tune trial)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import sys
+import sysconfig
 import time
 
 import numpy as np
 
 from repb_ray.config import Config
+from repb_ray.task import TaskRef, instantiate, resolve_path
 
 
 def local_ray_cpus(cfg: Config) -> int:
     """Logical CPUs for a local Ray: the machine's, but at least the workers' plus two for Ray Data
-    tasks (with every CPU held by Train workers, Ray Data's filter tasks never get scheduled)."""
+    tasks (with every CPU held by Train workers, Ray Data's tasks never get scheduled)."""
     need = int(np.ceil(cfg.world_size * cfg.cpus_per_worker)) + 2
     return max(os.cpu_count() or 1, need)
 
 
-def ensure_ray(cfg: Config) -> None:
-    """Connect to RAY_ADDRESS when set, else start a private local Ray bound to 127.0.0.1."""
+def task_runtime_env(task: str) -> dict | None:
+    """Ship the task's module to every Ray process (py_modules) unless it is installed or part of
+    repb_ray. The module is found from the current directory first, as `python -m` would."""
+    module_name = resolve_path(task).split(":")[0]
+    top = module_name.split(".")[0]
+    if top == "repb_ray":
+        return None
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    module = importlib.import_module(top)
+    path = module.__path__[0] if hasattr(module, "__path__") else module.__file__
+    installed = [sysconfig.get_paths()[k] for k in ("purelib", "platlib")]
+    if any(os.path.abspath(path).startswith(os.path.abspath(p)) for p in installed):
+        return None
+    return {"py_modules": [path]}
+
+
+def in_submitted_job() -> bool:
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def ensure_ray(cfg: Config, runtime_env: dict | None = None) -> None:
+    """Connect to RAY_ADDRESS when set (inside `ray job submit` the job's working_dir already carries
+    the task's module), else start a private local Ray bound to 127.0.0.1."""
     import ray
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     if ray.is_initialized():
         return
+    env = None if in_submitted_job() else runtime_env
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(log_to_driver=True, runtime_env=env)
     else:
-        ray.init(num_cpus=local_ray_cpus(cfg), include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=local_ray_cpus(cfg), include_dashboard=False, log_to_driver=True, runtime_env=env)
 
 
-def _data(cfg: Config):
-    from repb_ray.data.arrays import load_dataset
-    train, test = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
-                               synthetic_size=cfg.synthetic_size, seed=cfg.seed)
-    return train.subset(cfg.train_subset), test.subset(cfg.test_subset)
+def num_samples_of(ds) -> int:
+    """n for a train dataset: known from an id-block source, else by streaming its id column once."""
+    from repb_ray.data.pipeline import check_ids
+    ops = [ds._logical_plan.dag]
+    while ops:
+        op = ops.pop()
+        src = getattr(op, "datasource", None)
+        if type(src).__name__ == "IdBlockSource":
+            return int(src.num_samples)
+        ops.extend(getattr(op, "input_dependencies", []))
+    return check_ids(ds)
 
 
 def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool = True,
@@ -43,42 +78,50 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
     tracked in MLflow (one run, nested under `parent_run_id` when given) unless tracking_uri='none'."""
     import ray
     import ray.train
-    from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
 
-    from repb_ray.data.ray_epochs import base_dataset, epoch_pipeline
-    from repb_ray.train.coordinator import Coordinator
+    from repb_ray.data.pipeline import eval_dataset
     from repb_ray.train.loop import train_loop_per_worker
+    from repb_ray.train.pruning import Pruning, PlanDataConfig
 
     if cfg.name is None:
         cfg = cfg.replace(name=time.strftime("run-%Y%m%d-%H%M%S"))
     t_start = time.perf_counter()
-    ensure_ray(cfg)
-    train, test = _data(cfg)
-    if cfg.world_size > len(train):
-        raise ValueError(f"num_workers={cfg.num_workers} is larger than the {len(train)} training samples")
+    task_ref = TaskRef(cfg.task, cfg.task_args)
+    instantiate(cfg.task, cfg.task_args)  # a bad task or task_args fails here, before Ray starts
+    runtime_env = task_runtime_env(cfg.task)
+    ensure_ray(cfg, runtime_env)
+    task = task_ref.load()
+    train_ds = task.train_dataset()
+    n = num_samples_of(train_ds)
+    if cfg.world_size > n:
+        raise ValueError(f"num_workers={cfg.num_workers} is larger than the {n} training samples; use fewer workers")
     os.makedirs(cfg.run_dir, exist_ok=True)
-    storage = cfg.storage_path or os.path.abspath(os.path.join(cfg.output_dir, "ray_results"))
+    storage = cfg.storage_path or os.path.join(cfg.output_dir, "ray_results")
     if "://" not in storage:
         storage = os.path.abspath(storage)
-    coord = Coordinator.create(cfg.policy, len(train), cfg.seed, cfg.world_size, cfg.policy_params())
-    pipeline = epoch_pipeline(base_dataset(train, seed=cfg.seed), coord, seed=cfg.seed)
+    pruning = Pruning(cfg.policy, num_samples=n, num_workers=cfg.world_size, seed=cfg.seed,
+                      shards=cfg.coordinator_shards, storage=storage, name=cfg.name,
+                      observe_every=cfg.observe_every, timeout_s=cfg.coordinator_timeout_s,
+                      shuffle_rows=cfg.shuffle_rows, prefetch_batches=cfg.prefetch_batches, **cfg.policy_params())
+    datasets = {"train": pruning.dataset(train_ds, task_ref)}
+    test_ds = eval_dataset(task.test_dataset(), task_ref)
+    if test_ds is not None:
+        datasets["test"] = test_ds
     tracker = _Tracker(cfg, parent_run_id)
     callbacks = list(callbacks or []) + tracker.callbacks()
     if progress:
-        print(f"[repb_ray] run {cfg.name}: {cfg.policy} on {cfg.dataset} ({len(train)} samples), "
+        print(f"[repb_ray] run {cfg.name}: {cfg.policy} on {cfg.task} ({n} samples), "
               f"{cfg.num_workers} workers, {cfg.epochs} epochs; storage {storage}", flush=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "coordinator": coord, "num_samples": len(train),
-                           "test_ref": ray.put(test), "input_shape": tuple(train.x.shape[1:])},
-        datasets={"train": pipeline},
-        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True),
-                                            enable_shard_locality=False),
+        train_loop_config={"cfg": cfg.to_dict(), "pruning": pruning.handle, "has_test": test_ds is not None},
+        datasets=datasets,
+        dataset_config=PlanDataConfig(),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=cfg.name, storage_path=storage,
+            name=cfg.name, storage_path=storage, worker_runtime_env=runtime_env or {},
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks + ([progress_callback()] if progress else [])),
@@ -89,17 +132,18 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
         tracker.end("FAILED")
         raise
     finally:
-        ray.kill(coord)
+        pruning.shutdown()
     history = list(result.return_value or [])
-    summary = build_summary(cfg, history, num_samples=len(train), wall_time_s=time.perf_counter() - t_start)
+    summary = build_summary(cfg, task, history, num_samples=n, wall_time_s=time.perf_counter() - t_start)
     summary["mlflow_run_id"] = tracker.run_id
     path = os.path.join(cfg.run_dir, "summary.json")
     with open(path, "w") as fh:
         json.dump(summary, fh, indent=2)
     tracker.finish(path, history)
     if progress:
-        print(f"[repb_ray] done: final accuracy {summary['final_test_accuracy']:.4f}, pruned fraction "
-              f"{summary['pruned_fraction']:.3f}, {summary['wall_time_s']:.0f}s; summary: {path}"
+        metric = summary.get("final_metric")
+        print(f"[repb_ray] done: final {task.metric} {metric if metric is None else round(metric, 4)}, pruned "
+              f"fraction {summary['pruned_fraction']:.3f}, {summary['wall_time_s']:.0f}s; summary: {path}"
               + (f"; MLflow: {tracker.uri}" if tracker.uri else ""), flush=True)
     return summary
 
@@ -115,7 +159,7 @@ class _Tracker:
         if self.uri:
             self.run_id = mt.start_run(self.uri, cfg.experiment, cfg.output_dir, run_name=cfg.name,
                                        params=cfg.to_dict(), parent_run_id=parent_run_id,
-                                       tags={"policy": cfg.policy, "dataset": cfg.dataset, **cfg.tags})
+                                       tags={"policy": cfg.policy, "task": cfg.task, **cfg.tags})
 
     def callbacks(self) -> list:
         return [self.mt.epoch_callback(self.uri, self.run_id)] if self.run_id else []
@@ -135,19 +179,28 @@ class _Tracker:
             self.mt.end_run(self.uri, self.run_id, status)
 
 
-def build_summary(cfg: Config, history: list, *, num_samples: int, wall_time_s: float) -> dict:
-    keys = ("epoch", "kept", "pruned_fraction", "train_loss", "test_accuracy", "epoch_time_s", "train_time_s",
-            "weight_mean", "weight_max", "plan_digest")
-    accs = [h["test_accuracy"] for h in history]
+PER_EPOCH = ("epoch", "kept", "pruned_fraction", "train_loss", "epoch_time_s", "train_time_s", "weight_mean",
+             "weight_max", "plan_digest")
+
+
+def build_summary(cfg: Config, task, history: list, *, num_samples: int, wall_time_s: float) -> dict:
+    key = f"test_{task.metric}"
+    values = [h[key] for h in history if key in h]
+    best = (max if task.mode == "max" else min)(values) if values else None
     trained = sum(h["kept"] for h in history)
-    return {
-        "config": cfg.to_dict(), "policy": cfg.policy, "seed": cfg.seed, "num_workers": cfg.num_workers,
-        "epochs": len(history), "num_samples": num_samples,
-        "final_test_accuracy": accs[-1] if accs else None, "best_test_accuracy": max(accs) if accs else None,
+    out = {
+        "config": cfg.to_dict(), "task": cfg.task, "task_args": dict(cfg.task_args), "policy": cfg.policy,
+        "seed": cfg.seed, "num_workers": cfg.num_workers, "epochs": len(history), "num_samples": num_samples,
+        "metric": key, "mode": task.mode, "final_metric": values[-1] if values else None, "best_metric": best,
         "pruned_fraction": 1.0 - trained / (len(history) * num_samples) if history else None,
         "samples_trained": trained, "wall_time_s": wall_time_s,
-        "per_epoch": [{k: h[k] for k in keys} for h in history],
+        "per_epoch": [{k: v for k, v in h.items() if k in PER_EPOCH or k.startswith("test_") or k in ("rho", "r", "size")}
+                      for h in history],
     }
+    if "test_accuracy" in (history[-1] if history else {}):
+        out["final_test_accuracy"] = history[-1]["test_accuracy"]
+        out["best_test_accuracy"] = max(h["test_accuracy"] for h in history)
+    return out
 
 
 def progress_callback():
@@ -158,7 +211,8 @@ def progress_callback():
         def after_report(self, run_context, metrics, checkpoint):
             m = metrics[0] if metrics else {}
             if m:
-                print(f"[repb_ray] epoch {m['epoch']}: acc {m['test_accuracy']:.4f} loss {m['train_loss']:.4f} "
+                tests = " ".join(f"{k[5:]} {v:.4f}" for k, v in m.items() if k.startswith("test_"))
+                print(f"[repb_ray] epoch {m['epoch']}: {tests} loss {m['train_loss']:.4f} "
                       f"kept {m['kept']} (pruned {m['pruned_fraction']:.1%}, cum {m['cum_pruned_fraction']:.1%}) "
                       f"w_max {m['weight_max']:.2f} {m['epoch_time_s']:.1f}s", flush=True)
     return ProgressCallback()

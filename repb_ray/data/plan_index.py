@@ -1,0 +1,98 @@
+"""PlanIndex: the published plan of an epoch as id-range chunks in the object store, and the
+per-process lookup that fetches only the chunks a block's ids need. Runs in Ray Data tasks."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+BINDING_KEY = "repb_ray.plan_source"  # DataContext config key of the coordinator handle
+_ORDER_TAG, _ROWS_TAG = 0x0DE4, 0x5407  # stream tags of the block order and the row order
+
+
+@dataclass(frozen=True)
+class PlanIndex:
+    """Entry j covers ids [los[j], his[j]) with counts[j] plan members; refs[j] is its PlanChunk."""
+
+    generation: str
+    epoch: int
+    seed: int
+    num_samples: int
+    kept: int
+    los: np.ndarray
+    his: np.ndarray
+    counts: np.ndarray
+    refs: tuple
+
+    def entries(self, lo: int, hi: int) -> range:
+        """Indices of the entries that overlap ids [lo, hi)."""
+        a = int(np.searchsorted(self.his, lo, side="right"))
+        b = int(np.searchsorted(self.los, hi, side="left"))
+        return range(a, b)
+
+    def kept_bound(self, lo: int, hi: int) -> int:
+        """An upper bound of the plan members in [lo, hi) (exact when the range is whole entries)."""
+        return int(sum(int(self.counts[j]) for j in self.entries(lo, hi)))
+
+    def block_order(self, num_blocks: int) -> np.ndarray:
+        """The order in which this epoch serves a source's blocks: a pure function of (seed, epoch)."""
+        return np.random.default_rng([self.seed, self.epoch, _ORDER_TAG]).permutation(num_blocks)
+
+    def row_order(self, first_id: int, rows: int) -> np.ndarray:
+        """The order of a block's kept rows this epoch: a pure function of (seed, epoch, block)."""
+        return np.random.default_rng([self.seed, self.epoch, _ROWS_TAG, first_id]).permutation(rows)
+
+
+class PlanLookup:
+    """Per process: the chunks fetched so far (a small LRU), and membership/weights for id arrays."""
+
+    def __init__(self, capacity: int = 64):
+        self.capacity = capacity
+        self._chunks: OrderedDict = OrderedDict()
+
+    def _chunk(self, index: PlanIndex, j: int):
+        key = (index.generation, index.epoch, j)
+        chunk = self._chunks.get(key)
+        if chunk is None:
+            import ray
+            chunk = ray.get(index.refs[j])
+            self._chunks[key] = chunk
+            while len(self._chunks) > self.capacity:
+                self._chunks.popitem(last=False)
+        else:
+            self._chunks.move_to_end(key)
+        return chunk
+
+    def keep_and_weights(self, index: PlanIndex, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mask of the ids in the plan, float32 weights of those ids in order)."""
+        ids = np.asarray(ids, np.int64)
+        if ids.size == 0:
+            return np.zeros(0, bool), np.zeros(0, np.float32)
+        lo, hi = int(ids.min()), int(ids.max()) + 1
+        if lo < 0 or hi > index.num_samples:
+            bad = int(ids[(ids < 0) | (ids >= index.num_samples)][0])
+            raise ValueError(f"id {bad} is outside [0, {index.num_samples}); the train dataset's ids must be 0..n-1")
+        js = index.entries(lo, hi)
+        if len(js) == 1:
+            return self._chunk(index, js[0]).lookup(ids)
+        keep = np.zeros(ids.shape[0], bool)
+        weights = np.zeros(ids.shape[0], np.float32)
+        owner = np.searchsorted(index.his, ids, side="right")
+        for j in js:
+            sel = np.flatnonzero(owner == j)
+            if sel.size:
+                k, w = self._chunk(index, j).lookup(ids[sel])
+                keep[sel] = k
+                weights[sel[k]] = w
+        return keep, weights[keep]
+
+
+LOOKUP = PlanLookup()
+
+
+def current_index(source) -> PlanIndex:
+    """The PlanIndex the coordinator `source` publishes now (one small actor call)."""
+    import ray
+    return ray.get(source.plan_index.remote())

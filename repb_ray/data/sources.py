@@ -1,0 +1,229 @@
+"""Train datasets whose blocks are known id ranges: arrays put in the object store (`from_numpy`)
+or Parquet files with an int64 id column (`read_parquet`). Bound to a coordinator, each epoch reads
+only the blocks that hold plan members, in an order that is a pure function of (seed, epoch), and
+drops pruned rows at the read, before any decode. Unbound, they serve every row in id order.
+Planning runs in Ray Data's split coordinator; reading in Ray Data tasks."""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from ray.data import Datasource, ReadTask
+
+from repb_ray.data.plan_index import BINDING_KEY, LOOKUP, PlanIndex, current_index
+
+RESERVED = ("weight", "epoch")
+
+
+class DataError(ValueError):
+    """A train or test dataset that breaks the contract (ids, reserved columns, files)."""
+
+
+@dataclass(frozen=True)
+class IdBlock:
+    """Rows with ids in [lo, hi): an object-store table (`ref`) or a Parquet file (`path`)."""
+
+    lo: int
+    hi: int
+    rows: int
+    nbytes: int | None = None
+    ref: object = None
+    path: str | None = None
+
+
+def _metadata(block: IdBlock):
+    from ray.data.block import BlockMetadata
+    return BlockMetadata(num_rows=block.rows, size_bytes=block.nbytes,
+                         input_files=[block.path] if block.path else None, exec_stats=None)
+
+
+def _with_columns(table, weight: np.ndarray, epoch: int):
+    import pyarrow as pa
+    table = table.append_column("weight", pa.array(weight, pa.float32()))
+    return table.append_column("epoch", pa.array(np.full(table.num_rows, epoch, np.int64)))
+
+
+def _read_ids(block: IdBlock):
+    if block.ref is not None:
+        import ray
+        table = ray.get(block.ref)
+        return table, table.column("id").to_numpy()
+    import pyarrow.parquet as pq
+    fs, path = _filesystem(block.path)
+    pf = pq.ParquetFile(fs.open_input_file(path)) if fs is not None else pq.ParquetFile(path)
+    return pf, pf.read(columns=["id"]).column("id").to_numpy()
+
+
+def _filesystem(path: str):
+    if "://" not in path:
+        return None, path
+    import pyarrow.fs
+    return pyarrow.fs.FileSystem.from_uri(path)
+
+
+def read_block(block: IdBlock, index: PlanIndex | None) -> list:
+    """One read task: the block's plan members (all rows when unbound), shuffled by (seed, epoch,
+    block), with their `weight` and the plan's `epoch`; pruned rows are never materialised."""
+    source, ids = _read_ids(block)
+    rows = np.flatnonzero(ids < block.hi) if ids.shape[0] != block.rows else None  # a file cut by `limit`
+    if index is None:
+        rows = np.arange(ids.shape[0]) if rows is None else rows
+        weight, epoch = np.ones(rows.shape[0], np.float32), 0
+    else:
+        keep, weight = LOOKUP.keep_and_weights(index, ids if rows is None else ids[rows])
+        rows = np.flatnonzero(keep) if rows is None else rows[keep]
+        order = index.row_order(block.lo, rows.shape[0])
+        rows, weight, epoch = rows[order], weight[order], index.epoch
+    table = source if not hasattr(source, "read") else source.read()  # Parquet: the other columns only now
+    return [_with_columns(table.take(rows), weight, epoch)]
+
+
+class IdBlockSource(Datasource):
+    """A ray.data Datasource over IdBlocks covering ids [0, num_samples) (see the module docstring)."""
+
+    def __init__(self, blocks: list[IdBlock], num_samples: int, name: str):
+        self.blocks, self.num_samples, self._name = blocks, num_samples, name
+
+    def get_name(self) -> str:
+        return self._name
+
+    def estimate_inmemory_data_size(self):
+        sizes = [b.nbytes for b in self.blocks]
+        return None if any(s is None for s in sizes) else int(sum(sizes))
+
+    def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+        source = data_context.get_config(BINDING_KEY, None) if data_context is not None else None
+        if source is None:
+            return [ReadTask(functools.partial(read_block, b, None), _metadata(b)) for b in self.blocks]
+        index = current_index(source)
+        if index.num_samples != self.num_samples:
+            raise DataError(f"the plan covers {index.num_samples} ids but this dataset has {self.num_samples}")
+        tasks = []
+        for j in index.block_order(len(self.blocks)):
+            b = self.blocks[j]
+            if index.kept_bound(b.lo, b.hi) == 0:
+                continue  # no plan member here: not even read
+            tasks.append(ReadTask(functools.partial(read_block, b, _slice(index, b.lo, b.hi)), _metadata(b)))
+        return tasks
+
+
+def _slice(index: PlanIndex, lo: int, hi: int) -> PlanIndex:
+    """The entries of `index` that cover [lo, hi): what one read task carries."""
+    js = index.entries(lo, hi)
+    sl = slice(js.start, js.stop)
+    return PlanIndex(index.generation, index.epoch, index.seed, index.num_samples, index.kept,
+                     index.los[sl], index.his[sl], index.counts[sl], index.refs[sl])
+
+
+def is_id_block_dataset(ds) -> bool:
+    """Whether `ds` reads from an IdBlockSource (then the pruning happens at the read)."""
+    ops = [ds._logical_plan.dag]
+    while ops:
+        op = ops.pop()
+        if type(getattr(op, "datasource", None)).__name__ == "IdBlockSource":
+            return True
+        ops.extend(getattr(op, "input_dependencies", []))
+    return False
+
+
+def _check_columns(names, what: str) -> None:
+    if "id" not in names:
+        raise DataError(f"{what} has no 'id' column (columns: {', '.join(names)}); every train row needs an int64 "
+                        "id, 0..n-1 (repb_ray.data.from_numpy adds one; `repb-ray prepare` writes one)")
+    clash = [c for c in RESERVED if c in names]
+    if clash:
+        raise DataError(f"{what} has the column(s) {', '.join(clash)}, which repb_ray adds itself; rename them")
+
+
+def from_numpy(columns: dict, *, block_rows: int = 2048, name: str = "arrays"):
+    """A Ray dataset over in-memory arrays (one row per index of the first axis), served in blocks of
+    `block_rows` ids. An `id` column 0..n-1 is added when missing. For small data and tests: the
+    arrays pass through the driver once into the object store."""
+    import ray
+    import ray.data
+    from ray.data.block import BlockAccessor
+    cols = {k: np.asarray(v) for k, v in columns.items()}
+    lengths = {k: v.shape[0] for k, v in cols.items()}
+    if len(set(lengths.values())) != 1:
+        raise DataError(f"from_numpy needs columns of one length, got {lengths}")
+    n = next(iter(lengths.values()))
+    if "id" not in cols:
+        cols = {"id": np.arange(n, dtype=np.int64), **cols}
+    _check_columns(list(cols), "the arrays")
+    ids = cols["id"]
+    if ids.dtype != np.int64 or not np.array_equal(ids, np.arange(n)):
+        raise DataError("from_numpy needs the id column to be int64 0..n-1 in order; leave it out to get one")
+    blocks = []
+    for lo in range(0, n, block_rows):
+        hi = min(lo + block_rows, n)
+        table = BlockAccessor.batch_to_block({k: v[lo:hi] for k, v in cols.items()})
+        blocks.append(IdBlock(lo, hi, hi - lo, int(table.nbytes), ref=ray.put(table)))
+    return ray.data.read_datasource(IdBlockSource(blocks, n, name))
+
+
+def parquet_files(path) -> list[str]:
+    paths = [path] if isinstance(path, str) else list(path)
+    out = []
+    for p in paths:
+        if "://" in p:
+            import pyarrow.fs
+            fs, root = pyarrow.fs.FileSystem.from_uri(p)
+            infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+            scheme = p.split("://", 1)[0]
+            out += sorted(f"{scheme}://{i.path}" for i in infos if i.path.endswith(".parquet"))
+        elif os.path.isdir(p):
+            out += sorted(glob.glob(os.path.join(p, "**", "*.parquet"), recursive=True))
+        elif os.path.isfile(p):
+            out.append(p)
+        else:
+            raise DataError(f"Parquet path {p!r} does not exist")
+    if not out:
+        raise DataError(f"no .parquet files under {path!r}")
+    return out
+
+
+def read_parquet(path, *, limit: int | None = None, name: str = "parquet"):
+    """A Ray dataset over Parquet files with an int64 `id` column, each file holding one range of ids
+    (as `repb-ray prepare` writes them). Only the footers are read here; the ids must cover 0..n-1
+    once each (checked from the row-group statistics: min, max, count). `limit` keeps ids < limit."""
+    import pyarrow.parquet as pq
+    import ray.data
+    blocks = []
+    for f in parquet_files(path):
+        fs, p = _filesystem(f)
+        meta = (pq.ParquetFile(p, filesystem=fs) if fs is not None else pq.ParquetFile(p)).metadata
+        names = meta.schema.names
+        _check_columns(names, f"Parquet file {f}")
+        col = names.index("id")
+        lo, hi = None, None
+        for g in range(meta.num_row_groups):
+            st = meta.row_group(g).column(col).statistics
+            if st is None or not st.has_min_max:
+                raise DataError(f"{f}: the id column has no min/max statistics; rewrite it with pyarrow's defaults "
+                                "or with `repb-ray prepare`")
+            lo = st.min if lo is None else min(lo, st.min)
+            hi = st.max if hi is None else max(hi, st.max)
+        if meta.num_rows == 0:
+            continue
+        if hi - lo + 1 != meta.num_rows:
+            raise DataError(f"{f}: {meta.num_rows} rows hold ids {lo}..{hi}; each file must hold one dense range of "
+                            "unique ids (write the dataset with `repb-ray prepare`)")
+        blocks.append(IdBlock(int(lo), int(hi) + 1, meta.num_rows, int(meta.serialized_size + sum(
+            meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))), path=f))
+    blocks.sort(key=lambda b: b.lo)
+    n = sum(b.rows for b in blocks)
+    for a, b in zip(blocks, blocks[1:]):
+        if b.lo != a.hi:
+            raise DataError(f"ids {a.hi}..{b.lo - 1} are missing or repeated between {a.path} and {b.path}; the ids "
+                            f"must cover 0..n-1 exactly once")
+    if not blocks or blocks[0].lo != 0:
+        raise DataError(f"the ids in {path!r} must start at 0, got {blocks[0].lo if blocks else 'no rows'}")
+    if limit is not None:
+        blocks = [IdBlock(b.lo, min(b.hi, limit), min(b.hi, limit) - b.lo, b.nbytes, path=b.path)
+                  for b in blocks if b.lo < limit]
+        n = min(n, limit)
+    return ray.data.read_datasource(IdBlockSource(blocks, n, name))

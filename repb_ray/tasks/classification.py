@@ -1,0 +1,95 @@
+"""ClassificationTask: the shared base of the built-in image/vector classifiers (cross-entropy per
+sample, accuracy), with seeded per-sample augmentation that is a pure function of (epoch, id)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from repb_ray.core.checks import suggest
+from repb_ray.task import Task, TaskError
+from repb_ray.tasks.models import MODELS, build_model
+
+
+def row_randoms(epoch: np.ndarray, ids: np.ndarray, salt: int) -> np.ndarray:
+    """uint64 per row from (epoch, id, salt) by splitmix64: the same whatever the batching."""
+    with np.errstate(over="ignore"):
+        z = ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + epoch.astype(np.uint64) * np.uint64(0xD1B54A32D192ED03)
+        z += np.uint64(salt)
+        z ^= z >> np.uint64(30)
+        z *= np.uint64(0xBF58476D1CE4E5B9)
+        z ^= z >> np.uint64(27)
+        z *= np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def crop_flip(x: np.ndarray, epoch: np.ndarray, ids: np.ndarray, padding: int = 4) -> np.ndarray:
+    """Random `padding`-padded crop and horizontal flip of images [n, C, H, W], drawn per row from
+    (epoch, id): resuming or re-batching gives the same augmentation."""
+    n, _, h, w = x.shape
+    r = row_randoms(epoch, ids, 0xA06)
+    span = 2 * padding + 1
+    dy, dx = (r % span).astype(np.int64), ((r >> np.uint64(8)) % span).astype(np.int64)
+    flip = ((r >> np.uint64(16)) & np.uint64(1)).astype(bool)
+    padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)), mode="reflect")
+    out = np.empty_like(x)
+    for i in range(n):
+        out[i] = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+    out[flip] = out[flip][..., ::-1]
+    return out
+
+
+class ClassificationTask(Task):
+    """Images or feature vectors with integer labels: columns id, x, y. Subclasses give the data;
+    this class gives the model by name, the per-sample cross-entropy and accuracy."""
+
+    num_classes = 10
+    input_shape: tuple = ()
+    default_model = "cnn"
+    mean: tuple | None = None   # per-channel normalisation of uint8 images
+    std: tuple | None = None
+
+    def __init__(self, model: str | None = None, augment: bool = False):
+        model = model or self.default_model
+        if model not in MODELS:
+            raise TaskError(f"task_args.model must be one of {', '.join(MODELS)}, got model={model!r}{suggest(str(model), MODELS)}")
+        if not isinstance(augment, bool):
+            raise TaskError(f"task_args.augment must be true or false, got augment={augment!r}")
+        self.model_name, self.augment = model, augment
+
+    def model(self):
+        return build_model(self.model_name, self.input_shape, self.num_classes)
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        if x.dtype != np.uint8:
+            return x.astype(np.float32, copy=False)
+        out = x.astype(np.float32) / 255.0
+        out -= np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
+        out /= np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
+        return out
+
+    def preprocess(self, batch: dict) -> dict:
+        x = batch["x"]
+        if self.augment and x.ndim == 4:
+            x = crop_flip(x, batch["epoch"], batch["id"])
+        return {**batch, "x": self.features(x)}
+
+    def eval_preprocess(self, batch: dict) -> dict:
+        return {**batch, "x": self.features(batch["x"])}
+
+    def loss(self, model, batch):
+        import torch.nn.functional as F
+        return F.cross_entropy(model(batch["x"]), batch["y"], reduction="none")
+
+    def metrics(self, model, batch):
+        import torch.nn.functional as F
+        logits = model(batch["x"])
+        return {"correct": (logits.argmax(1) == batch["y"]).sum(), "count": batch["y"].shape[0],
+                "loss_sum": F.cross_entropy(logits, batch["y"], reduction="sum")}
+
+
+def subset(n: int | None, name: str) -> int | None:
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise TaskError(f"task_args.{name} must be a positive integer or null, got {name}={n!r}")
+    return n

@@ -1,0 +1,95 @@
+"""Fashion-MNIST (the default task): 60k 28x28 grey images, 10 classes, the small CNN. Served from
+Parquet shards prepared once from the idx files (or from memory with source=memory)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+
+import numpy as np
+
+from repb_ray.task import TaskError
+from repb_ray.tasks.classification import ClassificationTask, subset
+
+SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+SOURCES = ("parquet", "memory")
+
+
+def read_idx(path: str) -> np.ndarray:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find(directory: str, stem: str) -> str | None:
+    for sub in ("", "FashionMNIST/raw", "fashion-mnist", "raw"):
+        for ext in (".gz", ""):
+            p = os.path.join(directory, sub, stem + ext)
+            if os.path.isfile(p):
+                return p
+    return None
+
+
+class FashionMNIST(ClassificationTask):
+    """task_args: data_dir (the four idx files; default: the system copy), download (torchvision, needs
+    network), train_subset / test_subset (first N samples), model (cnn | mlp | resnet18), augment,
+    source (parquet | memory), prepared_dir (where the Parquet shards go; shared storage on a cluster)."""
+
+    num_classes, input_shape = 10, (1, 28, 28)
+    mean, std = (0.2860,), (0.3530,)
+
+    def __init__(self, data_dir: str | None = None, download: bool = False, train_subset: int | None = None,
+                 test_subset: int | None = None, model: str | None = None, augment: bool = False,
+                 source: str = "parquet", prepared_dir: str | None = None):
+        super().__init__(model, augment)
+        if data_dir is not None and not os.path.isdir(data_dir):
+            raise TaskError(f"task_args.data_dir={data_dir!r} does not exist; point it at the folder with the four "
+                            "Fashion-MNIST idx files, or leave it out to use the system copy")
+        if source not in SOURCES:
+            raise TaskError(f"task_args.source must be one of {', '.join(SOURCES)}, got source={source!r}")
+        self.data_dir, self.download, self.source = data_dir, download, source
+        self.train_subset, self.test_subset = subset(train_subset, "train_subset"), subset(test_subset, "test_subset")
+        self.prepared_dir = prepared_dir or os.path.join(os.path.expanduser("~/.cache/repb_ray/prepared"), "fashion_mnist")
+
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(images uint8 [n, 1, 28, 28], labels int64 [n]) of the whole split."""
+        dirs = [self.data_dir] if self.data_dir else [SYSTEM_DIR]
+        for d in dirs:
+            paths = [_find(d, s) for s in FILES[split]]
+            if all(paths):
+                x, y = (read_idx(p) for p in paths)
+                return x[:, None].copy(), y.astype(np.int64)
+        if self.download:
+            import torchvision
+            root = self.data_dir or os.path.expanduser("~/.cache/repb_ray")
+            ds = torchvision.datasets.FashionMNIST(root, train=split == "train", download=True)
+            return ds.data.numpy()[:, None].copy(), ds.targets.numpy().astype(np.int64)
+        raise TaskError(
+            f"task 'fashion_mnist': Fashion-MNIST not found in {dirs[0]}; get it with "
+            "apt-get install -y dataset-fashion-mnist, or set task_args.data_dir to a folder with the four idx "
+            "files, or task_args.download=true (needs network)")
+
+    def train_dataset(self):
+        from repb_ray.data import from_numpy, read_parquet
+        if self.source == "memory":
+            x, y = self.arrays("train")
+            n = self.train_subset or len(y)
+            return from_numpy({"x": x[:n], "y": y[:n]})
+        from repb_ray.data.prepare import ensure_prepared
+
+        def columns():
+            x, y = self.arrays("train")
+            return {"x": x, "y": y}
+        ensure_prepared(os.path.join(self.prepared_dir, "train"), columns, source="fashion_mnist train")
+        return read_parquet(os.path.join(self.prepared_dir, "train"), limit=self.train_subset)
+
+    def test_dataset(self):
+        from repb_ray.data import from_numpy
+        x, y = self.arrays("test")
+        n = self.test_subset or len(y)
+        return from_numpy({"x": x[:n], "y": y[:n]}, block_rows=5000)
