@@ -1,6 +1,7 @@
-"""RePB in a plain PyTorch loop (no Ray): the small CNN on Fashion-MNIST, a few epochs.
+"""RePB in a plain PyTorch loop (no Ray), driven by a Task: the built-in Fashion-MNIST task's model,
+per-sample loss, preprocess and metrics, exactly the code the Ray workers run.
 
-    python examples/plain_pytorch.py --epochs 3 [--policy repb --rho 0.5 --window 1] [--subset 10000]
+    python examples/plain_pytorch.py --epochs 3 [--task synthetic] [--policy repb --rho 0.5 --window 1] [--subset 10000]
 
 Under torchrun, the policy is replicated on every rank: each rank gathers all ranks' observations
 and reaches the same plan, since plans are a pure function of (seed, scores).
@@ -15,16 +16,24 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, TensorDataset
 
 from repb_ray.core import make_policy
-from repb_ray.data import load_dataset
-from repb_ray.models import build_model
-from repb_ray.torch import IndexedDataset, PlanSampler, gather_observations
+from repb_ray.task import TaskRef
+from repb_ray.torch import IndexedDataset, PlanSampler, Scorer, build_optimizer, gather_observations
 from repb_ray.torch.step import evaluate, train_step
+
+
+def as_batch(task, ids, x, y, epoch, weights=None):
+    """A numpy batch through the task's preprocess, as the Ray pipeline would hand it over."""
+    raw = {"id": ids.numpy(), "x": x.numpy(), "y": y.numpy(), "epoch": np.full(len(ids), epoch, np.int64)}
+    batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in task.preprocess(raw).items()}
+    if weights is not None:
+        batch["weight"] = torch.from_numpy(weights)
+    return batch
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "synthetic"])
-    ap.add_argument("--policy", default="repb", choices=["repb", "infobatch", "random", "full"])
+    ap.add_argument("--task", default="fashion_mnist", choices=["fashion_mnist", "synthetic"])
+    ap.add_argument("--policy", default="repb", choices=["repb", "infobatch", "random", "full", "egreedy", "ucb"])
     ap.add_argument("--rho", type=float, default=0.5)
     ap.add_argument("--window", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=3)
@@ -35,38 +44,44 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    train, test = load_dataset(args.dataset)
-    train = train.subset(args.subset)
-    data = IndexedDataset(TensorDataset(torch.from_numpy(train.features(train.x)), torch.from_numpy(train.y)))
+    task = TaskRef(args.task).load()
+    x, y = task.arrays("train")
+    x, y = x[: args.subset], y[: args.subset]
+    tx, ty = task.arrays("test")
+    data = IndexedDataset(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)))
     params = {"repb": {"rho": args.rho, "window": args.window},
               "infobatch": {"prune_ratio": args.rho, "num_epochs": args.epochs},
-              "random": {"prune_ratio": args.rho}, "full": {}}[args.policy]
-    policy = make_policy(args.policy, num_samples=len(train), seed=args.seed, world_size=world, **params)
+              "full": {}}.get(args.policy, {"prune_ratio": args.rho})
+    policy = make_policy(args.policy, num_samples=len(y), seed=args.seed, world_size=world, **params)
     sampler = PlanSampler(policy.plan, rank=rank, world_size=world, seed=args.seed)
     loader = DataLoader(data, batch_size=args.batch_size, sampler=sampler)
     with torch.random.fork_rng():
         torch.manual_seed(args.seed)
-        model = build_model("auto", train.x.shape[1:], train.num_classes)
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True)
+        model = task.model()
+    opt = build_optimizer("sgd", model.parameters(), lr=args.lr, momentum=0.9)
+    scorer = Scorer("loss", model)
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
         sampler.set_plan(policy.plan)
         steps, ids, scores = [], [], []
-        for step, (batch_ids, (x, y)) in enumerate(loader):
-            w = torch.from_numpy(policy.plan.weights_for(batch_ids.numpy()))
-            _, s = train_step(model, opt, x, y, w)
+        for step, (batch_ids, (xb, yb)) in enumerate(loader):
+            w = policy.plan.weights_for(batch_ids.numpy())
+            _, s = train_step(task, args.task, model, opt, as_batch(task, batch_ids, xb, yb, epoch, w), scorer,
+                              first=epoch == 1 and step == 0)
             steps.append(np.full(len(batch_ids), step, np.int64))
             ids.append(batch_ids.numpy())
-            scores.append(s)
+            scores.append(s.numpy())
         policy.observe(*gather_observations(np.concatenate(steps), np.concatenate(ids), np.concatenate(scores)))
         kept = len(policy.plan)
         policy.finish_epoch(world_size=world)
-        acc = evaluate(model, test, batch_size=1000, device="cpu", rank=rank, world_size=world)["test_accuracy"]
+        test = (as_batch(task, torch.arange(a, min(a + 1000, len(ty))), torch.from_numpy(tx[a:a + 1000]),
+                         torch.from_numpy(ty[a:a + 1000]), 0) for a in range(rank * 1000, len(ty), 1000 * world))
+        metrics = evaluate(task, model, test, "cpu")
         if rank == 0:
-            print(f"epoch {epoch}: trained {kept}/{len(train)} samples, test accuracy {acc:.4f}, "
+            print(f"epoch {epoch}: trained {kept}/{len(y)} samples, test accuracy {metrics['accuracy']:.4f}, "
                   f"{time.perf_counter() - t0:.1f}s", flush=True)
     if rank == 0:
-        print(f"pruned fraction over {args.epochs} epochs: {1 - sum(policy.sizes[:-1]) / (args.epochs * len(train)):.3f}")
+        print(f"pruned fraction over {args.epochs} epochs: {1 - sum(policy.sizes[:-1]) / (args.epochs * len(y)):.3f}")
 
 
 if __name__ == "__main__":

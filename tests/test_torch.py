@@ -10,8 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from repb_ray.core import EpochPlan, make_policy
-from repb_ray.torch import IndexedDataset, PlanCosineLR, PlanSampler, compute_scores, gather_observations, weighted_loss
-from repb_ray.torch.augment import random_crop_flip
+from repb_ray.torch import IndexedDataset, PlanCosineLR, PlanSampler, Scorer, gather_observations, weighted_loss
+from repb_ray.torch.scores import grad_norm_of_logits
 
 
 def test_weighted_loss_is_mean_of_w_times_l_and_rejects_reduced_loss():
@@ -41,17 +41,33 @@ def test_indexed_dataset_yields_ids():
     assert i.dtype == torch.int64 and i.item() == 3 and x.item() == 3.0
 
 
-def test_scores_loss_and_grad_norm():
-    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
-    y = torch.tensor([0, 1])
+def test_scores_loss_and_grad_norm_at_the_model_output():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    loss_score, grad_score = Scorer("loss", model), Scorer("grad_norm", model)
+    logits = model(x)
     per = torch.nn.functional.cross_entropy(logits, y, reduction="none")
-    s = compute_scores("loss", per, logits, y)
-    assert s.dtype == np.float32 and np.allclose(s, per.numpy())
-    g = compute_scores("grad_norm", per, logits, y)
-    p = torch.softmax(logits, 1)
-    assert np.isclose(g[1], np.sqrt(0.5 ** 2 + 0.5 ** 2)) and np.isclose(g[0], np.sqrt(2) * (1 - p[0, 0].item()))
-    with pytest.raises(ValueError, match="unknown score"):
-        compute_scores("entropy", per, logits, y)
+    assert torch.equal(loss_score(per), per.detach())
+    g = grad_score(per)  # generic: d sum(loss) / d output, per sample
+    np.testing.assert_allclose(g.numpy(), grad_norm_of_logits(logits, y), rtol=1e-6)
+    per.mean().backward()  # the parameters' backward still works after the output gradient
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match="score must be one of loss, grad_norm"):
+        Scorer("entropy")
+
+
+def test_grad_norm_needs_one_output_tensor():
+    from repb_ray.task import TaskError
+
+    class TwoHeads(torch.nn.Module):
+        def forward(self, x):
+            return x, x
+    m = TwoHeads()
+    s = Scorer("grad_norm", m, task="my:Task")
+    m(torch.zeros(2, requires_grad=True))
+    with pytest.raises(TaskError, match="task 'my:Task': score=grad_norm needs the model's forward to return one tensor"):
+        s(torch.zeros(2, requires_grad=True))
 
 
 def test_schedule_follows_real_epoch_lengths():
@@ -63,13 +79,6 @@ def test_schedule_follows_real_epoch_lengths():
     assert sched.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
     sched.start_epoch(1, 10)
     assert sched.get_last_lr()[0] == pytest.approx(1.0)
-
-
-def test_random_crop_flip_is_seeded():
-    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
-    a = random_crop_flip(x, torch.Generator().manual_seed(1))
-    b = random_crop_flip(x, torch.Generator().manual_seed(1))
-    assert a.shape == x.shape and torch.equal(a, b)
 
 
 def _gather_worker(rank, port, out_dir):
@@ -96,7 +105,7 @@ def test_gather_observations_across_two_gloo_ranks(tmp_path):
 def test_plain_loop_example_runs(tmp_path):
     import subprocess, sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = subprocess.run([sys.executable, "examples/plain_pytorch.py", "--dataset", "synthetic", "--epochs", "3"],
+    p = subprocess.run([sys.executable, "examples/plain_pytorch.py", "--task", "synthetic", "--epochs", "3"],
                        cwd=root, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "epoch 3:" in p.stdout and "pruned fraction over 3 epochs" in p.stdout

@@ -29,12 +29,14 @@ def reference_run(ray_session, smoke_config, tmp_path_factory):
 
 def test_summary_has_every_field(reference_run):
     _, s = reference_run
-    for key in ("config", "policy", "seed", "num_workers", "epochs", "final_test_accuracy", "best_test_accuracy",
-                "pruned_fraction", "samples_trained", "wall_time_s", "per_epoch"):
+    for key in ("config", "task", "task_args", "policy", "seed", "num_workers", "epochs", "final_test_accuracy",
+                "best_test_accuracy", "metric", "final_metric", "pruned_fraction", "samples_trained", "wall_time_s",
+                "per_epoch"):
         assert key in s, key
     assert s["epochs"] == 3 and s["num_workers"] == 2 and s["policy"] == "repb"
-    assert set(s["per_epoch"][0]) == {"epoch", "kept", "pruned_fraction", "train_loss", "test_accuracy",
-                                      "epoch_time_s", "train_time_s", "weight_mean", "weight_max", "plan_digest"}
+    assert s["task"] == "synthetic" and s["task_args"] == {"size": 256} and s["metric"] == "test_accuracy"
+    assert {"epoch", "kept", "pruned_fraction", "train_loss", "test_accuracy", "test_loss", "epoch_time_s",
+            "train_time_s", "weight_mean", "weight_max", "plan_digest"} <= set(s["per_epoch"][0])
     kept = [e["kept"] for e in s["per_epoch"]]
     assert s["samples_trained"] == sum(kept)
     assert s["pruned_fraction"] == pytest.approx(1 - sum(kept) / (3 * 256))
@@ -66,6 +68,7 @@ def test_training_run_is_tracked_in_mlflow(reference_run):
     client = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
     run = client.get_run(s["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.params["policy"] == "repb"
+    assert run.data.params["task"] == "synthetic" and run.data.params["task_args"] == '{"size": 256}'
     assert [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy")] == [1, 2, 3]
     names = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert "summary.json" in names and "plots" in names
@@ -87,10 +90,12 @@ def test_resume_gives_the_uninterrupted_plans(reference_run, smoke_config, tmp_p
 def test_local_mode_runs_every_policy_in_one_harness(ray_session, smoke_config, tmp_path):
     from repb_ray.train.driver import run_training
     cfg = Config.from_yaml(smoke_config, [f"output_dir={tmp_path}", "tracking_uri=none", "num_workers=0"])
-    for policy in ("infobatch", "random", "full"):
+    pruned = {}
+    for policy in ("infobatch", "random", "full", "egreedy", "ucb"):
         s = run_training(cfg.replace(name=policy, policy=policy), progress=False)
         assert s["epochs"] == 2 and s["policy"] == policy
-    assert s["pruned_fraction"] == 0.0
+        pruned[policy] = s["pruned_fraction"]
+    assert pruned["full"] == 0.0 and pruned["random"] == pytest.approx(0.5) and pruned["ucb"] == 0.25
 
 
 def test_cli_rejects_bad_config_with_exit_code_2(smoke_config, tmp_path):

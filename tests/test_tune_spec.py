@@ -9,7 +9,7 @@ from repb_ray.tune.sweep import trial_resources
 
 
 def test_grid_trials_cross_product_plus_baselines():
-    spec = SweepSpec(base={"dataset": "synthetic"}, search={"rho": {"grid": [0.3, 0.5]}, "window": {"grid": [1, 4]}},
+    spec = SweepSpec(base={"task": "synthetic"}, search={"rho": {"grid": [0.3, 0.5]}, "window": {"grid": [1, 4]}},
                      baselines=[{"policy": "full"}])
     trials = spec.grid_trials()
     assert len(trials) == 5 and trials[-1] == {"policy": "full", "_baseline": True}

@@ -211,8 +211,8 @@ def progress_callback():
         def after_report(self, run_context, metrics, checkpoint):
             m = metrics[0] if metrics else {}
             if m:
-                tests = " ".join(f"{k[5:]} {v:.4f}" for k, v in m.items() if k.startswith("test_"))
-                print(f"[repb_ray] epoch {m['epoch']}: {tests} loss {m['train_loss']:.4f} "
+                tests = " ".join(f"test {k[5:]} {v:.4f}" for k, v in m.items() if k.startswith("test_"))
+                print(f"[repb_ray] epoch {m['epoch']}: {tests} train loss {m['train_loss']:.4f} "
                       f"kept {m['kept']} (pruned {m['pruned_fraction']:.1%}, cum {m['cum_pruned_fraction']:.1%}) "
                       f"w_max {m['weight_max']:.2f} {m['epoch_time_s']:.1f}s", flush=True)
     return ProgressCallback()

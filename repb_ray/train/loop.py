@@ -111,7 +111,7 @@ def train_loop_per_worker(config: dict) -> list:
         if cfg.audit:
             _write_audit(cfg.run_dir, epoch, rank, audit)
         metrics = {f"test_{k}": v for k, v in
-                   (evaluate(task, raw_model, _test_batches(test, cfg, session), device) if test else {}).items()}
+                   (evaluate(task, raw_model, _test_batches(test, cfg, device), device) if test else {}).items()}
         loss_total, steps_all = _allreduce([loss_sum, steps], device)
         sizes = nxt["sizes"][:epoch]
         n = info["num_samples"]
@@ -130,13 +130,10 @@ def train_loop_per_worker(config: dict) -> list:
     return history
 
 
-def _test_batches(test, cfg: Config, session: PruningSession):
-    def collate(batch: dict) -> dict:
-        return {k: torch.as_tensor(v if v.flags.writeable else np.array(v)) for k, v in batch.items()}
-    device = ray.train.torch.get_device()
-    for batch in test.iter_torch_batches(batch_size=cfg.eval_batch_size, collate_fn=collate,
-                                         prefetch_batches=cfg.prefetch_batches):
-        yield {k: v.to(device) if k != "id" else v for k, v in batch.items()}
+def _test_batches(test, cfg: Config, device):
+    from repb_ray.train.pruning import TensorCollate
+    return test.iter_torch_batches(batch_size=cfg.eval_batch_size, collate_fn=TensorCollate(device),
+                                   prefetch_batches=cfg.prefetch_batches)
 
 
 def _report(session, epoch, metrics, history, model, optimizer, schedule) -> None:

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from repb_ray.train import state_store
 
@@ -246,21 +247,8 @@ class PruningSession:
     def batches(self, shard, batch_size: int, device=None, dtypes=None):
         """This rank's batches of the epoch as dicts of tensors ("id" stays on the CPU), shuffled
         across blocks by a buffer seeded by (seed, epoch, rank); checks they come from this plan."""
-        import torch
         epoch = int(self.plan["epoch"])
-        dev = torch.device(device) if device is not None else torch.device("cpu")
-        pin = dev.type == "cuda"
-
-        def collate(batch: dict) -> dict:
-            out = {}
-            for k, v in batch.items():
-                t = torch.as_tensor(v if v.flags.writeable else np.array(v))
-                if k == "id" or dev.type == "cpu":
-                    out[k] = t
-                else:
-                    out[k] = (t.pin_memory() if pin else t).to(dev, non_blocking=pin)
-            return out
-
+        collate = TensorCollate(device)
         for batch in shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate,
                                               prefetch_batches=self.handle.prefetch_batches,
                                               local_shuffle_buffer_size=self.handle.shuffle_rows or None,
@@ -287,6 +275,31 @@ class PruningSession:
                 self.front.report_progress.remote({"epoch": int(self.plan["epoch"]), "step": self.step,
                                                    "samples": self.samples * self.world_size,
                                                    "kept": self.plan["kept"], "t": time.time()})
+
+
+class TensorCollate(NumpyBatchCollateFn):
+    """Numpy batch -> dict of tensors without copying (read-only Arrow buffers are shared, so tasks
+    must not write into their inputs in place); "id" stays on the CPU, the rest goes to `device`
+    (from pinned memory, asynchronously, on CUDA)."""
+
+    def __init__(self, device=None):
+        import torch
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+
+    def __call__(self, batch: dict) -> dict:
+        import warnings
+
+        import torch
+        cuda = self.device.type == "cuda"
+        out = {}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            for k, v in batch.items():
+                t = torch.as_tensor(v)
+                if k != "id" and self.device.type != "cpu":
+                    t = (t.pin_memory() if cuda else t).to(self.device, non_blocking=cuda)
+                out[k] = t
+        return out
 
 
 def _nonfinite(ids: np.ndarray, scores: np.ndarray, epoch: int) -> Exception:
