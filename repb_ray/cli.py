@@ -1,17 +1,17 @@
-"""The `repb-ray` command: train | sweep. Bad input gives one line on stderr and exit code 2."""
+"""The `repb-ray` command: train | sweep | prepare. Bad input gives one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from repb_ray.config import Config, ConfigError
+from repb_ray.config import Config
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML config (see jobs/configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key; repeatable, e.g. --set rho=0.3 --set epochs=5")
+                   help="override a config key; repeatable, e.g. --set rho=0.3 --set task_args.train_subset=1000")
     p.add_argument("--output-dir", help="where summaries, checkpoints and the MLflow store go")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under the output dir; 'none')")
 
@@ -20,8 +20,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="repb-ray", description="Dynamic data pruning (RePB) on Ray.")
     sub = ap.add_subparsers(dest="command", required=True)
     _common(sub.add_parser("train", help="train one model with a pruning policy"))
-    sw = sub.add_parser("sweep", help="Ray Tune sweep over config fields, tracked in MLflow")
-    _common(sw)
+    _common(sub.add_parser("sweep", help="Ray Tune sweep over config fields, tracked in MLflow"))
+    pr = sub.add_parser("prepare", help="write a dataset as Parquet shards with a dense int64 id column")
+    pr.add_argument("source", help="a built-in task (fashion_mnist, cifar10, cifar100, synthetic) or a path of "
+                    "Parquet files / an image folder (with --images)")
+    pr.add_argument("--out", required=True, help="the folder to write (must not hold a prepared dataset)")
+    pr.add_argument("--split", default="train", choices=["train", "test"], help="built-in tasks: which split")
+    pr.add_argument("--images", action="store_true", help="source is a folder of images (ray.data.read_images)")
+    pr.add_argument("--rows-per-file", type=int, default=16384)
+    pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="task_args of a built-in task, e.g. --set data_dir=/data/fmnist")
     return ap
 
 
@@ -34,20 +42,50 @@ def _overrides(args) -> list[str]:
     return extra
 
 
+def _prepare(args) -> None:
+    from repb_ray.config import parse_overrides
+    from repb_ray.data.prepare import prepare_arrays, prepare_dataset
+    from repb_ray.tasks import BUILTIN
+
+    def progress(rows, seconds):
+        print(f"[repb_ray] prepared {rows} rows ({rows / max(seconds, 1e-9):.0f} rows/s)", flush=True)
+    if args.source in BUILTIN:
+        from repb_ray.task import instantiate
+        task = instantiate(args.source, parse_overrides(args.overrides))
+        x, y = task.arrays(args.split)
+        m = prepare_arrays({"x": x, "y": y}, args.out, rows_per_file=args.rows_per_file,
+                           source=f"{args.source} {args.split}")
+    else:
+        import ray.data
+        ds = ray.data.read_images(args.source, include_paths=True) if args.images else ray.data.read_parquet(args.source)
+        m = prepare_dataset(ds, args.out, rows_per_file=args.rows_per_file, source=args.source, progress=progress)
+    print(f"[repb_ray] wrote {m['num_samples']} rows in {len(m['files'])} files to {args.out}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from repb_ray.errors import describe
     args = build_parser().parse_args(argv)
+    log_dir = None
     try:
         if args.command == "train":
             cfg = Config.from_yaml(args.config, _overrides(args))
+            log_dir = cfg.run_dir
             from repb_ray.train.driver import run_training
             run_training(cfg)
-        else:
-            from repb_ray.tune.sweep import SweepSpec, run_sweep
+        elif args.command == "sweep":
+            from repb_ray.tune.spec import SweepSpec
             spec = SweepSpec.from_yaml(args.config, _overrides(args))
+            from repb_ray.tune.sweep import run_sweep
             run_sweep(spec)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"repb-ray: error: {exc}", file=sys.stderr)
-        return 2
+        else:
+            _prepare(args)
+    except KeyboardInterrupt:
+        print("repb-ray: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line; the full traceback goes to the run's error.log
+        line, code = describe(exc, log_dir)
+        print(f"repb-ray: error: {line}", file=sys.stderr)
+        return code
     return 0
 
 

@@ -98,7 +98,11 @@ class Config:
 
     @classmethod
     def from_yaml(cls, path: str, overrides: list[str] | None = None) -> "Config":
-        data = apply_overrides(load_yaml_mapping(path, "config"), parse_overrides(overrides or []))
+        data = load_yaml_mapping(path, "config")
+        over = parse_overrides(overrides or [])
+        if "task" in over and over["task"] != data.get("task", "fashion_mnist") and "task_args" not in over:
+            data = {**data, "task_args": {}}  # the file's task_args belong to the file's task
+        data = apply_overrides(data, over)
         if data.get("name") is None:
             data["name"] = os.path.splitext(os.path.basename(path))[0]
         return cls.from_dict(data)

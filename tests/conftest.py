@@ -14,7 +14,9 @@ def ray_session():
     The example tasks are importable by its workers through PYTHONPATH (the runtime-env route that
     users take is tested by the subprocess runs)."""
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (EXAMPLE_TASKS, os.environ.get("PYTHONPATH")) if p)
+    here = os.path.dirname(os.path.abspath(__file__))
+    examples = os.path.join(ROOT, "examples")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (EXAMPLE_TASKS, examples, here, os.environ.get("PYTHONPATH")) if p)
     if EXAMPLE_TASKS not in sys.path:
         sys.path.insert(0, EXAMPLE_TASKS)
     import ray

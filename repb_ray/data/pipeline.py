@@ -72,8 +72,8 @@ def pruned_dataset(ds, source, task_ref=None):
         ds = ds.map_batches(filter_to_plan, fn_kwargs={"source": source}, batch_format="pyarrow", batch_size=None)
     ds.context.set_config(BINDING_KEY, source)
     ds.context.execution_options.preserve_order = True  # the same order on every run (local mode too)
-    if task_ref is not None and _overrides(task_ref, "preprocess"):
-        ds = ds.map_batches(apply_preprocess, fn_kwargs={"task_ref": task_ref}, batch_format="numpy")
+    if task_ref is not None and _overrides(task_ref, "preprocess"):  # one call per block: blocks stay as they are
+        ds = ds.map_batches(apply_preprocess, fn_kwargs={"task_ref": task_ref}, batch_format="numpy", batch_size=None)
     return ds
 
 

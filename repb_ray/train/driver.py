@@ -47,7 +47,9 @@ def in_submitted_job() -> bool:
 
 def ensure_ray(cfg: Config, runtime_env: dict | None = None) -> None:
     """Connect to RAY_ADDRESS when set (inside `ray job submit` the job's working_dir already carries
-    the task's module), else start a private local Ray bound to 127.0.0.1."""
+    the task's module), else start a private local Ray bound to 127.0.0.1. The task's module ships
+    with the job's runtime environment (Ray uploads local modules only at this level); when Ray is
+    already up in this process (a Tune trial, a notebook), it must be importable there already."""
     import ray
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     if ray.is_initialized():
@@ -121,7 +123,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=cfg.name, storage_path=storage, worker_runtime_env=runtime_env or {},
+            name=cfg.name, storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks + ([progress_callback()] if progress else [])),
@@ -139,7 +141,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
     path = os.path.join(cfg.run_dir, "summary.json")
     with open(path, "w") as fh:
         json.dump(summary, fh, indent=2)
-    tracker.finish(path, history)
+    tracker.finish(path, history, summary["metric"])
     if progress:
         metric = summary.get("final_metric")
         print(f"[repb_ray] done: final {task.metric} {metric if metric is None else round(metric, 4)}, pruned "
@@ -164,13 +166,13 @@ class _Tracker:
     def callbacks(self) -> list:
         return [self.mt.epoch_callback(self.uri, self.run_id)] if self.run_id else []
 
-    def finish(self, summary_path: str, history: list) -> None:
+    def finish(self, summary_path: str, history: list, metric: str | None = None) -> None:
         if not self.run_id:
             return
         from repb_ray.plots import run_curves
         self.mt.log_artifact(self.uri, self.run_id, summary_path)
         if history:
-            png = run_curves(history, os.path.join(self.cfg.run_dir, "curves.png"), self.cfg.name)
+            png = run_curves(history, os.path.join(self.cfg.run_dir, "curves.png"), self.cfg.name, metric)
             self.mt.log_artifact(self.uri, self.run_id, png, "plots")
         self.mt.end_run(self.uri, self.run_id, "FINISHED")
 

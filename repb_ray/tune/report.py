@@ -31,9 +31,8 @@ def format_table(rows: list[dict], front: list[int]) -> str:
 
 
 def plot_pareto(rows: list[dict], front: list[int], path: str) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from repb_ray.plots import pyplot
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     pts = [(i, r) for i, r in enumerate(rows) if r["final_accuracy"] is not None]
     ax.scatter([r["pruned_fraction"] for _, r in pts], [r["final_accuracy"] for _, r in pts], c="tab:blue",
@@ -55,9 +54,8 @@ def plot_pareto(rows: list[dict], front: list[int], path: str) -> str:
 
 
 def plot_pruned_per_epoch(per_epoch: dict[str, list[float]], path: str) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from repb_ray.plots import pyplot
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, series in per_epoch.items():
         ax.plot(range(1, len(series) + 1), series, marker=".", label=name)
