@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="the folder to write (must not hold a prepared dataset)")
     pr.add_argument("--split", default="train", choices=["train", "test"], help="built-in tasks: which split")
     pr.add_argument("--images", action="store_true", help="source is a folder of images (ray.data.read_images)")
-    pr.add_argument("--rows-per-file", type=int, default=16384)
+    pr.add_argument("--rows-per-file", type=int, default=2048, help="rows per file: the unit the epoch order "
+                    "permutes (smaller: finer order, more files)")
     pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="task_args of a built-in task, e.g. --set data_dir=/data/fmnist")
     return ap

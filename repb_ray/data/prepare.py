@@ -21,11 +21,11 @@ def _write_part(out_dir: str, part: int, lo: int, cols: dict) -> dict:
     n = len(next(iter(cols.values())))
     table = BlockAccessor.batch_to_block({"id": np.arange(lo, lo + n, dtype=np.int64), **cols})
     name = f"part-{part:05d}.parquet"
-    pq.write_table(table, os.path.join(out_dir, name), row_group_size=min(n, 8192))
+    pq.write_table(table, os.path.join(out_dir, name), row_group_size=min(n, 2048))
     return {"file": name, "lo": lo, "hi": lo + n}
 
 
-def write_shards(batches: Iterable[dict], out_dir: str, *, rows_per_file: int = 16384, source: str = "",
+def write_shards(batches: Iterable[dict], out_dir: str, *, rows_per_file: int = 2048, source: str = "",
                  progress=None) -> dict:
     """Write numpy batches (dicts of equal-length columns, no `id`) as Parquet files of
     `rows_per_file` rows with ids 0, 1, ... in the order given; atomic (a temporary directory renamed
@@ -67,7 +67,7 @@ def write_shards(batches: Iterable[dict], out_dir: str, *, rows_per_file: int = 
 
 def prepare_arrays(columns: dict, out_dir: str, **kwargs) -> dict:
     n = len(next(iter(columns.values())))
-    step = kwargs.get("rows_per_file", 16384)
+    step = kwargs.get("rows_per_file", 2048)
     return write_shards(({k: v[a:a + step] for k, v in columns.items()} for a in range(0, n, step)), out_dir, **kwargs)
 
 
@@ -80,7 +80,7 @@ def prepare_dataset(ds, out_dir: str, **kwargs) -> dict:
     return write_shards(ds.iter_batches(batch_format="numpy", batch_size=4096), out_dir, **kwargs)
 
 
-def ensure_prepared(out_dir: str, make_columns, *, source: str, rows_per_file: int = 16384) -> str:
+def ensure_prepared(out_dir: str, make_columns, *, source: str, rows_per_file: int = 2048) -> str:
     """Prepare once: when `out_dir` has no manifest, write make_columns() there (under a file lock,
     so concurrent runs wait for the first). Returns out_dir."""
     import fcntl

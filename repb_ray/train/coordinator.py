@@ -105,8 +105,13 @@ class ShardActor:
 
     def __init__(self, index: int, lo: int, hi: int, policy: str, num_samples: int, seed: int, params: dict,
                  world_size: int, front):
-        spec = Spec(policy, num_samples, seed, dict(params))
+        self._args = (lo, hi, policy, Spec(policy, num_samples, seed, dict(params)), world_size)
         self.index, self.front = index, front
+        self.reinit()
+
+    def reinit(self):
+        """A fresh shard (a reset without a saved state must not keep counts of a failed attempt)."""
+        lo, hi, policy, spec, world_size = self._args
         self.host = ShardHost(policy_class(policy).SHARD(lo, hi, spec), world_size)
 
     def begin(self, generation, epoch, world_size):
@@ -178,17 +183,18 @@ class Coordinator:
                 self.host.load(location, 0, self.policy.epoch)
             self._remote = None
         else:
+            self.policy = self._new_policy(local=False)
             if self._remote is None:  # the shard actors live as long as this process
                 actor = ray.remote(num_cpus=0, max_restarts=0)(ShardActor)
                 me = ray.get_runtime_context().current_actor
                 self._remote = [actor.remote(j, lo, hi, self._args["policy"], self._args["num_samples"],
-                                             self._args["seed"], self._args["params"], self.world_size, me)
+                                             self._args["seed"], self.policy.params, self.world_size, me)
                                 for j, (lo, hi) in enumerate(self.bounds)]
-            self.policy = self._new_policy(local=False)
             if location is not None:
                 self.policy.load_global_state(epoch_state)
                 await asyncio.gather(*[h.load.remote(location, self.policy.epoch) for h in self._remote])
             else:
+                await asyncio.gather(*[h.reinit.remote() for h in self._remote])
                 await self._drive(self.policy.conduct_first())
         if world_size != self.policy.world_size or (self.policy.sizes and self.policy.sizes[-1] % world_size):
             self.policy.world_size = world_size
