@@ -34,8 +34,11 @@ def test_smoke_sweep_sqlite(ray_session, tmp_path):
     spec = SweepSpec.from_yaml(SWEEP, ["num_workers=1", f"output_dir={tmp_path}"])
     summary = run_sweep(spec)
     assert [r["status"] for r in summary["trials"]] == ["FINISHED"] * 3
+    assert [r["method"] for r in summary["trials"]] == ["RePB", "RePB", "Full data"]
+    assert [r["budget"] for r in summary["trials"]] == [0.3, 0.7, 0.0]
     with open(tmp_path / "sweep_smoke" / "sweep_summary.json") as fh:
         assert json.load(fh)["pareto_front"] == summary["pareto_front"]
+    assert "| Full data |" in (tmp_path / "sweep_smoke" / "paper_table.md").read_text()
     client, parent, children = _runs(summary["mlflow_tracking_uri"])
     assert summary["mlflow_tracking_uri"] == f"sqlite:///{tmp_path}/mlflow.db"
     assert sorted((c.data.params["policy"], c.data.params["rho"]) for c in children) == \
@@ -46,7 +49,8 @@ def test_smoke_sweep_sqlite(ray_session, tmp_path):
             assert [m.step for m in client.get_metric_history(c.info.run_id, metric)] == [1, 2], metric
         assert c.data.tags["git_commit"] and c.data.tags["policy"] == c.data.params["policy"]
     plots = [a.path for a in client.list_artifacts(parent.info.run_id, "plots")]
-    assert sorted(plots) == ["plots/pareto.png", "plots/pruned_per_epoch.png"]
+    assert sorted(plots) == ["plots/metric_vs_pruned.png", "plots/pareto.png", "plots/pruned_per_epoch.png"]
+    assert "paper_table.md" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     local = client.download_artifacts(parent.info.run_id, "plots/pareto.png", str(tmp_path))
     with open(local, "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -31,6 +31,36 @@ def git_commit() -> str:
         return "unknown"
 
 
+_SECRET_QUERY = ("token", "password", "secret", "key", "signature", "credential")
+
+
+def redact(uri):
+    """A URI without credentials: user:password@ becomes ***@ and secret-looking query values ***."""
+    if not isinstance(uri, str) or "://" not in uri:
+        return uri
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+    parts = urlsplit(uri)
+    secret_query = any(any(w in k.lower() for w in _SECRET_QUERY) for k, _ in parse_qsl(parts.query))
+    if "@" not in parts.netloc and not secret_query:
+        return uri  # nothing to hide: leave it byte for byte (sqlite:////abs/path must keep its slashes)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pairs = [(k, "***" if any(w in k.lower() for w in _SECRET_QUERY) else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+        query = urlencode(pairs, safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redacted_params(params: dict) -> dict:
+    return {k: (redact(v) if k in ("tracking_uri", "storage_path") else v) for k, v in params.items()}
+
+
+def client(uri: str):
+    return _client(uri)
+
+
 def _client(uri: str):
     """An MlflowClient; for SQLite, opened under a file lock, since MLflow creates or migrates the
     schema when a process first opens the store, and concurrent trials would race on it."""
@@ -67,7 +97,7 @@ def start_run(uri: str, experiment: str, output_dir: str, *, run_name: str, para
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id(uri, experiment, output_dir), run_name=run_name, tags=all_tags)
-    log_params(uri, run.info.run_id, params)
+    log_params(uri, run.info.run_id, redacted_params(params))
     return run.info.run_id
 
 

@@ -1,4 +1,5 @@
-"""run_sweep: a Ray Tune search whose trials are multi-worker TorchTrainer runs, tracked in MLflow."""
+"""run_sweep: a Ray Tune search whose trials are multi-worker TorchTrainer runs, tracked in MLflow, with
+the paper's table and plot at the end. Runs in the driver; each trial's driver runs in a Tune actor."""
 
 from __future__ import annotations
 
@@ -8,24 +9,61 @@ import os
 import time
 
 from repb_ray.config import Config
-from repb_ray.tune.report import format_table, pareto_front, plot_pareto, plot_pruned_per_epoch
+from repb_ray.tune.report import (aggregate, format_table, label_trials, paper_table, pareto_front,
+                                  plot_metric_vs_pruned, plot_pareto, plot_pruned_per_epoch)
 from repb_ray.tune.spec import SweepSpec
 
+TRIAL_RESOURCES = {"cpu": 0, "memory": 1e6}  # the trial function itself holds no CPU; its Train workers do
 
-def trial_resources(base: Config, cluster: dict) -> tuple[dict, int, str]:
-    """(trial resources, max concurrent trials, explanation). The trial function itself holds no CPU
-    (only a token of memory); its Train workers hold theirs, and one CPU is left to Ray Data."""
-    cpus = float(cluster.get("CPU", 1))
+
+def capacity(base: Config, cluster: dict) -> tuple[int, str]:
+    """How many trials the cluster's resources hold now: each needs its workers' CPUs (and GPUs),
+    one CPU stays free for Ray Data; at least one (its pending workers make an autoscaler add nodes)."""
+    cpus = float(cluster.get("CPU", 0))
     per_trial = base.world_size * base.cpus_per_worker
-    by_cpu = math.floor((cpus - 1) / per_trial) if cpus - 1 >= per_trial else 0
-    limits = [by_cpu]
+    limits = [math.floor((cpus - 1) / per_trial) if cpus - 1 >= per_trial else 0]
     if base.use_gpu:
         limits.append(math.floor(cluster.get("GPU", 0) / base.world_size))
     n = max(1, min(limits))
-    why = (f"{n} concurrent trial(s): each holds {base.world_size} workers x {base.cpus_per_worker:g} CPU"
-           f"{' + 1 GPU' if base.use_gpu else ''}; cluster has {cpus:g} CPUs"
-           f"{', %g GPUs' % cluster.get('GPU', 0) if base.use_gpu else ''}, one CPU kept for Ray Data")
-    return {"cpu": 0, "memory": 1e6}, n, why
+    why = (f"{n} trial(s) at once: each holds {base.world_size} workers x {base.cpus_per_worker:g} CPU"
+           f"{' + 1 GPU' if base.use_gpu else ''}; the cluster has {cpus:g} CPUs"
+           f"{', %g GPUs' % cluster.get('GPU', 0) if base.use_gpu else ''} now, one kept for Ray Data")
+    return n, why
+
+
+def _searcher_class():
+    from ray.tune.search import Searcher
+
+    class Admission(Searcher):
+        """Hands out the sweep's trials in order, only while the running ones fit the cluster's
+        resources as they are now (re-read every time Tune asks), or the configured cap."""
+
+        def __init__(self, trials: list[dict], base: Config, cap: int | None, log):
+            super().__init__()
+            self.trials, self.base, self.cap, self.log = trials, base, cap, log
+            self.next, self.running, self.last_why = 0, set(), None
+
+        def suggest(self, trial_id: str):
+            import ray
+            if self.next >= len(self.trials):
+                return Searcher.FINISHED
+            if self.cap is not None:
+                limit, why = self.cap, f"{self.cap} trial(s) at once, as configured"
+            else:
+                limit, why = capacity(self.base, ray.cluster_resources())
+            if why != self.last_why:
+                self.last_why = why
+                self.log(why)
+            if len(self.running) >= limit:
+                return None  # asked again later: trials start as resources appear
+            self.running.add(trial_id)
+            self.next += 1
+            return {"trial": self.trials[self.next - 1], "index": self.next - 1}
+
+        def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
+            self.running.discard(trial_id)
+
+    return Admission
 
 
 def _make_trial_fn(base: dict, parent_run_id: str | None, trials_dir: str):
@@ -35,38 +73,40 @@ def _make_trial_fn(base: dict, parent_run_id: str | None, trials_dir: str):
 
         from repb_ray.train.driver import run_training
         trial_id = tune.get_context().get_trial_id()
-        overrides = {k: v for k, v in config.items() if k != "trial"}
-        overrides.update({k: v for k, v in config["trial"].items() if k != "_baseline"})
-        cfg = Config.from_dict({**base, **overrides, "name": f"trial-{trial_id}", "output_dir": trials_dir,
+        cfg = Config.from_dict({**base, **config["trial"], "name": f"trial-{trial_id}", "output_dir": trials_dir,
                                 "tags": {**base.get("tags", {}), "trial_id": trial_id}})
         run_training(cfg, callbacks=[TuneReportCallback()], progress=False, parent_run_id=parent_run_id)
     return trial_fn
 
 
 def run_sweep(spec: SweepSpec) -> dict:
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from repb_ray.task import import_task_class
     from repb_ray.tracking import mlflow_tracking as mt
-    from repb_ray.train.driver import ensure_ray
+    from repb_ray.train.driver import ensure_ray, task_runtime_env
 
     base = spec.base_config()
+    task_cls = import_task_class(base.task)
+    metric, mode = f"test_{task_cls.metric}", task_cls.mode
     out = os.path.abspath(os.path.join(base.output_dir, spec.name))
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
-    ensure_ray(base)
-    resources, concurrent, why = trial_resources(base, ray.cluster_resources())
-    if spec.max_concurrent_trials:
-        concurrent, why = spec.max_concurrent_trials, f"{spec.max_concurrent_trials} concurrent trial(s), as configured"
-    print(f"[repb_ray] sweep {spec.name}: {len(spec.grid_trials())} grid trial(s) x {spec.num_samples} sample(s); {why}",
-          flush=True)
+    ensure_ray(base, task_runtime_env(base.task))
+    trials = spec.trials()
+    labels = label_trials(trials)
+
+    def log(text):
+        print(f"[repb_ray] sweep {spec.name}: {text}", flush=True)
+    log(f"{len(trials)} trial(s), metric {metric} ({mode})")
 
     uri = mt.resolve_tracking_uri(base.tracking_uri, base.output_dir)
     parent = None
     if uri:
         parent = mt.start_run(uri, base.experiment, base.output_dir, run_name=spec.name,
-                              params={"base": spec.base, "search": spec.search, "baselines": spec.baselines,
+                              params={"base": spec.base, "search": spec.search, "grids": spec.grids,
+                                      "baselines": spec.baselines, "seeds": spec.seeds,
                                       "num_samples": spec.num_samples, "asha": spec.asha},
                               tags={"sweep": spec.name, "kind": "sweep", **base.tags})
     scheduler = None
@@ -74,13 +114,13 @@ def run_sweep(spec: SweepSpec) -> dict:
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base.epochs,
                                   grace_period=int(spec.asha.get("grace_period", 1)),
                                   reduction_factor=float(spec.asha.get("reduction_factor", 2)))
+    searcher = _searcher_class()(trials, base, spec.max_concurrent_trials, log)
     tuner = tune.Tuner(
         tune.with_resources(_make_trial_fn({**base.to_dict(), "tracking_uri": uri or "none"}, parent,
-                                           os.path.join(out, "trials")), resources),
-        param_space={"trial": tune.grid_search(spec.grid_trials()), **spec.random_space()},
-        tune_config=tune.TuneConfig(metric="test_accuracy", mode="max", num_samples=spec.num_samples,
-                                    max_concurrent_trials=concurrent, scheduler=scheduler),
-        run_config=tune.RunConfig(name=spec.name, storage_path=os.path.join(out, "tune"), verbose=1),
+                                           os.path.join(out, "trials")), TRIAL_RESOURCES),
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=len(trials), search_alg=searcher,
+                                    scheduler=scheduler),
+        run_config=tune.RunConfig(name=spec.name, storage_path=os.path.join(out, "tune"), verbose=0),
     )
     try:
         grid = tuner.fit()
@@ -88,68 +128,72 @@ def run_sweep(spec: SweepSpec) -> dict:
         if uri:
             mt.end_run(uri, parent, "FAILED")
         raise
-    rows, per_epoch = _collect(grid, base)
-    front = pareto_front(rows)
+    rows, per_epoch = _collect(grid, base, trials, labels, metric)
+    front = pareto_front(rows, mode)
     table = format_table(rows, front)
-    print(table, flush=True)
-    summary = {"sweep": spec.name, "mlflow_tracking_uri": uri, "mlflow_parent_run_id": parent, "why_concurrency": why,
-               "wall_time_s": time.perf_counter() - t0, "trials": rows, "pareto_front": [rows[i]["trial"] for i in front]}
-    with open(os.path.join(out, "sweep_summary.json"), "w") as fh:
-        json.dump(summary, fh, indent=2)
-    with open(os.path.join(out, "sweep_table.txt"), "w") as fh:
-        fh.write(table + "\n")
+    agg = aggregate(rows)
+    paper = paper_table(agg, task_cls.metric, mode)
+    print(table + "\n\n" + paper, flush=True)
+    summary = {"sweep": spec.name, "metric": metric, "mode": mode, "mlflow_tracking_uri": mt.redact(uri),
+               "mlflow_parent_run_id": parent, "wall_time_s": time.perf_counter() - t0, "trials": rows,
+               "pareto_front": [rows[i]["trial"] for i in front],
+               "table": [{"method": m, "budget": b, **c} for (m, b), c in sorted(agg["cells"].items(), key=str)],
+               "full_data": agg["full"]}
+    files = {"sweep_summary.json": json.dumps(summary, indent=2), "sweep_table.txt": table + "\n",
+             "paper_table.md": paper + "\n"}
+    for name, text in files.items():
+        with open(os.path.join(out, name), "w") as fh:
+            fh.write(text)
+    plots = [plot_pareto(rows, front, os.path.join(out, "pareto.png"), task_cls.metric),
+             plot_pruned_per_epoch(per_epoch, os.path.join(out, "pruned_per_epoch.png")),
+             plot_metric_vs_pruned(agg, task_cls.metric, os.path.join(out, "metric_vs_pruned.png"), spec.name)]
     if uri:
-        _finish_tracking(mt, uri, parent, base, rows, out, front, per_epoch)
-        print(f"[repb_ray] MLflow: mlflow ui --backend-store-uri {uri}", flush=True)
+        _finish_tracking(mt, uri, parent, base, rows, out, list(files), plots)
+        log(f"MLflow: mlflow ui --backend-store-uri {mt.redact(uri)}")
+    log(f"results in {out}")
     return summary
 
 
-def _collect(grid, base: Config) -> tuple[list[dict], dict]:
+def _collect(grid, base: Config, trials: list[dict], labels: list, metric: str) -> tuple[list[dict], dict]:
     rows, per_epoch = [], {}
     for r in grid:
-        trial = dict(r.config["trial"])
-        cfg = {**base.to_dict(), **{k: v for k, v in r.config.items() if k != "trial"},
-               **{k: v for k, v in trial.items() if k != "_baseline"}}
+        index = r.config.get("index")
+        overrides = trials[index] if index is not None else {}
+        method, budget = labels[index] if index is not None else ("?", None)
+        cfg = {**base.to_dict(), **overrides}
         m = r.metrics or {}
-        name = m.get("trial_id") or os.path.basename(r.path.rstrip("/"))[:40]
-        df = r.metrics_dataframe
+        name = os.path.basename(r.path.rstrip("/"))[:40] if r.path else str(index)
         epochs = int(m.get("epoch", 0))
-        if r.error is not None:
-            status = "FAILED"
-        elif epochs < base.epochs:
-            status = "STOPPED"
-        else:
-            status = "FINISHED"
-        rows.append({"trial": name, "policy": cfg["policy"],
-                     "rho": cfg["rho"] if cfg["policy"] == "repb" else None,
-                     "window": cfg["window"] if cfg["policy"] == "repb" else None,
-                     "prune_ratio": cfg["prune_ratio"] if cfg["policy"] in ("infobatch", "random") else None,
-                     "status": status, "epochs": epochs, "final_accuracy": m.get("test_accuracy"),
-                     "pruned_fraction": m.get("cum_pruned_fraction"), "wall_time_s": m.get("time_total_s"),
+        status = "FAILED" if r.error is not None else ("STOPPED" if epochs < base.epochs else "FINISHED")
+        rows.append({"trial": name, "index": index, "method": method, "budget": budget, "seed": cfg["seed"],
+                     "policy": cfg["policy"], "target_pruned": cfg.get("target_pruned"), "status": status,
+                     "epochs": epochs, "metric": m.get(metric), "pruned_fraction": m.get("cum_pruned_fraction"),
+                     "wall_time_s": m.get("time_total_s"), "trial_id": m.get("trial_id"),
                      "error": str(r.error)[:500] if r.error is not None else None})
+        df = r.metrics_dataframe
         if df is not None and "pruned_fraction" in df:
-            per_epoch[name] = [float(v) for v in df["pruned_fraction"].tolist()]
+            per_epoch[f"{method} {budget} s{cfg['seed']}"] = [float(v) for v in df["pruned_fraction"].tolist()]
+    rows.sort(key=lambda row: row["index"] if row["index"] is not None else 1 << 30)
     return rows, per_epoch
 
 
-def _finish_tracking(mt, uri, parent, base, rows, out, front, per_epoch) -> None:
-    from mlflow.tracking import MlflowClient
-    client = MlflowClient(tracking_uri=uri)
+def _finish_tracking(mt, uri, parent, base, rows, out, files, plots) -> None:
+    client = mt.client(uri)
     exp = client.get_experiment_by_name(base.experiment)
-    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=1000)
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=5000)
     by_trial = {c.data.tags.get("trial_id"): c for c in children}
     for row in rows:
-        child = by_trial.get(row["trial"])
+        child = by_trial.get(row["trial_id"])
         if child is not None and child.info.status == "RUNNING":  # stopped by ASHA or died: record it
             mt.end_run(uri, child.info.run_id, "KILLED" if row["status"] == "STOPPED" else "FAILED")
         if child is not None:
             client.set_tag(child.info.run_id, "sweep_status", row["status"])
-    mt.log_artifact(uri, parent, os.path.join(out, "sweep_summary.json"))
-    mt.log_artifact(uri, parent, os.path.join(out, "sweep_table.txt"))
-    mt.log_artifact(uri, parent, plot_pareto(rows, front, os.path.join(out, "pareto.png")), "plots")
-    mt.log_artifact(uri, parent, plot_pruned_per_epoch(per_epoch, os.path.join(out, "pruned_per_epoch.png")), "plots")
-    best = max((r for r in rows if r["final_accuracy"] is not None), key=lambda r: r["final_accuracy"], default=None)
-    if best:
-        mt.log_epoch_metrics(uri, parent, {"best_final_accuracy": best["final_accuracy"],
-                                           "best_pruned_fraction": best["pruned_fraction"]}, step=0)
+            client.set_tag(child.info.run_id, "method", row["method"])
+    for name in files:
+        mt.log_artifact(uri, parent, os.path.join(out, name))
+    for png in plots:
+        mt.log_artifact(uri, parent, png, "plots")
+    finished = [r for r in rows if r["metric"] is not None]
+    if finished:
+        mt.log_epoch_metrics(uri, parent, {"trials_finished": len(finished)}, step=0)
     mt.end_run(uri, parent, "FINISHED")
