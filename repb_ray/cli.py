@@ -14,12 +14,16 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="override a config key; repeatable, e.g. --set rho=0.3 --set task_args.train_subset=1000")
     p.add_argument("--output-dir", help="where summaries, checkpoints and the MLflow store go")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under the output dir; 'none')")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own logs and the workers' output")
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="repb-ray", description="Dynamic data pruning (RePB) on Ray.")
     sub = ap.add_subparsers(dest="command", required=True)
-    _common(sub.add_parser("train", help="train one model with a pruning policy"))
+    tr = sub.add_parser("train", help="train one model with a pruning policy")
+    _common(tr)
+    tr.add_argument("--resume", action="store_true", help="continue the run of this name even if its config changed")
+    tr.add_argument("--overwrite", action="store_true", help="start the run of this name over (its outputs are removed)")
     _common(sub.add_parser("sweep", help="Ray Tune sweep over config fields, tracked in MLflow"))
     pr = sub.add_parser("prepare", help="write a dataset as Parquet shards with a dense int64 id column")
     pr.add_argument("source", help="a built-in task (fashion_mnist, cifar10, cifar100, synthetic) or a path of "
@@ -70,14 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             cfg = Config.from_yaml(args.config, _overrides(args))
+            from repb_ray.train.runs import default_name
+            if cfg.name is None:
+                cfg = cfg.replace(name=default_name(args.config, cfg))
             log_dir = cfg.run_dir
             from repb_ray.train.driver import run_training
-            run_training(cfg)
+            run_training(cfg, resume=args.resume, overwrite=args.overwrite, verbose=args.verbose)
         elif args.command == "sweep":
             from repb_ray.tune.spec import SweepSpec
             spec = SweepSpec.from_yaml(args.config, _overrides(args))
             from repb_ray.tune.sweep import run_sweep
-            run_sweep(spec)
+            run_sweep(spec, verbose=args.verbose)
         else:
             _prepare(args)
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ from repb_ray.core.policy import POLICY_NAMES
 from repb_ray.torch.schedule import OPTIMIZERS, SCHEDULES
 
 SCORES = ("loss", "grad_norm")
-FAIL_KINDS = ("worker", "coordinator")
+FAIL_KINDS = ("worker", "kill", "coordinator")  # raise in a worker, SIGKILL a worker, end the coordinator
 MOVED_TO_TASK_ARGS = {"dataset": "task", "data_dir": "task_args.data_dir", "download": "task_args.download",
                       "train_subset": "task_args.train_subset", "test_subset": "task_args.test_subset",
                       "synthetic_size": "task_args.size", "model": "task_args.model", "augment": "task_args.augment"}
@@ -66,6 +66,7 @@ class Config:
     # workers and the data plane
     num_workers: int = 2                  # 0 = run the loop in the driver process (local mode)
     cpus_per_worker: float = 1.0
+    worker_resources: dict = field(default_factory=dict)  # extra per-worker resources, e.g. {trainer: 1}
     use_gpu: bool = False
     torch_threads: int = 0                # 0 = the CPUs each worker holds
     observe_every: int = 32               # steps buffered before sending scores to the coordinator
@@ -103,9 +104,7 @@ class Config:
         if "task" in over and over["task"] != data.get("task", "fashion_mnist") and "task_args" not in over:
             data = {**data, "task_args": {}}  # the file's task_args belong to the file's task
         data = apply_overrides(data, over)
-        if data.get("name") is None:
-            data["name"] = os.path.splitext(os.path.basename(path))[0]
-        return cls.from_dict(data)
+        return cls.from_dict(data)  # an unnamed run gets runs.default_name(path, cfg) from the CLI
 
     def replace(self, **changes) -> "Config":
         return self.from_dict({**self.to_dict(), **changes})
@@ -247,6 +246,14 @@ def _validate(c: Config) -> None:
             raise ConfigError(f"name must be a non-empty string without '/', got name={c.name!r}")
         if not isinstance(c.tags, dict):
             raise ConfigError(f"tags must be a mapping, got tags={c.tags!r}")
+        if not isinstance(c.worker_resources, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                for k, v in c.worker_resources.items()):
+            raise ConfigError(f"worker_resources must map resource names to amounts >= 0, got "
+                              f"worker_resources={c.worker_resources!r}")
+        if {"CPU", "GPU"} & set(c.worker_resources):
+            raise ConfigError("worker_resources holds custom resources only; set CPUs with cpus_per_worker and GPUs "
+                              "with use_gpu")
         if c.fail_at is not None:
             _check_fail_at(c.fail_at)
     except (TypeError, ValueError) as exc:

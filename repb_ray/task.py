@@ -36,6 +36,7 @@ class Task:
                                                tensors on the training device (with "id", "weight")
       metrics(model, batch) -> dict            per-batch sums, e.g. {"correct": c, "count": n}
       summarize(sums) -> dict                  metrics from the summed sums (default: each sum / count)
+      input_example() -> array | None          a model input, to log the trained model's signature
 
     `metric` and `mode` name the test metric that sweeps optimise ("accuracy", "max" by default).
     """
@@ -70,6 +71,10 @@ class Task:
         """Per-batch sums for evaluation; the default is the summed per-sample loss and the count."""
         per_sample = self.loss(model, batch)
         return {"loss_sum": per_sample.detach().float().sum(), "count": per_sample.shape[0]}
+
+    def input_example(self):
+        """A model input (numpy array or dict of arrays) for the MLflow model's signature; optional."""
+        return None
 
     def summarize(self, sums: dict) -> dict:
         """Test metrics from the sums of `metrics` over the whole test set."""

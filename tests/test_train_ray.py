@@ -112,12 +112,16 @@ def test_cli_rejects_bad_config_with_exit_code_2(smoke_config, tmp_path):
     assert cli_main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
 
 
-def test_rerun_with_the_same_name_resumes_from_the_last_checkpoint(reference_run, smoke_config):
+def test_rerun_with_the_same_name_resumes_from_the_last_checkpoint(reference_run, smoke_config, capsys):
     """A driver that died is recovered by running again with the same name: Train finds the run's
-    checkpoints and the coordinator is restored from the last one (here: one more epoch than before)."""
+    checkpoints and the coordinator is restored from the last one. Asking for more epochs changes
+    the config: refused up front, then continued with --resume."""
     out, ref = reference_run
-    rc = cli_main(["train", "--config", smoke_config, "--output-dir", str(out), "--set", "epochs=4",
-                   "--set", "name=ref", "--set", "tracking_uri=none"])
+    argv = ["train", "--config", smoke_config, "--output-dir", str(out), "--set", "epochs=4", "--set", "name=ref",
+            "--set", "tracking_uri=none"]
+    assert cli_main(argv) == 2
+    assert "was started with another config (epochs: 3 -> 4)" in capsys.readouterr().err
+    rc = cli_main(argv + ["--resume"])
     assert rc == 0
     with open(out / "ref" / "summary.json") as fh:
         s = json.load(fh)

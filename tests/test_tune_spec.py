@@ -58,6 +58,7 @@ def test_capacity_follows_the_cluster_as_it_grows():
     assert capacity(base, {"CPU": 4.0})[0] == 1 and "2 workers" in capacity(base, {"CPU": 4.0})[1]
     assert capacity(base, {"CPU": 9.0})[0] == 4      # nodes joined: more trials at once
     assert capacity(Config(num_workers=2, use_gpu=True), {"CPU": 64.0, "GPU": 4.0})[0] == 2
+    assert capacity(Config(num_workers=1, worker_resources={"trainer": 1}), {"CPU": 9.0, "trainer": 2.0})[0] == 2
 
 
 def test_methods_and_budgets_are_labelled_like_the_paper():

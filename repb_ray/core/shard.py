@@ -98,6 +98,9 @@ class Shard:
         """The exactly-once check of `seen`, for policies that do not use the scores."""
         self.seen()
 
+    def current_counts(self) -> np.ndarray:
+        return self.counts.copy()
+
     def current_size(self) -> int:
         return self.plan_size
 

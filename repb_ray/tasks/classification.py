@@ -59,6 +59,9 @@ class ClassificationTask(Task):
     def model(self):
         return build_model(self.model_name, self.input_shape, self.num_classes)
 
+    def input_example(self):
+        return np.zeros((2, *self.input_shape), np.float32)
+
     def features(self, x: np.ndarray) -> np.ndarray:
         if x.dtype != np.uint8:
             return x.astype(np.float32, copy=False)

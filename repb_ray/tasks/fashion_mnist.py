@@ -54,6 +54,10 @@ class FashionMNIST(ClassificationTask):
             raise TaskError(f"task_args.source must be one of {', '.join(SOURCES)}, got source={source!r}")
         self.data_dir, self.download, self.source = data_dir, download, source
         self.train_subset, self.test_subset = subset(train_subset, "train_subset"), subset(test_subset, "test_subset")
+        on_cluster = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ or bool(os.environ.get("RAY_ADDRESS"))
+        if prepared_dir is None and source == "parquet" and on_cluster:
+            raise TaskError("task 'fashion_mnist' on a Ray cluster: set task_args.prepared_dir to storage every node "
+                            "mounts (the Parquet shards are read where the data tasks run), or task_args.source=memory")
         self.prepared_dir = prepared_dir or os.path.join(os.path.expanduser("~/.cache/repb_ray/prepared"), "fashion_mnist")
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -135,3 +135,29 @@ def epoch_callback(uri: str, run_id: str):
                 log_epoch_metrics(uri, run_id, metrics[0], step=int(metrics[0].get("epoch", 0)))
 
     return MlflowEpochCallback()
+
+
+def log_model(uri: str, run_id: str, task, checkpoint) -> None:
+    """The trained model as an MLflow PyTorch model (with its signature when the task gives an input
+    example), from the run's last checkpoint."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    model = task.model()
+    with checkpoint.as_directory() as d:
+        model.load_state_dict(torch.load(os.path.join(d, "model.pt"), map_location="cpu"))
+    model.eval()
+    example = task.input_example()
+    signature = None
+    if example is not None:
+        from mlflow.models import infer_signature
+        with torch.no_grad():
+            out = model(torch.as_tensor(example))
+        signature = infer_signature(example, out.numpy() if hasattr(out, "numpy") else None)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example)
+    finally:
+        mlflow.set_tracking_uri(previous)

@@ -160,6 +160,7 @@ class Coordinator:
         self._lock = threading.Lock()
         self._waiters: list = []
         self._progress: dict = {}
+        self._epochs: list = []
         self._remote = None
         self._started = False
 
@@ -385,11 +386,24 @@ class Coordinator:
 
     @ray.method(concurrency_group=WAIT_GROUP)
     def report_progress(self, progress: dict) -> None:
-        self._progress = progress
+        """Rank 0: where the epoch is (epoch, samples, kept, start) or an epoch's metrics (`done`)."""
+        if "done" in progress:
+            done = progress["done"]
+            self._epochs = [m for m in self._epochs if m["epoch"] < done["epoch"]] + [done]  # a resumed epoch replaces
+        else:
+            self._progress = progress
 
     @ray.method(concurrency_group=WAIT_GROUP)
-    def progress(self) -> dict:
-        return self._progress
+    def progress(self, since: int = 0) -> dict:
+        """The epoch metrics after the first `since`, and where the current epoch is."""
+        return {"epochs": [m for m in self._epochs if m["epoch"] > since], "now": self._progress}
+
+    async def selection_counts(self) -> np.ndarray:
+        """N_i of every sample (how many epochs' plans held it), in id order."""
+        if self._remote is None:
+            return self.host.shard.counts.copy()
+        parts = await asyncio.gather(*[h.call.remote("current_counts") for h in self._remote])
+        return np.concatenate(parts)
 
     async def memory(self) -> list[dict]:
         if self._remote is None:

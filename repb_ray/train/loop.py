@@ -4,6 +4,7 @@ per-sample loss, fed the coordinator's epoch plans through PruningSession."""
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import time
 
@@ -49,6 +50,8 @@ def _maybe_fail(cfg: Config, epoch: int, step: int, rank: int, coord) -> None:
         except ray.exceptions.RayActorError:
             pass
         return
+    if f.get("kind") == "kill":  # the process dies, as on an OOM kill or a lost node
+        os.kill(os.getpid(), signal.SIGKILL)
     raise RuntimeError(f"injected failure at epoch {epoch}, step {step}, rank {rank} (fail_at)")
 
 
@@ -125,6 +128,7 @@ def train_loop_per_worker(config: dict) -> list:
             **{k: v for k, v in info["decision"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         })
         history.append(metrics)
+        session.report_epoch(metrics)
         _report(session, epoch, metrics, history, raw_model, optimizer, schedule)
     scorer.close()
     return history

@@ -181,6 +181,7 @@ class PruningSession:
         self._sender = None
         self._routing = None
         self._progress_t = 0.0
+        self._epoch_start = time.time()
         self.samples = 0
         self.on_score_error = _nonfinite
 
@@ -227,6 +228,7 @@ class PruningSession:
     def begin_epoch(self, epoch: int) -> None:
         self.wait_plan(epoch)
         self.step, self.samples = 0, 0
+        self._epoch_start = time.time()
         self._sender = _Sender(self._routing, self.front, epoch, self.rank, self.handle.observe_every,
                                self.on_score_error)
 
@@ -274,7 +276,12 @@ class PruningSession:
                 self._progress_t = now
                 self.front.report_progress.remote({"epoch": int(self.plan["epoch"]), "step": self.step,
                                                    "samples": self.samples * self.world_size,
-                                                   "kept": self.plan["kept"], "t": time.time()})
+                                                   "kept": self.plan["kept"], "start": self._epoch_start})
+
+    def report_epoch(self, metrics: dict) -> None:
+        """Rank 0: the epoch's metrics, for the driver's console."""
+        if self.rank == 0:
+            self.front.report_progress.remote({"done": dict(metrics)})
 
 
 class TensorCollate(NumpyBatchCollateFn):

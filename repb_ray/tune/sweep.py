@@ -24,6 +24,9 @@ def capacity(base: Config, cluster: dict) -> tuple[int, str]:
     limits = [math.floor((cpus - 1) / per_trial) if cpus - 1 >= per_trial else 0]
     if base.use_gpu:
         limits.append(math.floor(cluster.get("GPU", 0) / base.world_size))
+    for name, amount in base.worker_resources.items():  # e.g. the nodes that may hold Train workers
+        if amount > 0:
+            limits.append(math.floor(cluster.get(name, 0) / (base.world_size * amount)))
     n = max(1, min(limits))
     why = (f"{n} trial(s) at once: each holds {base.world_size} workers x {base.cpus_per_worker:g} CPU"
            f"{' + 1 GPU' if base.use_gpu else ''}; the cluster has {cpus:g} CPUs"
@@ -79,21 +82,22 @@ def _make_trial_fn(base: dict, parent_run_id: str | None, trials_dir: str):
     return trial_fn
 
 
-def run_sweep(spec: SweepSpec) -> dict:
+def run_sweep(spec: SweepSpec, verbose: bool = False) -> dict:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     from repb_ray.task import import_task_class
     from repb_ray.tracking import mlflow_tracking as mt
-    from repb_ray.train.driver import ensure_ray, task_runtime_env
+    from repb_ray.train.driver import check_cluster_paths, ensure_ray, task_runtime_env
 
     base = spec.base_config()
+    check_cluster_paths(base)
     task_cls = import_task_class(base.task)
     metric, mode = f"test_{task_cls.metric}", task_cls.mode
     out = os.path.abspath(os.path.join(base.output_dir, spec.name))
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
-    ensure_ray(base, task_runtime_env(base.task))
+    ensure_ray(base, task_runtime_env(base.task), verbose)
     trials = spec.trials()
     labels = label_trials(trials)
 

@@ -1,0 +1,81 @@
+"""The driver's console during training: a progress bar within each epoch on a terminal (plain lines
+every `every_s` seconds otherwise, e.g. under `ray job submit`) and one line per epoch, from what
+rank 0 reports to the coordinator. Runs in a thread of the driver."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+
+def epoch_line(m: dict, epochs: int) -> str:
+    tests = " ".join(f"{k[5:]} {v:.4f}" for k, v in m.items() if k.startswith("test_"))
+    extra = f" rho {m['rho']:.2f}" if "rho" in m else (f" r {m['r']:.2f}" if "r" in m else "")
+    return (f"[repb_ray] epoch {m['epoch']}/{epochs}: {tests + ' ' if tests else ''}train loss {m['train_loss']:.4f}, "
+            f"kept {m['kept']} (pruned {m['pruned_fraction']:.1%}, run {m['cum_pruned_fraction']:.1%}){extra}, "
+            f"w_max {m['weight_max']:.2f}, {m['epoch_time_s']:.1f}s")
+
+
+def bar(p: dict, epochs: int, width: int = 24) -> str:
+    done, total = p["samples"], max(p["kept"], 1)
+    frac = min(done / total, 1.0)
+    elapsed = max(time.time() - p["start"], 1e-9)
+    rate = done / elapsed
+    eta = (total - done) / rate if rate > 0 else float("inf")
+    fill = int(frac * width)
+    return (f"[repb_ray] epoch {p['epoch']}/{epochs} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} kept samples, "
+            f"{rate:,.0f}/s, ETA {eta:.0f}s")
+
+
+class Console:
+    def __init__(self, coordinator, epochs: int, stream=None, interactive: bool | None = None,
+                 every_s: float = 30.0, poll_s: float = 0.5):
+        self.coord, self.epochs, self.stream = coordinator, epochs, stream or sys.stdout
+        self.interactive = self.stream.isatty() if interactive is None else interactive
+        self.every_s, self.poll_s = every_s, poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="repb-ray-console")
+        self._printed = 0
+        self._last_plain = 0.0
+        self._bar_shown = False
+
+    def start(self) -> "Console":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._poll()  # the last epoch lines
+        self._clear()
+
+    def _clear(self) -> None:
+        if self._bar_shown:
+            self.stream.write("\r\033[K")
+            self._bar_shown = False
+
+    def _poll(self) -> None:
+        import ray
+        try:
+            state = ray.get(self.coord.progress.remote(self._printed), timeout=5)
+        except Exception:  # the coordinator is restarting: try again on the next poll
+            return
+        for m in state["epochs"]:
+            self._clear()
+            self.stream.write(epoch_line(m, self.epochs) + "\n")
+            self._printed += 1
+        p = state["now"]
+        if p and p.get("epoch", 0) > self._printed and not self._stop.is_set():
+            text = bar(p, self.epochs)
+            if self.interactive:
+                self.stream.write("\r\033[K" + text)
+                self._bar_shown = True
+            elif time.monotonic() - self._last_plain >= self.every_s:
+                self.stream.write(text + "\n")
+                self._last_plain = time.monotonic()
+        self.stream.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self._poll()
