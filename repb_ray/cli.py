@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from repb_ray.config import Config
@@ -62,14 +63,22 @@ def _prepare(args) -> None:
                            source=f"{args.source} {args.split}")
     else:
         import ray.data
+        from repb_ray.train.driver import ensure_ray
+        if not os.path.exists(args.source) and "://" not in args.source:
+            raise FileNotFoundError(f"{args.source!r} does not exist; give a folder or file of Parquet data (or images "
+                                    "with --images)")
+        ensure_ray(Config(num_workers=1), None, getattr(args, "verbose", False))
         ds = ray.data.read_images(args.source, include_paths=True) if args.images else ray.data.read_parquet(args.source)
         m = prepare_dataset(ds, args.out, rows_per_file=args.rows_per_file, source=args.source, progress=progress)
     print(f"[repb_ray] wrote {m['num_samples']} rows in {len(m['files'])} files to {args.out}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from repb_ray.errors import describe
     args = build_parser().parse_args(argv)
+    if not getattr(args, "verbose", False):
+        from repb_ray.logs import quiet
+        quiet()  # before anything imports Ray Data or MLflow
+    from repb_ray.errors import describe
     log_dir = None
     try:
         if args.command == "train":

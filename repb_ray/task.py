@@ -212,7 +212,7 @@ def check_loss(path: str, per_sample, batch_size: int, first: bool = True) -> No
                         "(not under torch.no_grad() and not .detach()ed)")
     if first and not bool(torch.isfinite(per_sample.detach()).all()):
         bad = int((~torch.isfinite(per_sample.detach())).nonzero()[0, 0])
-        raise TaskError(f"{hook} returned {float(per_sample[bad])} for sample {bad} of the first batch; the loss "
+        raise TaskError(f"{hook} returned {float(per_sample.detach()[bad])} for sample {bad} of the first batch; the loss "
                         "must be finite (check the inputs, the model's initialisation and the learning rate)")
 
 

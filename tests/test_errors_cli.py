@@ -4,6 +4,8 @@ inside a Ray worker (then with the rank and where the full log is)."""
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -130,7 +132,8 @@ CASES = [
     ("no-id-column", _train("--set", "task=bad_tasks:NoIds"), "has no 'id' column", True),
     ("gappy-ids", _train("--set", "task=bad_tasks:GappyIds"), "are not 0..7", True),
     ("repeated-ids", _train("--set", "task=bad_tasks:RepeatedIds"), "appears more than once", True),
-    ("tracking-uri", _train("--set", "tracking_uri=sqlite:////no/such/dir/mlflow.db"), "tracking_uri=", True),
+    ("tracking-uri", _train("--set", "tracking_uri=sqlite:////no/such/dir/mlflow.db"),
+     "tracking_uri='sqlite:////no/such/dir/mlflow.db' is not usable", True),
     ("loss-reduced", _train("--set", "task=bad_tasks:ReducedLoss", "--set", "num_workers=0"),
      "the loss is already reduced; build it with reduction='none'", True),
     ("loss-nan", _train("--set", "task=bad_tasks:NanLoss", "--set", "num_workers=0"), "must be finite", True),
@@ -139,21 +142,34 @@ CASES = [
      "search key 'rhoo' is not a config key", False),
     ("sweep-local-mode", ["sweep", "--config", SWEEP, "--set", "num_workers=0"], "local mode", False),
     ("sweep-yaml", lambda d: ["sweep", "--config", str(d / "broken_sweep.yaml")], "not valid YAML", False),
-    ("prepare-source", ["prepare", "/no/such/files", "--out", "/tmp/x-never"], "", True),
+    ("prepare-source", ["prepare", "/no/such/files", "--out", "/tmp/x-never"], "'/no/such/files' does not exist", False),
 ]
+
+
+def _cli_process(argv, cwd, ray_address):
+    """The real command in its own process, connected to the test session's cluster: what a user's
+    terminal shows (the task module reaches the workers through the runtime environment)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["RAY_ADDRESS"] = ray_address
+    p = subprocess.run([sys.executable, "-m", "repb_ray.cli", *argv], cwd=cwd, env=env, capture_output=True,
+                       text=True, timeout=600)
+    return p.returncode, p.stderr
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_and_exit_code_2(case, bad_tasks, tmp_path, capsys, monkeypatch, request):
     name, argv, message, needs_ray = case
-    if needs_ray:
-        request.getfixturevalue("ray_session")
     monkeypatch.chdir(bad_tasks)  # the bad tasks are found from the current directory, as `python -m` would
     argv = argv(bad_tasks) if callable(argv) else list(argv)
     if argv[0] in ("train", "sweep"):
         argv += ["--output-dir", str(tmp_path / "out")]
-    code = cli_main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
+    if needs_ray:
+        session = request.getfixturevalue("ray_session")
+        code, stderr = _cli_process(argv, str(bad_tasks), session.get_runtime_context().gcs_address)
+    else:
+        code = cli_main(argv)
+        stderr = capsys.readouterr().err
+    err = stderr.strip().splitlines()
     assert code == 2, err
     assert len(err) == 1 and err[0].startswith("repb-ray: error: "), err
     assert message in err[0], err[0]
@@ -172,18 +188,11 @@ def test_bad_input_is_one_line_and_exit_code_2(case, bad_tasks, tmp_path, capsys
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_loss_of_the_wrong_shape_in_a_worker_names_the_rank_and_the_log(bad_tasks, ray_session, tmp_path, capsys,
-                                                                        monkeypatch):
-    monkeypatch.chdir(bad_tasks)
-    import sys
-    sys.path.insert(0, str(bad_tasks))
-    os.environ["PYTHONPATH"] += os.pathsep + str(bad_tasks)
-    try:
-        code = cli_main(_train("--set", "task=bad_tasks:WideLoss", "--set", "num_workers=1", "--set", "name=wide",
-                               "--output-dir", str(tmp_path / "out")))
-    finally:
-        sys.path.remove(str(bad_tasks))
-    err = capsys.readouterr().err.strip().splitlines()
+def test_loss_of_the_wrong_shape_in_a_worker_names_the_rank_and_the_log(bad_tasks, ray_session, tmp_path):
+    code, stderr = _cli_process(_train("--set", "task=bad_tasks:WideLoss", "--set", "num_workers=1", "--set", "name=wide",
+                                       "--output-dir", str(tmp_path / "out")),
+                                str(bad_tasks), ray_session.get_runtime_context().gcs_address)
+    err = stderr.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("repb-ray: error: rank 0: task 'bad_tasks:WideLoss': loss(model, batch) returned shape "
                              "[16, 3], expected [16]"), err[0]

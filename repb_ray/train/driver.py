@@ -91,6 +91,9 @@ def ensure_ray(cfg: Config, runtime_env: dict | None = None, verbose: bool = Fal
 def num_samples_of(ds) -> int:
     """n for a train dataset: known from an id-block source, else by streaming its id column once."""
     from repb_ray.data.pipeline import check_ids
+    if not hasattr(ds, "_logical_plan"):
+        raise DataError(f"train_dataset() returned {type(ds).__name__}; return a ray.data.Dataset with an int64 'id' "
+                        "column (repb_ray.data.from_numpy or read_parquet make one)")
     ops = [ds._logical_plan.dag]
     while ops:
         op = ops.pop()
@@ -98,6 +101,11 @@ def num_samples_of(ds) -> int:
         if type(src).__name__ == "IdBlockSource":
             return int(src.num_samples)
         ops.extend(getattr(op, "input_dependencies", []))
+    schema = ds.schema()
+    names = schema.names if schema is not None else []
+    if "id" not in names:
+        raise DataError(f"the train dataset has no 'id' column (columns: {', '.join(names) or 'none'}); every row "
+                        "needs an int64 id, 0..n-1 (repb_ray.data.from_numpy adds one; `repb-ray prepare` writes one)")
     return check_ids(ds)
 
 
@@ -225,9 +233,16 @@ class _Tracker:
         self.uri = mt.resolve_tracking_uri(cfg.tracking_uri, cfg.output_dir)
         self.run_id = None
         if self.uri:
-            self.run_id = mt.start_run(self.uri, cfg.experiment, cfg.output_dir, run_name=cfg.name,
-                                       params=cfg.to_dict(), parent_run_id=parent_run_id,
-                                       tags={"policy": cfg.policy, "task": cfg.task, **cfg.tags})
+            try:
+                self.run_id = mt.start_run(self.uri, cfg.experiment, cfg.output_dir, run_name=cfg.name,
+                                           params=cfg.to_dict(), parent_run_id=parent_run_id,
+                                           tags={"policy": cfg.policy, "task": cfg.task, **cfg.tags})
+            except Exception as exc:
+                from repb_ray.config import ConfigError
+                from repb_ray.errors import first_line
+                raise ConfigError(f"tracking_uri={mt.redact(self.uri)!r} is not usable ({type(exc).__name__}: "
+                                  f"{first_line(exc)[:200]}); pass a reachable MLflow server, a SQLite path in an "
+                                  "existing directory, or tracking_uri=none") from None
 
     def callbacks(self) -> list:
         return [self.mt.epoch_callback(self.uri, self.run_id)] if self.run_id else []

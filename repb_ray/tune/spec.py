@@ -106,6 +106,9 @@ class SweepSpec:
             else:
                 base = apply_overrides(base, {key: value})
         data["base"] = base
+        for key in data:
+            if key not in names:
+                raise ConfigError(f"unknown sweep key {key!r}{suggest(key, names)}; sweep keys: {', '.join(names)}")
         if "search" in data and data["search"] is None:
             data["search"] = {}
         return cls(**data)
