@@ -99,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("repb-ray: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # one line; the full traceback goes to the run's error.log
+    except Exception as exc:  # one line; the full traceback goes to the run's error.log (and, verbose, here)
         line, code = describe(exc, log_dir)
+        if getattr(args, "verbose", False):
+            import traceback
+            traceback.print_exc()
         print(f"repb-ray: error: {line}", file=sys.stderr)
         return code
     return 0

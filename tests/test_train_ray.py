@@ -71,7 +71,18 @@ def test_training_run_is_tracked_in_mlflow(reference_run):
     assert run.data.params["task"] == "synthetic" and run.data.params["task_args"] == '{"size": 256}'
     assert [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy")] == [1, 2, 3]
     names = [a.path for a in client.list_artifacts(run.info.run_id)]
-    assert "summary.json" in names and "plots" in names
+    assert {"summary.json", "plots", "selection_counts.npz"} <= set(names)
+    counts = np.load(client.download_artifacts(run.info.run_id, "selection_counts.npz", str(out)))["counts"]
+    # N_i over the plans so far (the 4th epoch's, decided after epoch 3, included)
+    assert counts.shape == (256,) and counts.min() >= 1 and counts.max() <= 4
+    assert int(counts.sum()) > s["samples_trained"]
+    import mlflow.pytorch
+    import torch
+    logged = [m for m in client.search_logged_models([run.info.experiment_id]) if m.source_run_id == run.info.run_id]
+    mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
+    model = mlflow.pytorch.load_model(f"models:/{logged[0].model_id}")
+    assert model(torch.zeros(2, 16)).shape == (2, 4)
+    assert logged[0].name == "model"
 
 
 @pytest.mark.parametrize("fail_at", [{"epoch": 2, "step": 3, "rank": 1},

@@ -157,7 +157,8 @@ def log_model(uri: str, run_id: str, task, checkpoint) -> None:
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
-        with mlflow.start_run(run_id=run_id):
-            mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example)
+        with mlflow.start_run(run_id=run_id):  # pickle: any model (pt2 would trace it and needs an example)
+            mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
+                                     serialization_format="pickle")
     finally:
         mlflow.set_tracking_uri(previous)

@@ -242,7 +242,7 @@ class _Tracker:
                 from repb_ray.errors import first_line
                 raise ConfigError(f"tracking_uri={mt.redact(self.uri)!r} is not usable ({type(exc).__name__}: "
                                   f"{first_line(exc)[:200]}); pass a reachable MLflow server, a SQLite path in an "
-                                  "existing directory, or tracking_uri=none") from None
+                                  "existing directory, or tracking_uri=none") from exc
 
     def callbacks(self) -> list:
         return [self.mt.epoch_callback(self.uri, self.run_id)] if self.run_id else []
@@ -261,7 +261,12 @@ class _Tracker:
             np.savez_compressed(path, counts=counts, epochs=np.int64(len(history)))
             self.mt.log_artifact(self.uri, self.run_id, path)
         if task is not None and checkpoint is not None:
-            self.mt.log_model(self.uri, self.run_id, task, checkpoint)
+            try:
+                self.mt.log_model(self.uri, self.run_id, task, checkpoint)
+            except Exception as exc:  # the run itself finished: say so, keep its record
+                from repb_ray.errors import first_line
+                print(f"[repb_ray] MLflow: the model was not logged ({type(exc).__name__}: {first_line(exc)[:160]})",
+                      flush=True)
         self.mt.end_run(self.uri, self.run_id, "FINISHED")
 
     def end(self, status: str) -> None:

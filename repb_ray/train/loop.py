@@ -158,4 +158,5 @@ def _write_audit(run_dir: str, epoch: int, rank: int, audit: list) -> None:
         steps, ids, weights = (np.concatenate(c) for c in zip(*audit))
     else:
         steps, ids, weights = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-    np.savez(os.path.join(d, f"epoch{epoch:03d}_rank{rank}.npz"), steps=steps, ids=ids, weights=weights)
+    np.savez(os.path.join(d, f"epoch{epoch:03d}_rank{rank}.npz"), steps=steps, ids=ids, weights=weights,
+             node=np.array(ray.get_runtime_context().get_node_id()))
