@@ -89,3 +89,27 @@ def test_bad_shard_arguments():
         make_policy("repb", num_samples=4, shards=5)
     with pytest.raises(ValueError, match="contiguous ranges covering"):
         make_policy("repb", num_samples=10, bounds=[(0, 4), (5, 10)])
+
+
+@pytest.mark.parametrize("name,params", [CASES[0], CASES[5], CASES[11]], ids=["repb", "infobatch", "egreedy"])
+def test_retrim_to_a_new_world_size_is_exact_and_sharding_free(name, params):
+    """Resuming on another number of workers: the current plan loses size % world_size samples, drawn
+    from default_rng([seed, epoch, 1]); they count as untrained; the same with any K; then the run goes on."""
+    runs = []
+    for kw in (dict(shards=1), dict(shards=3)):
+        p, _ = _run(name, params, world_size=1, epochs=2, **kw)
+        before_ids, before_counts = p.plan.ids.copy(), p.counts.copy()
+        k = len(before_ids)
+        ws = 7 if k % 7 else 9
+        assert k % ws, "the case must need a re-trim"
+        plan = p.retrim(ws)
+        assert len(plan) == k - k % ws and len(plan) % ws == 0 and p.sizes[-1] == len(plan)
+        gone = np.setdiff1d(before_ids, plan.ids)
+        pos = np.sort(np.random.default_rng([3, p.epoch, 1]).choice(k, size=k % ws, replace=False))
+        np.testing.assert_array_equal(gone, before_ids[pos])
+        np.testing.assert_array_equal(p.counts[gone], before_counts[gone] - 1)
+        nxt = run_epoch(p, lambda ids: _scores(ids, 9), batch=16, rng=np.random.default_rng(9), world_size=ws)
+        assert len(nxt) % ws == 0
+        runs.append((plan.ids, plan.weights, nxt.ids, nxt.weights))
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)

@@ -73,55 +73,45 @@ def test_tiny_causal_lm_reports_perplexity(ray_session, tmp_path):
     assert 1.0 < s["final_metric"] < 32 and s["per_epoch"][1]["kept"] < 256
 
 
-MY_TASK = '''
-import numpy as np
-import torch.nn as nn
-import torch.nn.functional as F
-from repb_ray import Task
-from repb_ray.data import from_numpy
-
-
-class MyTask(Task):
-    def __init__(self, n=128):
-        self.n = n
-
-    def train_dataset(self):
-        rng = np.random.default_rng(0)
-        x = rng.normal(size=(self.n, 8)).astype(np.float32)
-        return from_numpy({"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
-
-    def model(self):
-        return nn.Linear(8, 2)
-
-    def loss(self, model, batch):
-        return F.cross_entropy(model(batch["x"]), batch["y"], reduction="none")
-'''
+def readme_task() -> str:
+    """The task file of the README's "Use your own task" section, verbatim."""
+    with open(os.path.join(ROOT, "README.md")) as fh:
+        text = fh.read()
+    block = text.split("<!-- readme-task:start -->")[1].split("<!-- readme-task:end -->")[0]
+    return block.split("```python")[1].split("```")[0]
 
 
 def test_task_in_a_temporary_directory_through_the_cli(ray_session, tmp_path):
-    """`repb-ray train` from the directory holding the task: found as `python -m` would, shipped to
-    the workers in the runtime environment (no PYTHONPATH), tracked with its path and args."""
-    (tmp_path / "my_task.py").write_text(MY_TASK)
+    """The README's task file, run as the README says: `repb-ray train` from the directory holding the
+    task (found as `python -m` would, shipped to the workers, no PYTHONPATH) and `python -m jobs.train`;
+    data prepared with the prepare helper; tracked with the task's path and args."""
+    from repb_ray.data import prepare_arrays
+    (tmp_path / "my_task.py").write_text(readme_task())
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 160), ("test", 64)):
+        x = rng.normal(size=(n, 8)).astype(np.float32)
+        prepare_arrays({"features": x, "label": (x[:, 0] > 0).astype(np.int64)}, str(tmp_path / "data" / split),
+                       rows_per_file=32)
+    args = ["--set", f"task_args.train={tmp_path}/data/train", "--set", f"task_args.test={tmp_path}/data/test"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["RAY_ADDRESS"] = ray_session.get_runtime_context().gcs_address
     for entry in (["-m", "repb_ray.cli", "train"], ["-m", "jobs.train"]):
         name = entry[-1].replace(".", "_")
         cwd = str(tmp_path) if entry[1] == "repb_ray.cli" else ROOT
-        extra = [] if cwd == str(tmp_path) else ["--set", f"task_args.n=96"]
         pre = [] if cwd == str(tmp_path) else ["env", f"PYTHONPATH={tmp_path}"]
         p = subprocess.run(pre + [sys.executable, *entry, "--config", os.path.join(ROOT, "jobs", "configs", "smoke.yaml"),
                                   "--set", "task=my_task:MyTask", "--set", f"name={name}", "--output-dir",
-                                  str(tmp_path / "out"), *extra], cwd=cwd, env=env, capture_output=True, text=True,
+                                  str(tmp_path / "out"), *args], cwd=cwd, env=env, capture_output=True, text=True,
                            timeout=600)
         assert p.returncode == 0, p.stderr[-3000:]
         with open(tmp_path / "out" / name / "summary.json") as fh:
             s = json.load(fh)
-        assert s["task"] == "my_task:MyTask" and s["epochs"] == 2 and s["final_metric"] is None  # no test set
-        assert s["per_epoch"][1]["kept"] < s["num_samples"]
-    assert s["task_args"] == {"n": 96}
+        assert s["task"] == "my_task:MyTask" and s["epochs"] == 2 and s["num_samples"] == 160
+        assert s["per_epoch"][1]["kept"] < s["num_samples"] and s["final_metric"] > 0.6  # separable: it learns
+    assert s["task_args"] == {"train": f"{tmp_path}/data/train", "test": f"{tmp_path}/data/test"}
     from mlflow.tracking import MlflowClient
     run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/out/mlflow.db").get_run(s["mlflow_run_id"])
-    assert run.data.params["task"] == "my_task:MyTask" and json.loads(run.data.params["task_args"]) == {"n": 96}
+    assert run.data.params["task"] == "my_task:MyTask" and json.loads(run.data.params["task_args"]) == s["task_args"]
 
 
 def test_own_train_loop_reaches_the_built_in_plans(ray_session, smoke_config, tmp_path):

@@ -139,3 +139,25 @@ def test_rerun_with_the_same_name_resumes_from_the_last_checkpoint(reference_run
     assert [e["epoch"] for e in s["per_epoch"]] == [1, 2, 3, 4]
     assert [e["plan_digest"] for e in s["per_epoch"][:3]] == [e["plan_digest"] for e in ref["per_epoch"]]
     assert s["per_epoch"][3]["kept"] > 0
+
+
+def test_resume_on_another_worker_count_retrims_the_plan(ray_session, smoke_config, tmp_path, capsys):
+    """1 worker for 2 epochs, then --resume with 2 workers and a third epoch: the restored plan is
+    re-trimmed to an even size, the first epochs stay as they were, run.json records the change."""
+    base = ["train", "--config", smoke_config, "--output-dir", str(tmp_path), "--set", "name=grow",
+            "--set", "tracking_uri=none", "--set", "task_args.size=203"]
+    assert cli_main(base + ["--set", "num_workers=1"]) == 0
+    with open(tmp_path / "grow" / "summary.json") as fh:
+        first = json.load(fh)
+    from repb_ray.train import state_store
+    saved = tmp_path / "ray_results" / "grow" / "coordinator" / "epoch_00002" / "global.npz"
+    assert state_store.load_npz(str(saved))[1]["sizes"][-1] % 2 == 1  # the case needs the re-trim
+    assert cli_main(base + ["--set", "num_workers=2", "--set", "epochs=3"]) == 2
+    assert "num_workers: 1 -> 2" in capsys.readouterr().err
+    assert cli_main(base + ["--set", "num_workers=2", "--set", "epochs=3", "--resume"]) == 0
+    with open(tmp_path / "grow" / "summary.json") as fh:
+        s = json.load(fh)
+    assert [e["plan_digest"] for e in s["per_epoch"][:2]] == [e["plan_digest"] for e in first["per_epoch"]]
+    assert s["per_epoch"][2]["kept"] % 2 == 0 and s["num_workers"] == 2
+    with open(tmp_path / "grow" / "run.json") as fh:
+        assert any("num_workers: 1 -> 2" in c for r in json.load(fh)["resumed_with"] for c in r["changes"])

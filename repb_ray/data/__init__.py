@@ -17,4 +17,9 @@ def prepare_dataset(ds, out_dir: str, **kwargs):
     return f(ds, out_dir, **kwargs)
 
 
-__all__ = ["from_numpy", "read_parquet", "prepare_dataset"]
+def prepare_arrays(columns: dict, out_dir: str, **kwargs):
+    from repb_ray.data.prepare import prepare_arrays as f
+    return f(columns, out_dir, **kwargs)
+
+
+__all__ = ["from_numpy", "read_parquet", "prepare_dataset", "prepare_arrays"]

@@ -146,6 +146,21 @@ class ShardActor:
     def nbytes(self):
         return self.host.nbytes()
 
+    def trace_memory(self, on: bool):
+        return _trace_memory(on)
+
+
+def _trace_memory(on: bool) -> int:
+    """Benchmarks: start tracing this process's allocations, or stop and return the peak (bytes)."""
+    import tracemalloc
+    if on:
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        return 0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return int(peak)
+
 
 class Coordinator:
     """The front. Workers observe into it (K=1) or into the shard actors it created (K>1), finish each
@@ -409,6 +424,13 @@ class Coordinator:
         if self._remote is None:
             return [self.host.nbytes()]
         return list(await asyncio.gather(*[h.nbytes.remote() for h in self._remote]))
+
+    async def trace_memory(self, on: bool) -> list[int]:
+        """Benchmarks: trace allocations in the shards' processes from now (on=True), or stop and
+        return each shard's peak traced bytes (on=False)."""
+        if self._remote is None:
+            return [_trace_memory(on)]
+        return list(await asyncio.gather(*[h.trace_memory.remote(on) for h in self._remote]))
 
     def die(self) -> None:
         """Test hook: end this process abruptly, as a crash or an OOM kill would."""
