@@ -86,7 +86,7 @@ def run_one(n: int, k: int, args) -> dict:
         summary = ray.get(front.wait_plan.remote(routing["generation"], epoch + 1, 3600.0))
         t2 = time.perf_counter()
         e = {"epoch": epoch, "trained": int(sum(summary["sizes"][epoch - 1:epoch])), "feed_s": t1 - t0,
-             "end_of_epoch_s": t2 - t1, "next_kept": summary["kept"]}
+             "end_of_epoch_s": t2 - t1, "next_kept": summary["kept"], "timing": summary["timing"]}
         if traced:
             peaks = ray.get(front.trace_memory.remote(False))
             e["peak_traced_bytes"] = peaks
@@ -95,7 +95,9 @@ def run_one(n: int, k: int, args) -> dict:
         e["resident_bytes_per_shard_max"] = int(max(m["state"] + m["buffer"] for m in mem))
         row["epochs"].append(e)
         print(f"  N={n:>11,} K={k}: epoch {epoch} fed {e['trained']:,} scores in {e['feed_s']:.1f}s, end of epoch "
-              f"{e['end_of_epoch_s']:.3f}s, next plan {e['next_kept']:,}, resident "
+              f"{e['end_of_epoch_s']:.3f}s (decide {summary['timing']['decide_s']:.2f}s: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in summary["timing"]["steps"].items())
+              + f"; publish {summary['timing']['publish_s']:.2f}s), next plan {e['next_kept']:,}, resident "
               f"{e['resident_bytes'] / n:.2f} B/sample" + (f", peak {max(peaks) / (n / k):.2f} B/sample of a shard "
                                                             "above its resident state" if traced else ""), flush=True)
         if epoch == 2:
@@ -131,7 +133,7 @@ def main(argv=None):
     ap.add_argument("--ranks", type=int, default=4)
     ap.add_argument("--batch", type=int, default=1024, help="per-rank batch size")
     ap.add_argument("--every", type=int, default=32, help="observe_every: steps per chunk")
-    ap.add_argument("--chunk", type=int, default=1 << 16, help="ids per published PlanChunk")
+    ap.add_argument("--chunk", type=int, default=None, help="ids per published PlanChunk (default: the coordinator's)")
     ap.add_argument("--rho", type=float, default=0.5)
     ap.add_argument("--window", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)

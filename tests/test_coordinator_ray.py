@@ -163,3 +163,10 @@ def test_a_second_fresh_reset_starts_over(ray_session):
         assert p.plan.digest == info["digest"] and float(p.plan.weights.mean()) == pytest.approx(info["weight_mean"])
     finally:
         ray.kill(front)
+
+
+def test_plan_chunks_grow_with_the_dataset_within_bounds():
+    from repb_ray.train.coordinator import plan_chunk_size
+    assert plan_chunk_size(60_000) == 1 << 16 and plan_chunk_size(1 << 24) == 1 << 16   # 256 chunks
+    assert plan_chunk_size((1 << 24) + 1) == 1 << 17
+    assert plan_chunk_size(100_000_000) == 1 << 19 and plan_chunk_size(10**9) == 1 << 19  # capped: 2 MiB

@@ -8,27 +8,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-_SEEDS = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03))
-
-
-def _mix(x: np.ndarray, seed: np.uint64) -> np.ndarray:
-    """splitmix64 finaliser of x + seed (a bijection of uint64)."""
-    z = x + seed
-    z ^= z >> np.uint64(30)
-    z *= _M1
-    z ^= z >> np.uint64(27)
-    z *= _M2
-    z ^= z >> np.uint64(31)
-    return z
+_M1, _M2, _M3 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0xD6E8FEB86659FD93)
+_SEED = np.uint64(0x9E3779B97F4A7C15)
+_S27, _S30, _S31, _S32 = (np.uint64(k) for k in (27, 30, 31, 32))
 
 
 def digest_parts(ids: np.ndarray) -> tuple[int, int, int]:
-    """(count, sum of mix1, sum of mix2) mod 2**64 over a set of ids: add parts of disjoint sets to
-    get the parts of their union, in any order."""
+    """(count, sum of h1, sum of h2) mod 2**64 over a set of ids, h1 = splitmix64(id + seed) and
+    h2 = a second bijective mix of h1: add parts of disjoint sets to get the parts of their union,
+    in any order. In place, two temporaries (it runs on every plan publication)."""
     x = np.ascontiguousarray(ids, np.int64).view(np.uint64)
     with np.errstate(over="ignore"):
-        return int(x.shape[0]), int(_mix(x, _SEEDS[0]).sum(dtype=np.uint64)), int(_mix(x, _SEEDS[1]).sum(dtype=np.uint64))
+        z = x + _SEED
+        t = np.empty_like(z)
+        for shift, mult in ((_S30, _M1), (_S27, _M2)):
+            np.right_shift(z, shift, out=t)
+            z ^= t
+            z *= mult
+        np.right_shift(z, _S31, out=t)
+        z ^= t
+        a = int(z.sum(dtype=np.uint64))
+        z *= _M3
+        np.right_shift(z, _S32, out=t)
+        z ^= t
+        return int(x.shape[0]), a, int(z.sum(dtype=np.uint64))
 
 
 def combine_digest(parts) -> str:

@@ -146,8 +146,10 @@ class RePBShard(Shard):
         p = self.spec.params
         if self.epoch <= 1 or not p["ctr"]:
             return np.ones(local.shape[0], np.float32)
-        prev = self.counts[local].astype(np.int32) - 1  # N_i(E) for the plan of epoch E + 1
-        return ctr_weights(prev, self.epoch - 1, p["ctr_max"])
+        # N_i(E) = counts - 1 for the plan of epoch E + 1: the weight of every possible count once,
+        # then one gather (elementwise the same values as ctr_weights on the counts).
+        table = ctr_weights(np.arange(-1, self.epoch + 1, dtype=np.int32), self.epoch - 1, p["ctr_max"])
+        return table[self.counts[local]]
 
 
 def window_means(policy, stats: dict, window: int):

@@ -159,12 +159,28 @@ class Shard:
 
     def chunks(self, chunk: int) -> list[PlanChunk]:
         """The plan of this range as PlanChunks of at most `chunk` ids."""
-        out = []
+        return self.publish(chunk)[0]
+
+    def publish(self, chunk: int) -> tuple[list[PlanChunk], tuple]:
+        """The plan of this range as PlanChunks of at most `chunk` ids and, from the same pass, its
+        summary parts: (size, float64 sum of the weights, max weight, digest_parts). One pass over
+        cache-sized pieces: no temporary as large as the range."""
+        out, count, total, top, h1, h2 = [], 0, 0.0, 0.0, 0, 0
         for a in range(0, self.span, chunk):
             b = min(a + chunk, self.span)
             mask = self.in_plan[a:b]
-            out.append(PlanChunk.from_mask(self.epoch, self.lo + a, mask, self.weights_of(np.flatnonzero(mask) + a)))
-        return out
+            local = np.flatnonzero(mask)
+            local += a
+            w = self.weights_of(local)
+            out.append(PlanChunk.from_mask(self.epoch, self.lo + a, mask, w))
+            if local.size:
+                if self.lo:
+                    local += self.lo
+                c, x, y = digest_parts(local)
+                count, h1, h2 = count + c, (h1 + x) % (1 << 64), (h2 + y) % (1 << 64)
+                total += float(w.sum(dtype=np.float64))
+                top = max(top, float(w.max()))
+        return out, (count, total, top, (count, h1, h2))
 
     # -- state ---------------------------------------------------------------------------------------
     def state_arrays(self) -> dict:

@@ -22,6 +22,17 @@ WAIT_GROUP = "waits"     # wait_plan and read-only getters: their own event loop
 BIG_ARG = 1 << 20        # arguments larger than this go to the object store once per broadcast
 
 
+def plan_chunk_size(num_samples: int, min_chunk: int = 1 << 16, max_chunk: int = 1 << 19,
+                    max_chunks: int = 256) -> int:
+    """Ids per published PlanChunk: 65536, doubled while the plan has more than `max_chunks` chunks
+    (each is one object-store put, about a millisecond here), up to 2**19 ids (a read task fetches
+    the chunks covering its file: 1 bit per id plus 4 bytes per kept id, at most 2 MiB a chunk)."""
+    chunk = min_chunk
+    while -(-num_samples // chunk) > max_chunks and chunk < max_chunk:
+        chunk *= 2
+    return chunk
+
+
 class CoordinatorRestarted(RuntimeError):
     """The coordinator lost its state (its process was restarted); the run resumes from a checkpoint."""
 
@@ -75,13 +86,10 @@ class ShardHost:
         return sorted(r for r in range(self.world_size)
                       if r not in self.expect or len(self.got.get(r, ())) != self.expect[r])
 
-    def publish(self, chunk: int) -> list:
-        return [(c.lo, c.hi, c.kept, ray.put(c)) for c in self.shard.chunks(chunk)]
-
-    def summary_parts(self) -> tuple:
-        ids, w = self.shard.plan_arrays()
-        return (int(ids.shape[0]), float(w.sum(dtype=np.float64)), float(w.max()) if w.size else 0.0,
-                self.shard.digest_parts())
+    def publish(self, chunk: int) -> tuple[list, tuple]:
+        """The shard's plan chunks put in the object store, and its summary parts."""
+        chunks, parts = self.shard.publish(chunk)
+        return [(c.lo, c.hi, c.kept, ray.put(c)) for c in chunks], parts
 
     def save(self, location: str, index: int) -> str:
         arrays = self.shard.state_arrays()
@@ -134,9 +142,6 @@ class ShardActor:
     def publish(self, chunk):
         return self.host.publish(chunk)
 
-    def summary_parts(self):
-        return self.host.summary_parts()
-
     def save(self, location):
         return self.host.save(location, self.index)
 
@@ -168,9 +173,10 @@ class Coordinator:
     (re)start of the worker group and asks it to save its state next to each checkpoint."""
 
     def __init__(self, policy: str, num_samples: int, seed: int, world_size: int, params: dict,
-                 shards: int = 1, chunk: int = 1 << 16):
+                 shards: int = 1, chunk: int | None = None):
         self._args = dict(policy=policy, num_samples=num_samples, seed=seed, params=dict(params))
-        self.world_size, self.num_shards, self.chunk = world_size, shards, chunk
+        self.world_size, self.num_shards = world_size, shards
+        self.chunk = chunk or plan_chunk_size(num_samples)
         self.bounds = split_range(num_samples, shards)
         self._lock = threading.Lock()
         self._waiters: list = []
@@ -178,6 +184,7 @@ class Coordinator:
         self._epochs: list = []
         self._remote = None
         self._started = False
+        self._timing: dict = {}     # the last end of epoch: seconds per protocol step, decision, publication
 
     # -- building --------------------------------------------------------------------------------------
     def _new_policy(self, local: bool):
@@ -186,6 +193,7 @@ class Coordinator:
                    bounds=self.bounds, local=local, **self._args["params"])
 
     async def _build(self, location: str | None, epoch_state: dict | None, world_size: int) -> None:
+        self._timing = {}
         with self._lock:
             self.generation = uuid.uuid4().hex[:12]
             self._published = None
@@ -227,13 +235,13 @@ class Coordinator:
         await self._publish()
 
     async def _publish(self) -> None:
+        t0 = time.perf_counter()
         if self._remote is None:
-            entries = self.host.publish(self.chunk)
-            parts = [self.host.summary_parts()]
+            published = [self.host.publish(self.chunk)]
         else:
-            entries = [x for part in await asyncio.gather(*[h.publish.remote(self.chunk) for h in self._remote])
-                       for x in part]
-            parts = await asyncio.gather(*[h.summary_parts.remote() for h in self._remote])
+            published = await asyncio.gather(*[h.publish.remote(self.chunk) for h in self._remote])
+        entries = [x for shard_entries, _ in published for x in shard_entries]
+        parts = [p for _, p in published]
         count = sum(p[0] for p in parts)
         index = PlanIndex(self.generation, self.policy.epoch, self._args["seed"], self._args["num_samples"], count,
                           np.array([e[0] for e in entries], np.int64), np.array([e[1] for e in entries], np.int64),
@@ -246,6 +254,7 @@ class Coordinator:
             "decision": dict(p.history[-1]) if p.history else {}, "world_size": self.world_size,
             "budget": p.budget_status(),
         }
+        summary["timing"] = {**self._timing, "publish_s": time.perf_counter() - t0}
         with self._lock:
             self._published = (index, summary)
             self._notify()
@@ -258,13 +267,17 @@ class Coordinator:
 
     # -- the protocol over local or remote shards -------------------------------------------------
     async def _drive(self, gen):
+        """Run a protocol over the shards; the seconds of each step go to self._timing['steps']."""
         result = None
+        steps = self._timing.setdefault("steps", {})
         while True:
             try:
                 request = gen.send(result)
             except StopIteration as stop:
                 return stop.value
+            t = time.perf_counter()
             result = await self._call(request)
+            steps[request.method] = steps.get(request.method, 0.0) + time.perf_counter() - t
 
     async def _call(self, request) -> list:
         if self._remote is None:
@@ -283,7 +296,10 @@ class Coordinator:
 
     async def _finish_epoch(self) -> None:
         try:
+            t = time.perf_counter()
+            self._timing = {}
             await self._drive(self.policy.conduct_next(self.world_size))
+            self._timing["decide_s"] = time.perf_counter() - t
             await self._begin_epoch()
         except Exception as exc:  # the workers waiting for the plan re-raise it
             cause = getattr(exc, "cause", None) or exc
@@ -438,7 +454,7 @@ class Coordinator:
 
 
 def create(policy: str, num_samples: int, seed: int, world_size: int, params: dict, *, shards: int = 1,
-           chunk: int = 1 << 16, name: str | None = None, namespace: str | None = None):
+           chunk: int | None = None, name: str | None = None, namespace: str | None = None):
     """The front actor (num_cpus=0, restarted with a fresh state if its process dies)."""
     actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0,
                        concurrency_groups={WAIT_GROUP: 100_000})(Coordinator)

@@ -57,7 +57,7 @@ class Pruning:
     def __init__(self, policy: str = "repb", *, num_samples: int, num_workers: int, seed: int = 0,
                  shards: int = 1, storage: str | None = None, name: str = "run", observe_every: int = 32,
                  timeout_s: float = 600.0, shuffle_rows: int = 4096, prefetch_batches: int = 2,
-                 chunk: int = 1 << 16, **params):
+                 chunk: int | None = None, **params):
         from repb_ray.core.policy import policy_class
         from repb_ray.train import coordinator
         policy_class(policy)(num_samples=num_samples, seed=seed, world_size=max(1, num_workers), local=False,
