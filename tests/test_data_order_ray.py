@@ -122,3 +122,40 @@ def test_parquet_shards_are_read_in_a_new_order_each_epoch_and_only_where_needed
     assert [o.size for o in orders] == [1500, 1500, 1500]
     firsts = [o[0] // 250 for o in orders]  # the file of the first row served
     assert len(set(tuple(o[:50] // 250) for o in orders)) == 3 and len(set(firsts)) >= 2
+
+
+@pytest.mark.parametrize("kind", ["arrays", "parquet", "filter"])
+def test_many_plan_chunks_serve_exactly_the_plan_and_its_weights(ray_session, tmp_path, kind):
+    """Plans published as 16 chunks of 64 ids, files of 50 rows straddling them, read tasks sharing
+    processes (and their chunk cache): every epoch serves each plan id once with its own weight."""
+    n = 1000
+    x = np.arange(n, dtype=np.float32)[:, None]
+    if kind == "arrays":
+        ds = from_numpy({"x": x}, block_rows=50)
+    elif kind == "parquet":
+        prepare_arrays({"x": x}, str(tmp_path / "pq"), rows_per_file=50)
+        ds = read_parquet(str(tmp_path / "pq"))
+    else:  # any Ray dataset with an id column: pruned by the filter UDF
+        ds = ray.data.from_items([{"id": i, "x": float(i)} for i in range(n)], override_num_blocks=20)
+    pruning = Pruning("repb", num_samples=n, num_workers=1, rho=0.6, window=2, chunk=64, shuffle_rows=0)
+    try:
+        session = PruningSession(pruning.handle, rank=0, world_size=1)
+        session.start(None)
+        pipeline = pruning.dataset(ds)
+        for epoch in range(1, 5):
+            session.begin_epoch(epoch)
+            plan_ids, plan_w = ray.get(pruning.coordinator.plan_arrays.remote())
+            ids, weights = [], []
+            for batch in session.batches(pipeline, 32):
+                ids.append(batch["id"].numpy().copy())
+                weights.append(batch["weight"].numpy().copy())
+                assert np.array_equal(batch["x"].numpy().reshape(-1), batch["id"].numpy())  # rows stay whole
+                session.observe(batch, (batch["id"] % 13).float())
+            ids, weights = np.concatenate(ids), np.concatenate(weights)
+            order = np.argsort(ids)
+            np.testing.assert_array_equal(ids[order], plan_ids, err_msg=f"ids of epoch {epoch}")
+            np.testing.assert_array_equal(weights[order], plan_w, err_msg=f"weights of epoch {epoch}")
+            session.end_epoch()
+        assert len(set(plan_w.tolist())) > 1 and len(plan_ids) < n  # real pruning, CTR weights that differ
+    finally:
+        pruning.shutdown()

@@ -53,7 +53,8 @@ class PlanLookup:
         self._chunks: OrderedDict = OrderedDict()
 
     def _chunk(self, index: PlanIndex, j: int):
-        key = (index.generation, index.epoch, j)
+        # keyed by the chunk's first id: j is a position in `index`, which read tasks slice
+        key = (index.generation, index.epoch, int(index.los[j]))
         chunk = self._chunks.get(key)
         if chunk is None:
             import ray
