@@ -70,6 +70,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads on both sides (the worker holds 1 CPU)")
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--shuffle-rows", type=int, default=Config.shuffle_rows,
+                    help="repb_ray's local shuffle buffer (0: block order and in-block shuffle only)")
     ap.add_argument("--json", default=OUT)
     args = ap.parse_args()
     import ray
@@ -77,7 +79,7 @@ def main():
     out = tempfile.mkdtemp(prefix="repb_overhead_")
     cfg = Config(task="fashion_mnist", task_args={"train_subset": args.subset}, epochs=args.epochs, policy="full",
                  batch_size=args.batch_size, num_workers=1, cpus_per_worker=1, torch_threads=args.threads,
-                 tracking_uri="none", output_dir=out)
+                 tracking_uri="none", output_dir=out, shuffle_rows=args.shuffle_rows)
     task = TaskRef(cfg.task, cfg.task_args).load()
     task.train_dataset()  # prepares the Parquet shards once, outside the timing
     ensure_ray(cfg)
@@ -97,7 +99,7 @@ def main():
     def mean(kind, key):
         vals = [np.mean(x["train_time_s"][1:]) if key == "epoch" else x["wall_s"] for x in rows if x["kind"] == kind]
         return float(np.mean(vals))
-    res = {"subset": args.subset, "epochs": args.epochs, "threads": args.threads, "batch_size": args.batch_size,
+    res = {"subset": args.subset, "shuffle_rows": args.shuffle_rows, "epochs": args.epochs, "threads": args.threads, "batch_size": args.batch_size,
            "rounds": rows, "loadavg_at_start": load, "loadavg_at_end": os.getloadavg(),
            "epoch_ratio": mean("repb_ray", "epoch") / mean("plain", "epoch"),
            "wall_ratio": mean("repb_ray", "wall") / mean("plain", "wall")}
