@@ -30,9 +30,11 @@ def _runs(uri, experiment="repb_ray"):
     return client, parent[0], children
 
 
-def test_smoke_sweep_sqlite(ray_session, tmp_path):
+def test_smoke_sweep_sqlite(ray_session, tmp_path, capsys):
     spec = SweepSpec.from_yaml(SWEEP, ["num_workers=1", f"output_dir={tmp_path}"])
     summary = run_sweep(spec)
+    progress = [ln for ln in capsys.readouterr().out.splitlines() if ": trial " in ln]
+    assert [ln.split(": trial ")[1].split(" ")[0] for ln in progress] == ["1/3", "2/3", "3/3"], progress
     assert [r["status"] for r in summary["trials"]] == ["FINISHED"] * 3
     assert [r["method"] for r in summary["trials"]] == ["RePB", "RePB", "Full data"]
     assert [r["budget"] for r in summary["trials"]] == [0.3, 0.7, 0.0]

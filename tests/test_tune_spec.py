@@ -5,7 +5,7 @@ import pytest
 from repb_ray.config import Config, ConfigError
 from repb_ray.tune.report import aggregate, format_table, label_trials, paper_table, pareto_front
 from repb_ray.tune.spec import SweepSpec
-from repb_ray.tune.sweep import capacity
+from repb_ray.tune.sweep import capacity, progress_line
 
 
 def test_trials_are_grid_then_grids_then_baselines_times_seeds():
@@ -82,3 +82,11 @@ def test_paper_table_means_drops_and_unreached_budgets():
     assert "\\ (41% reached) 88.00 ± 0.00 (↓2.50)" in text
     front = pareto_front(rows)
     assert format_table(rows, front).splitlines()[0].startswith("trial")
+
+
+def test_progress_line_counts_results_and_time_left():
+    line = progress_line(3, 12, 180.0, "RePB (target_pruned=0.5, seed=1)", "FINISHED", "test_accuracy", 0.87654, 0.4987)
+    assert line == ("trial 3/12 finished: RePB (target_pruned=0.5, seed=1): test_accuracy 0.8765, 49.9% pruned "
+                    "(3.0 min so far, about 9 min left)")
+    assert progress_line(1, 2, 60.0, "Full data", "FAILED", "test_accuracy", None, None) == \
+        "trial 1/2 failed: Full data: no test_accuracy (1.0 min so far, about 1 min left)"

@@ -69,6 +69,46 @@ def _searcher_class():
     return Admission
 
 
+def progress_line(done: int, total: int, elapsed_s: float, what: str, status: str, metric: str,
+                  value, pruned) -> str:
+    """One plain line per ended trial: count, what it was, its result, and the time left at this pace."""
+    left = (total - done) * elapsed_s / done if done else float("nan")
+    result = f"{metric} {value:.4f}" if isinstance(value, (int, float)) else f"no {metric}"
+    if isinstance(pruned, (int, float)):
+        result += f", {100 * pruned:.1f}% pruned"
+    return (f"trial {done}/{total} {status.lower()}: {what}: {result} "
+            f"({elapsed_s / 60:.1f} min so far, about {left / 60:.0f} min left)")
+
+
+def _progress_callback(trials: list[dict], labels: list, metric: str, log):
+    from ray import tune
+
+    class Progress(tune.Callback):
+        """Prints progress_line as each trial ends (the sweep's console, with Tune's own table off)."""
+
+        def __init__(self):
+            self.t0, self.done = time.perf_counter(), 0
+
+        def _ended(self, trial, status: str) -> None:
+            self.done += 1
+            index = (trial.config or {}).get("index")
+            what = "?"
+            if index is not None:
+                keys = ", ".join(f"{k}={v}" for k, v in trials[index].items() if k != "policy")
+                what = labels[index][0] + (f" ({keys})" if keys else "")
+            r = trial.last_result or {}
+            log(progress_line(self.done, len(trials), time.perf_counter() - self.t0, what, status, metric,
+                              r.get(metric), r.get("cum_pruned_fraction")))
+
+        def on_trial_complete(self, iteration, trials_, trial, **info):
+            self._ended(trial, "FINISHED")
+
+        def on_trial_error(self, iteration, trials_, trial, **info):
+            self._ended(trial, "FAILED")
+
+    return Progress()
+
+
 def _make_trial_fn(base: dict, parent_run_id: str | None, trials_dir: str):
     def trial_fn(config: dict) -> None:
         from ray import tune
@@ -124,7 +164,8 @@ def run_sweep(spec: SweepSpec, verbose: bool = False) -> dict:
                                            os.path.join(out, "trials")), TRIAL_RESOURCES),
         tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=len(trials), search_alg=searcher,
                                     scheduler=scheduler),
-        run_config=tune.RunConfig(name=spec.name, storage_path=os.path.join(out, "tune"), verbose=0),
+        run_config=tune.RunConfig(name=spec.name, storage_path=os.path.join(out, "tune"), verbose=0,
+                                  callbacks=[_progress_callback(trials, labels, metric, log)]),
     )
     try:
         grid = tuner.fit()
