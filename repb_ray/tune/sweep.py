@@ -80,7 +80,7 @@ def progress_line(done: int, total: int, elapsed_s: float, what: str, status: st
             f"({elapsed_s / 60:.1f} min so far, about {left / 60:.0f} min left)")
 
 
-def _progress_callback(trials: list[dict], labels: list, metric: str, log):
+def _progress_callback(sweep_trials: list[dict], labels: list, metric: str, log):
     from ray import tune
 
     class Progress(tune.Callback):
@@ -94,16 +94,16 @@ def _progress_callback(trials: list[dict], labels: list, metric: str, log):
             index = (trial.config or {}).get("index")
             what = "?"
             if index is not None:
-                keys = ", ".join(f"{k}={v}" for k, v in trials[index].items() if k != "policy")
+                keys = ", ".join(f"{k}={v}" for k, v in sweep_trials[index].items() if k != "policy")
                 what = labels[index][0] + (f" ({keys})" if keys else "")
             r = trial.last_result or {}
-            log(progress_line(self.done, len(trials), time.perf_counter() - self.t0, what, status, metric,
+            log(progress_line(self.done, len(sweep_trials), time.perf_counter() - self.t0, what, status, metric,
                               r.get(metric), r.get("cum_pruned_fraction")))
 
-        def on_trial_complete(self, iteration, trials_, trial, **info):
+        def on_trial_complete(self, iteration, trials, trial, **info):  # Tune passes these by keyword
             self._ended(trial, "FINISHED")
 
-        def on_trial_error(self, iteration, trials_, trial, **info):
+        def on_trial_error(self, iteration, trials, trial, **info):
             self._ended(trial, "FAILED")
 
     return Progress()
