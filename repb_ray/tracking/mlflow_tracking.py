@@ -4,6 +4,7 @@ and in the Train controller (the epoch callback)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import time
@@ -156,9 +157,13 @@ def log_model(uri: str, run_id: str, task, checkpoint) -> None:
         signature = infer_signature(example, out.numpy() if hasattr(out, "numpy") else None)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
+    quiet = logging.getLogger("mlflow.pytorch")  # its pickle caution, once per run: the README says it
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         with mlflow.start_run(run_id=run_id):  # pickle: any model (pt2 would trace it and needs an example)
             mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
                                      serialization_format="pickle")
     finally:
+        quiet.setLevel(level)
         mlflow.set_tracking_uri(previous)
