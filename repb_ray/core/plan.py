@@ -34,11 +34,17 @@ def digest_parts(ids: np.ndarray) -> tuple[int, int, int]:
         return int(x.shape[0]), a, int(z.sum(dtype=np.uint64))
 
 
-def combine_digest(parts) -> str:
-    """The plan digest from digest_parts of disjoint pieces of one plan."""
+def merge_digest_parts(parts) -> tuple[int, int, int]:
+    """digest_parts of the union of disjoint id sets, from the parts of each."""
     count, a, b = 0, 0, 0
     for c, x, y in parts:
         count, a, b = count + c, (a + x) % (1 << 64), (b + y) % (1 << 64)
+    return count, a, b
+
+
+def combine_digest(parts) -> str:
+    """The plan digest from digest_parts of disjoint pieces of one plan."""
+    count, a, b = merge_digest_parts(parts)
     return hashlib.sha256(f"{count}:{a:016x}:{b:016x}".encode()).hexdigest()
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from repb_ray.core.observations import ObservationBuffer
-from repb_ray.core.plan import PlanChunk, digest_parts
+from repb_ray.core.plan import PlanChunk, digest_parts, merge_digest_parts
 
 MAX_EPOCHS = np.iinfo(np.uint16).max - 1  # selection counts N_i are uint16
 
@@ -157,15 +157,11 @@ class Shard:
     def digest_parts(self) -> tuple[int, int, int]:
         return digest_parts(self.plan_local() + self.lo)
 
-    def chunks(self, chunk: int) -> list[PlanChunk]:
-        """The plan of this range as PlanChunks of at most `chunk` ids."""
-        return self.publish(chunk)[0]
-
     def publish(self, chunk: int) -> tuple[list[PlanChunk], tuple]:
         """The plan of this range as PlanChunks of at most `chunk` ids and, from the same pass, its
         summary parts: (size, float64 sum of the weights, max weight, digest_parts). One pass over
         cache-sized pieces: no temporary as large as the range."""
-        out, count, total, top, h1, h2 = [], 0, 0.0, 0.0, 0, 0
+        out, pieces, total, top = [], [], 0.0, 0.0
         for a in range(0, self.span, chunk):
             b = min(a + chunk, self.span)
             mask = self.in_plan[a:b]
@@ -176,11 +172,11 @@ class Shard:
             if local.size:
                 if self.lo:
                     local += self.lo
-                c, x, y = digest_parts(local)
-                count, h1, h2 = count + c, (h1 + x) % (1 << 64), (h2 + y) % (1 << 64)
+                pieces.append(digest_parts(local))
                 total += float(w.sum(dtype=np.float64))
                 top = max(top, float(w.max()))
-        return out, (count, total, top, (count, h1, h2))
+        digest = merge_digest_parts(pieces)
+        return out, (digest[0], total, top, digest)
 
     # -- state ---------------------------------------------------------------------------------------
     def state_arrays(self) -> dict:
