@@ -9,13 +9,12 @@ in a seeded order and their CTR weights) is copied to the device once, so per st
 is two device-side gathers (weight lookup) and one device-side copy of the per-sample losses (score
 hand-off): no host sync per step. The policy sees the scores once per epoch (one device-to-host
 copy). The training loop runs under torch.cuda.set_sync_debug_mode("warn") and counts host syncs.
-Runs on the CPU too (slowly), which is how the tests smoke-test it.
+Runs on the CPU too (slowly).
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import sys
@@ -29,17 +28,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from repb_ray.core import make_policy  # noqa: E402  (numpy only: no Ray, no MLflow)
+from repb_ray.tasks.fashion_mnist import read_idx  # noqa: E402  (numpy only)
+from repb_ray.tasks.models import build_model  # noqa: E402  (torch only)
 
 FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
-
-
-def read_idx(path: str) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
 
 
 def find_data(arg: str | None) -> str:
@@ -51,30 +44,9 @@ def find_data(arg: str | None) -> str:
                      "pass --data DIR holding " + ", ".join(FILES["train"] + FILES["test"]))
 
 
-class SmallCNN(nn.Module):
-    """The built-in Fashion-MNIST CNN (repb_ray/tasks/models.py), repeated here so the script needs
-    only torch and numpy besides repb_ray.core."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(4))
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, 10))
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
 def build(name: str) -> nn.Module:
-    if name == "cnn":
-        return SmallCNN()
-    import torchvision
-    m = torchvision.models.resnet18(num_classes=10)
-    m.conv1 = nn.Conv2d(1, 64, 3, stride=1, padding=1, bias=False)
-    m.maxpool = nn.Identity()
-    return m
+    """The built-in task's models (repb_ray/tasks/models.py: torch only) for 1x28x28 images."""
+    return build_model(name, (1, 28, 28), 10)
 
 
 def run(model_name: str, variant: str, data: dict, args, device: torch.device) -> dict:
@@ -202,7 +174,7 @@ def main(argv=None):
     tx, ty = read_idx(os.path.join(d, FILES["test"][0])), read_idx(os.path.join(d, FILES["test"][1]))
     if args.subset:
         x, y = x[: args.subset], y[: args.subset]
-    data = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in
+    data = {k: torch.from_numpy(np.array(v)).to(device) for k, v in
             {"x": x, "y": y.astype(np.int64), "tx": tx, "ty": ty.astype(np.int64)}.items()}
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "batch_size": args.batch_size, "epochs": args.epochs,

@@ -109,3 +109,10 @@ def test_plain_loop_example_runs(tmp_path):
                        cwd=root, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "epoch 3:" in p.stdout and "pruned fraction over 3 epochs" in p.stdout
+
+
+def test_builtin_resnet18_takes_the_task_input_channels():
+    from repb_ray.tasks.models import build_model
+    for shape in [(1, 28, 28), (3, 32, 32)]:
+        out = build_model("resnet18", shape, 10).eval()(torch.zeros(2, *shape))
+        assert tuple(out.shape) == (2, 10)

@@ -24,11 +24,11 @@ def mlp(dim: int, num_classes: int, hidden: int = 64) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
 
-def resnet18_cifar(num_classes: int) -> nn.Module:
+def resnet18_cifar(num_classes: int, in_channels: int = 3) -> nn.Module:
     """torchvision ResNet-18 with the usual CIFAR stem: 3x3 first conv, no max-pool."""
     import torchvision
     m = torchvision.models.resnet18(num_classes=num_classes)
-    m.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+    m.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     m.maxpool = nn.Identity()
     return m
 
@@ -44,4 +44,4 @@ def build_model(name: str, input_shape: tuple, num_classes: int) -> nn.Module:
         return mlp(dim, num_classes)
     if name == "cnn":
         return SmallCNN(input_shape[0], num_classes)
-    return resnet18_cifar(num_classes)
+    return resnet18_cifar(num_classes, input_shape[0])
