@@ -28,13 +28,21 @@ BIN = os.path.dirname(sys.executable)
 RAY = os.path.join(BIN, "ray")
 
 
+# Each node's worker ports: below Linux's default ephemeral range (32768-60999), and never handed
+# out by _free_ports, since Ray refuses to start a node whose named ports overlap its worker range.
+WORKER_PORTS = [(29000 + 1000 * i, 29999 + 1000 * i) for i in range(3)]
+
+
 def _free_ports(k):
+    """k distinct ports free right now, none inside a node's worker port range."""
     socks, ports = [], []
-    for _ in range(k):
+    while len(ports) < k:
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
+        socks.append(s)  # held open until all are chosen, so none repeats
+        port = s.getsockname()[1]
+        if not any(lo <= port <= hi for lo, hi in WORKER_PORTS):
+            ports.append(port)
     for s in socks:
         s.close()
     return ports
@@ -65,7 +73,7 @@ def cluster(tmp_path_factory):
                      f"--dashboard-agent-listen-port={p[0]}", f"--dashboard-agent-grpc-port={p[1]}",
                      f"--metrics-export-port={p[2]}", f"--runtime-env-agent-port={p[3]}",
                      f"--ray-client-server-port={p[4]}", f"--object-manager-port={p[5]}",
-                     f"--node-manager-port={p[6]}", "--min-worker-port=31000", "--max-worker-port=31999"], env,
+                     f"--node-manager-port={p[6]}", f"--min-worker-port={WORKER_PORTS[0][0]}", f"--max-worker-port={WORKER_PORTS[0][1]}"], env,
                    tmp / "head.log")]
     url = f"http://127.0.0.1:{dash}"
     try:
@@ -77,7 +85,7 @@ def cluster(tmp_path_factory):
                                  f"--dashboard-agent-listen-port={q[0]}", f"--dashboard-agent-grpc-port={q[1]}",
                                  f"--metrics-export-port={q[2]}", f"--runtime-env-agent-port={q[3]}",
                                  f"--object-manager-port={q[4]}", f"--node-manager-port={q[5]}",
-                                 f"--min-worker-port={31000 + 1000 * i}", f"--max-worker-port={31999 + 1000 * i}"], env,
+                                 f"--min-worker-port={WORKER_PORTS[i][0]}", f"--max-worker-port={WORKER_PORTS[i][1]}"], env,
                                 tmp / f"worker{i}.log"))
             time.sleep(3)
         nodes = []
