@@ -28,24 +28,25 @@ BIN = os.path.dirname(sys.executable)
 RAY = os.path.join(BIN, "ray")
 
 
-# Each node's worker ports: below Linux's default ephemeral range (32768-60999), and never handed
-# out by _free_ports, since Ray refuses to start a node whose named ports overlap its worker range.
+# Every port a node is given lies below Linux's ephemeral range (32768-60999), so no connection made
+# after it was chosen can take it: the named ports from 20000 up, each node's worker ports from 29000.
 WORKER_PORTS = [(29000 + 1000 * i, 29999 + 1000 * i) for i in range(3)]
 
 
 def _free_ports(k):
-    """k distinct ports free right now, none inside a node's worker port range."""
-    socks, ports = [], []
-    while len(ports) < k:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)  # held open until all are chosen, so none repeats
-        port = s.getsockname()[1]
-        if not any(lo <= port <= hi for lo, hi in WORKER_PORTS):
-            ports.append(port)
-    for s in socks:
-        s.close()
-    return ports
+    """k distinct ports in 20000-28999 that are free right now (Ray refuses a node whose named ports
+    overlap its worker port range; connections never pick ports outside the ephemeral range)."""
+    ports = []
+    for port in range(20000 + 100 * (os.getpid() % 80), 29000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == k:
+            return ports
+    raise RuntimeError(f"fewer than {k} free ports in 20000-28999")
 
 
 def _start(args, env, log):
