@@ -92,9 +92,11 @@ def main():
         s = run_training(cfg.replace(name=f"overhead-{r}"), progress=False)
         rows.append({"round": r, "kind": "repb_ray", "wall_s": time.perf_counter() - t,
                      "train_time_s": [e["train_time_s"] for e in s["per_epoch"]],
+                     "data_wait_s": [e["data_wait_s"] for e in s["per_epoch"]],
                      "accuracy": s["final_test_accuracy"]})
         print(f"round {r}: plain {rows[-2]['wall_s']:.1f}s (epochs {np.round(rows[-2]['train_time_s'], 2).tolist()}), "
-              f"repb_ray {rows[-1]['wall_s']:.1f}s (epochs {np.round(rows[-1]['train_time_s'], 2).tolist()})", flush=True)
+              f"repb_ray {rows[-1]['wall_s']:.1f}s (epochs {np.round(rows[-1]['train_time_s'], 2).tolist()}, of which "
+              f"waiting for data {np.round(rows[-1]['data_wait_s'], 2).tolist()})", flush=True)
 
     def mean(kind, key):
         vals = [np.mean(x["train_time_s"][1:]) if key == "epoch" else x["wall_s"] for x in rows if x["kind"] == kind]

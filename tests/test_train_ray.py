@@ -36,7 +36,7 @@ def test_summary_has_every_field(reference_run):
     assert s["epochs"] == 3 and s["num_workers"] == 2 and s["policy"] == "repb"
     assert s["task"] == "synthetic" and s["task_args"] == {"size": 256} and s["metric"] == "test_accuracy"
     assert {"epoch", "kept", "pruned_fraction", "train_loss", "test_accuracy", "test_loss", "epoch_time_s",
-            "train_time_s", "weight_mean", "weight_max", "plan_digest"} <= set(s["per_epoch"][0])
+            "train_time_s", "data_wait_s", "weight_mean", "weight_max", "plan_digest"} <= set(s["per_epoch"][0])
     kept = [e["kept"] for e in s["per_epoch"]]
     assert s["samples_trained"] == sum(kept)
     assert s["pruned_fraction"] == pytest.approx(1 - sum(kept) / (3 * 256))

@@ -97,7 +97,14 @@ def train_loop_per_worker(config: dict) -> list:
         audit = []
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         steps = 0
-        for batch in session.batches(shard, cfg.batch_size, device):
+        data_wait = 0.0  # time this rank waited for its next batch (the data plane's share of the epoch)
+        batches = iter(session.batches(shard, cfg.batch_size, device))
+        while True:
+            t_wait = time.perf_counter()
+            batch = next(batches, None)
+            data_wait += time.perf_counter() - t_wait
+            if batch is None:
+                break
             _maybe_fail(cfg, epoch, session.step, rank, session.front)
             loss, scores = train_step(task, cfg.task, model, optimizer, batch, scorer,
                                       normalize=cfg.ctr_normalize, first=first)
@@ -122,7 +129,7 @@ def train_loop_per_worker(config: dict) -> list:
             "epoch": epoch, "kept": info["kept"], "steps": steps,
             "pruned_fraction": 1.0 - info["kept"] / n, "cum_pruned_fraction": 1.0 - sum(sizes) / (epoch * n),
             "samples_trained": int(sum(sizes)), "train_loss": loss_total / max(steps_all, 1),
-            "epoch_time_s": time.perf_counter() - t0, "train_time_s": train_time,
+            "epoch_time_s": time.perf_counter() - t0, "train_time_s": train_time, "data_wait_s": data_wait,
             "weight_mean": info["weight_mean"], "weight_max": info["weight_max"],
             "plan_digest": info["digest"], "lr": schedule.get_last_lr()[0],
             **{k: v for k, v in info["decision"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
