@@ -28,20 +28,19 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from repb_ray.core import make_policy  # noqa: E402  (numpy only: no Ray, no MLflow)
-from repb_ray.tasks.fashion_mnist import read_idx  # noqa: E402  (numpy only)
+from repb_ray.tasks.fashion_mnist import FILES, SYSTEM_DIR, idx_paths, read_idx  # noqa: E402  (numpy)
 from repb_ray.tasks.models import build_model  # noqa: E402  (torch only)
 
-FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-         "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 
-
-def find_data(arg: str | None) -> str:
+def find_data(arg: str | None) -> dict:
+    """{split: (images path, labels path)} from --data, else a copy beside the script, else the system's."""
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion-mnist")
-    for d in ([arg] if arg else [here, "/usr/share/datasets/fashion-mnist"]):
-        if d and all(os.path.exists(os.path.join(d, f)) for f in FILES["train"] + FILES["test"]):
-            return d
-    raise SystemExit(f"Fashion-MNIST idx files not found in {arg or here + ' or /usr/share/datasets/fashion-mnist'}; "
-                     "pass --data DIR holding " + ", ".join(FILES["train"] + FILES["test"]))
+    for d in ([arg] if arg else [here, SYSTEM_DIR]):
+        found = {split: idx_paths(d, split) for split in FILES}
+        if all(found.values()):
+            return found
+    raise SystemExit(f"Fashion-MNIST idx files not found in {arg or here + ' or ' + SYSTEM_DIR}; pass --data DIR "
+                     "holding " + ", ".join(f + "[.gz]" for split in FILES.values() for f in split))
 
 
 def build(name: str) -> nn.Module:
@@ -169,9 +168,9 @@ def main(argv=None):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # cudnn.benchmark stays off: RePB's last batch changes size every epoch and would be re-tuned
     # each time, a cost the full run does not pay.
-    d = find_data(args.data)
-    x, y = read_idx(os.path.join(d, FILES["train"][0])), read_idx(os.path.join(d, FILES["train"][1]))
-    tx, ty = read_idx(os.path.join(d, FILES["test"][0])), read_idx(os.path.join(d, FILES["test"][1]))
+    paths = find_data(args.data)
+    x, y = (read_idx(p) for p in paths["train"])
+    tx, ty = (read_idx(p) for p in paths["test"])
     if args.subset:
         x, y = x[: args.subset], y[: args.subset]
     data = {k: torch.from_numpy(np.array(v)).to(device) for k, v in

@@ -35,6 +35,13 @@ def _find(directory: str, stem: str) -> str | None:
     return None
 
 
+def idx_paths(directory: str, split: str) -> list[str] | None:
+    """The (images, labels) idx files of `split` under `directory` (gzipped or not, in the usual
+    sub-folders), or None when either is missing."""
+    paths = [_find(directory, stem) for stem in FILES[split]]
+    return paths if all(paths) else None
+
+
 class FashionMNIST(ClassificationTask):
     """task_args: data_dir (the four idx files; default: the system copy), download (torchvision, needs
     network), train_subset / test_subset (first N samples), model (cnn | mlp | resnet18), augment,
@@ -64,8 +71,8 @@ class FashionMNIST(ClassificationTask):
         """(images uint8 [n, 1, 28, 28], labels int64 [n]) of the whole split."""
         dirs = [self.data_dir] if self.data_dir else [SYSTEM_DIR]
         for d in dirs:
-            paths = [_find(d, s) for s in FILES[split]]
-            if all(paths):
+            paths = idx_paths(d, split)
+            if paths:
                 x, y = (read_idx(p) for p in paths)
                 return x[:, None].copy(), y.astype(np.int64)
         if self.download:
