@@ -74,7 +74,8 @@ def cluster(tmp_path_factory):
                      f"--dashboard-agent-listen-port={p[0]}", f"--dashboard-agent-grpc-port={p[1]}",
                      f"--metrics-export-port={p[2]}", f"--runtime-env-agent-port={p[3]}",
                      f"--ray-client-server-port={p[4]}", f"--object-manager-port={p[5]}",
-                     f"--node-manager-port={p[6]}", f"--min-worker-port={WORKER_PORTS[0][0]}", f"--max-worker-port={WORKER_PORTS[0][1]}"], env,
+                     f"--node-manager-port={p[6]}", f"--min-worker-port={WORKER_PORTS[0][0]}",
+                     f"--max-worker-port={WORKER_PORTS[0][1]}"], env,
                    tmp / "head.log")]
     url = f"http://127.0.0.1:{dash}"
     try:
@@ -86,7 +87,8 @@ def cluster(tmp_path_factory):
                                  f"--dashboard-agent-listen-port={q[0]}", f"--dashboard-agent-grpc-port={q[1]}",
                                  f"--metrics-export-port={q[2]}", f"--runtime-env-agent-port={q[3]}",
                                  f"--object-manager-port={q[4]}", f"--node-manager-port={q[5]}",
-                                 f"--min-worker-port={WORKER_PORTS[i][0]}", f"--max-worker-port={WORKER_PORTS[i][1]}"], env,
+                                 f"--min-worker-port={WORKER_PORTS[i][0]}",
+                                 f"--max-worker-port={WORKER_PORTS[i][1]}"], env,
                                 tmp / f"worker{i}.log"))
             time.sleep(3)
         nodes = []

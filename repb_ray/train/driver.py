@@ -274,8 +274,8 @@ class _Tracker:
             self.mt.end_run(self.uri, self.run_id, status)
 
 
-PER_EPOCH = ("epoch", "kept", "pruned_fraction", "train_loss", "epoch_time_s", "train_time_s", "data_wait_s", "weight_mean",
-             "weight_max", "plan_digest")
+PER_EPOCH = ("epoch", "kept", "pruned_fraction", "train_loss", "epoch_time_s", "train_time_s", "data_wait_s",
+             "weight_mean", "weight_max", "plan_digest")
 
 
 def _public_config(cfg: Config) -> dict:
