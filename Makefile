@@ -1,16 +1,23 @@
-# make train: the main job (RePB on Fashion-MNIST, 2 workers); make test: the test suite.
-# Both create .venv and install the project first (about 3 minutes on a fresh machine).
+# make train: the main job (RePB on Fashion-MNIST, 2 workers); make test: lint and the whole test suite.
+# Each creates .venv and installs what it needs first (about 3 minutes on a fresh machine).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-$(BIN)/repb-ray: pyproject.toml
-	test -d $(VENV) || $(PY) -m venv $(VENV)
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
-	touch $(BIN)/repb-ray
 
-install: $(BIN)/repb-ray
+$(VENV)/.run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[ray,mlflow]"
+	touch $@
+
+$(VENV)/.all: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[all,dev]"
+	touch $@ $(VENV)/.run
+
+install: $(VENV)/.run
+install-all: $(VENV)/.all
 
 data:
 	@test -d /usr/share/datasets/fashion-mnist || (command -v apt-get >/dev/null && \
@@ -20,7 +27,14 @@ data:
 train: install data
 	$(BIN)/repb-ray train --config jobs/configs/fashion_mnist_repb.yaml
 
-test: install data
+lint: install-all
+	$(BIN)/ruff check repb_ray tests benchmarks examples jobs
+	$(BIN)/mypy
+
+test-fast: install-all
+	$(BIN)/python -m pytest -q -m "not ray and not e2e and not slow" tests
+
+test: lint data
 	$(BIN)/python -m pytest -q tests
 
-.PHONY: install data train test
+.PHONY: install install-all data train lint test-fast test

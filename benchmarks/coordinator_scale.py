@@ -27,7 +27,23 @@ import ray
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from repb_ray.train import coordinator  # noqa: E402
-from repb_ray.train.pruning import _Sender  # noqa: E402
+from repb_ray.train.messages import EpochDone  # noqa: E402
+from repb_ray.train.sender import ObservationSender  # noqa: E402
+
+
+def _trace(on: bool):
+    """Run in an actor's process (through Ray's __ray_call__): start tracing its allocations, or stop
+    and return the peak traced bytes."""
+    def fn(self):
+        import tracemalloc
+        if on:
+            tracemalloc.start()
+            tracemalloc.reset_peak()
+            return 0
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return int(peak)
+    return fn
 
 
 def parse_size(s: str) -> int:
@@ -47,7 +63,7 @@ class Feeder:
     def __init__(self, rank: int, ranks: int, batch: int, every: int, seed: int):
         self.rank, self.ranks, self.batch, self.every, self.seed = rank, ranks, batch, every, seed
 
-    def feed(self, front, routing: dict, epoch: int) -> list:
+    def feed(self, front, routing, epoch: int) -> list:
         index = ray.get(front.plan_index.remote())
         mine = range(self.rank, len(index.refs), self.ranks)
         chunks = ray.get([index.refs[j] for j in mine])
@@ -55,7 +71,7 @@ class Feeder:
         rng = np.random.default_rng([self.seed, epoch, self.rank])
         ids = ids[rng.permutation(ids.shape[0])].astype(np.int64)
         scores = rng.exponential(1.0, ids.shape[0]).astype(np.float32)
-        sender = _Sender(routing, front, epoch, self.rank, self.every, _bad_scores)
+        sender = ObservationSender(routing, epoch, self.rank, self.every, _bad_scores)
         for step, a in enumerate(range(0, ids.shape[0], self.batch)):
             sender.add(step, ids[a:a + self.batch], scores[a:a + self.batch])
         sender.flush()
@@ -64,49 +80,49 @@ class Feeder:
 
 
 def run_one(n: int, k: int, args) -> dict:
+    where = tempfile.mkdtemp(prefix="repb_scale_ckpt_", dir=args.tmp)
     front = coordinator.create("repb", n, args.seed, args.ranks, {"rho": args.rho, "window": args.window},
-                               shards=k, chunk=args.chunk)
+                               shards=k, chunk=args.chunk, state_root=where)
     t = time.perf_counter()
     ray.get(front.reset.remote(None, args.ranks))
     build_s = time.perf_counter() - t
     routing = ray.get(front.routing.remote())
-    targets = routing["shards"] or [front]
+    targets = list(routing.targets)
+    holders = list(ray.get(front.shard_handles.remote())) or [front]  # the processes holding the state
     feeders = [Feeder.remote(r, args.ranks, args.batch, args.every, args.seed) for r in range(args.ranks)]
     row = {"num_samples": n, "shards": k, "ranks": args.ranks, "batch": args.batch, "build_s": build_s,
            "epochs": []}
     for epoch in (1, 2, 3):
         traced = epoch == 3
         if traced:
-            ray.get(front.trace_memory.remote(True))
+            ray.get([h.__ray_call__.remote(_trace(True)) for h in holders])
         t0 = time.perf_counter()
         seqs = ray.get([f.feed.remote(front, routing, epoch) for f in feeders])
         t1 = time.perf_counter()
-        ray.get([tg.finish.remote(routing["generation"], epoch, r, seq[j])
+        ray.get([tg.finish.remote(EpochDone(routing.generation, epoch, r, j, seq[j]))
                  for r, seq in enumerate(seqs) for j, tg in enumerate(targets)])
-        summary = ray.get(front.wait_plan.remote(routing["generation"], epoch + 1, 3600.0))
+        summary = ray.get(front.wait_plan.remote(routing.generation, epoch + 1, 3600.0))
         t2 = time.perf_counter()
-        e = {"epoch": epoch, "trained": int(sum(summary["sizes"][epoch - 1:epoch])), "feed_s": t1 - t0,
-             "end_of_epoch_s": t2 - t1, "next_kept": summary["kept"], "timing": summary["timing"]}
+        e = {"epoch": epoch, "trained": int(sum(summary.plan_sizes[epoch - 1:epoch])), "feed_s": t1 - t0,
+             "end_of_epoch_s": t2 - t1, "next_kept": summary.kept, "timing": summary.timing}
         if traced:
-            peaks = ray.get(front.trace_memory.remote(False))
+            peaks = ray.get([h.__ray_call__.remote(_trace(False)) for h in holders])
             e["peak_traced_bytes"] = peaks
         mem = ray.get(front.memory.remote())
         e["resident_bytes"] = int(sum(m["state"] + m["buffer"] for m in mem))
         e["resident_bytes_per_shard_max"] = int(max(m["state"] + m["buffer"] for m in mem))
         row["epochs"].append(e)
         print(f"  N={n:>11,} K={k}: epoch {epoch} fed {e['trained']:,} scores in {e['feed_s']:.1f}s, end of epoch "
-              f"{e['end_of_epoch_s']:.3f}s (decide {summary['timing']['decide_s']:.2f}s: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in summary["timing"]["steps"].items())
-              + f"; publish {summary['timing']['publish_s']:.2f}s), next plan {e['next_kept']:,}, resident "
+              f"{e['end_of_epoch_s']:.3f}s (decide {summary.timing['decide_s']:.2f}s: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in summary.timing["steps"].items())
+              + f"; publish {summary.timing['publish_s']:.2f}s), next plan {e['next_kept']:,}, resident "
               f"{e['resident_bytes'] / n:.2f} B/sample" + (f", peak {max(peaks) / (n / k):.2f} B/sample of a shard "
                                                             "above its resident state" if traced else ""), flush=True)
         if epoch == 2:
-            where = tempfile.mkdtemp(prefix="repb_scale_ckpt_", dir=args.tmp)
             t = time.perf_counter()
-            ray.get(front.save.remote(os.path.join(where, "state")))
+            ray.get(front.save.remote("epoch_00002"))
             row["checkpoint_s"] = time.perf_counter() - t
             row["checkpoint_bytes"] = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(where) for f in fs)
-            shutil.rmtree(where)
     index = ray.get(front.plan_index.remote())
     chunks = ray.get(list(index.refs))
     row["published_plan_bytes"] = int(sum(c.bits.nbytes + c.weights.nbytes for c in chunks))
@@ -119,6 +135,7 @@ def run_one(n: int, k: int, args) -> dict:
     for f in feeders:
         ray.kill(f)
     ray.kill(front)
+    shutil.rmtree(where)
     print(f"N={n:,} K={k}: end of epoch {row['end_of_epoch_s']:.3f}s (max of epochs 1-2), resident "
           f"{row['resident_bytes_per_sample']:.2f} B/sample, peak {row['peak_bytes_per_sample']:.2f} B/sample "
           f"(largest shard), checkpoint {row['checkpoint_s']:.2f}s for {row['checkpoint_bytes'] / n:.2f} B/sample, "

@@ -17,8 +17,8 @@ import time
 import tracemalloc
 
 import numpy as np
-
 from infobatch_reference import InfoBatchReference
+
 from repb_ray.core import make_policy
 
 BATCH = 128
@@ -41,7 +41,7 @@ class Ours:
         return _batches(self.p.plan.ids, self.rng)
 
     def epoch(self, batches):
-        observe = self.p.observe_batch
+        observe = self.p.observe
         for step, ids, scores in batches:
             observe(step, ids, scores)
         self.p.finish_epoch()
@@ -74,7 +74,7 @@ def _memory(runner, n):
     p = runner.p
     batches = runner.inputs()
     for step, ids, scores in batches:
-        p.observe_batch(step, ids, scores)
+        p.observe(step, ids, scores)
     del batches
     p._plan = None  # the plain API's materialised EpochPlan is not policy state
     tracemalloc.start()

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from repb_ray.config import Config  # noqa: E402
-from repb_ray.task import TaskRef  # noqa: E402
+from repb_ray.tasks.loader import TaskRef  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "framework_overhead.json")
 
@@ -75,7 +75,9 @@ def main():
     ap.add_argument("--json", default=OUT)
     args = ap.parse_args()
     import ray
-    from repb_ray.train.driver import ensure_ray, run_training
+
+    from repb_ray.train.ray_env import ensure_ray
+    from repb_ray.train.run import run_training
     out = tempfile.mkdtemp(prefix="repb_overhead_")
     cfg = Config(task="fashion_mnist", task_args={"train_subset": args.subset}, epochs=args.epochs, policy="full",
                  batch_size=args.batch_size, num_workers=1, cpus_per_worker=1, torch_threads=args.threads,

@@ -80,7 +80,7 @@ def child(rows: int, directory: str, pruned: list[float], seed: int, num_cpus: i
 
     from repb_ray.data import read_parquet
     from repb_ray.data.pipeline import pruned_dataset
-    from repb_ray.task import TaskRef
+    from repb_ray.tasks.loader import TaskRef
     from repb_ray.train import coordinator
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR",
@@ -106,8 +106,8 @@ def child(rows: int, directory: str, pruned: list[float], seed: int, num_cpus: i
             if len(busy) * 4 <= seen // 1024:  # every 4th batch: a GCS call each
                 busy.append(num_cpus - ray.available_resources().get("CPU", 0.0))
         dt = time.perf_counter() - t
-        if seen != summary["kept"]:
-            raise RuntimeError(f"served {seen} rows for a plan of {summary['kept']}")
+        if seen != summary.kept:
+            raise RuntimeError(f"served {seen} rows for a plan of {summary.kept}")
         ray.kill(front)
         if i == 0:
             continue

@@ -40,13 +40,13 @@ def main():
         pairs = [tuple(json.load(open(p)) for p in args.summaries)]
     else:
         from repb_ray.config import Config
-        from repb_ray.train.driver import run_training
+        from repb_ray.train.run import run_training
         base = Config.from_yaml(os.path.join(os.path.dirname(__file__), "..", "jobs", "configs", "fashion_mnist_repb.yaml"),
                                 [f"task_args.train_subset={args.subset}", f"epochs={args.epochs}",
                                  "tracking_uri=none", "output_dir=/tmp/repb_ray_bench"])
         pairs = []
         for r in range(args.rounds):
-            full = run_training(base.replace(name=f"speed-full-{r}", policy="full"), progress=False, overwrite=True)
+            full = run_training(base.replace(name=f"speed-full-{r}", policy="full", policy_args={}), progress=False, overwrite=True)
             repb = run_training(base.replace(name=f"speed-repb-{r}"), progress=False, overwrite=True)
             pairs.append((repb, full))
     rows = [compare(r, f) for r, f in pairs]

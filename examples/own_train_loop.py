@@ -3,7 +3,8 @@
     python examples/own_train_loop.py [--epochs 3] [--workers 2] [--out /tmp/own_loop]
 
 The driver wraps the Ray dataset (an int64 `id` column) with `Pruning`; the loop gets each batch's
-CTR weights as the `weight` column and reports the per-sample losses with `session.observe`. With
+CTR weights as the `weight` column (applied with `weighted_loss`) and reports the per-sample losses
+with `session.observe`. With
 the same model, data and optimizer it reaches the same plans as `repb-ray train` (tested).
 """
 
@@ -21,7 +22,8 @@ import torch.nn.functional as F
 from ray.train.torch import TorchTrainer
 
 from repb_ray.data import from_numpy
-from repb_ray.train.pruning import PruningSession, Pruning
+from repb_ray.torch import weighted_loss
+from repb_ray.train import Pruning, PruningSession
 
 
 def make_data(n: int = 256, dim: int = 16, classes: int = 4, seed: int = 0):
@@ -49,21 +51,21 @@ def train_loop(config: dict) -> list:
             for g in opt.param_groups:
                 g["lr"] = config["lr"] * 0.5 * (1 + np.cos(np.pi * min(progress, 1.0)))
             per_sample = F.cross_entropy(model(batch["x"]), batch["y"], reduction="none")
-            loss = (batch["weight"] * per_sample).mean()   # CTR-weighted (1/|B|) sum w_i l_i
+            loss = weighted_loss(per_sample, batch["weight"])   # CTR-weighted (1/|B|) sum w_i l_i
             opt.zero_grad()
             loss.backward()
             opt.step()
             session.observe(batch, per_sample)
-        digests.append(session.plan["digest"])
-        ray.train.report({"epoch": epoch, "kept": session.plan["kept"]})
+        digests.append(session.plan.digest)
+        ray.train.report({"epoch": epoch, "kept": session.plan.kept})
     return digests
 
 
 def run(epochs: int = 3, workers: int = 2, batch_size: int = 16, lr: float = 0.05, out: str = "/tmp/own_loop") -> list:
     x, y = make_data()
     ds = from_numpy({"x": x, "y": y}, block_rows=64)
-    pruning = Pruning("repb", num_samples=len(y), num_workers=workers, rho=0.5, window=1,
-                      storage=os.path.abspath(out), name="own-loop")
+    pruning = Pruning("repb", {"rho": 0.5, "window": 1}, num_samples=len(y), num_workers=workers,
+                      storage_path=os.path.abspath(out), name="own-loop")
     try:
         result = TorchTrainer(
             train_loop, train_loop_config={"pruning": pruning.handle, "epochs": epochs, "batch_size": batch_size,

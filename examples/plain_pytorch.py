@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, TensorDataset
 
 from repb_ray.core import make_policy
-from repb_ray.task import TaskRef
+from repb_ray.tasks.loader import TaskRef
 from repb_ray.torch import IndexedDataset, PlanSampler, Scorer, build_optimizer, gather_observations
 from repb_ray.torch.step import evaluate, train_step
 
@@ -81,7 +81,7 @@ def main(argv=None):
             print(f"epoch {epoch}: trained {kept}/{len(y)} samples, test accuracy {metrics['accuracy']:.4f}, "
                   f"{time.perf_counter() - t0:.1f}s", flush=True)
     if rank == 0:
-        print(f"pruned fraction over {args.epochs} epochs: {1 - sum(policy.sizes[:-1]) / (args.epochs * len(y)):.3f}")
+        print(f"pruned fraction over {args.epochs} epochs: {1 - sum(policy.plan_sizes[:-1]) / (args.epochs * len(y)):.3f}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The `repb-ray` command: train | sweep | prepare. Bad input gives one line on stderr and exit code 2."""
+"""The `repb-ray` command: train | sweep | prepare. Bad input gives one line on stderr and exit code 2;
+every line it prints is redacted. Runs in the driver."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from repb_ray.config import Config
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML config (see jobs/configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key; repeatable, e.g. --set rho=0.3 --set task_args.train_subset=1000")
-    p.add_argument("--output-dir", help="where summaries, checkpoints and the MLflow store go")
+                   help="override a config key; repeatable, e.g. --set policy_args.rho=0.3 --set task_args.train_subset=1000")
+    p.add_argument("--output-dir", help="where summaries, run records and the MLflow store go (a folder)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite under the output dir; 'none')")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs and the workers' output")
+    p.add_argument("--overwrite", action="store_true", help="start over: remove what the earlier invocations of "
+                   "this run (sweep) wrote, then run afresh")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,50 +27,55 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train one model with a pruning policy")
     _common(tr)
     tr.add_argument("--resume", action="store_true", help="continue the run of this name even if its config changed")
-    tr.add_argument("--overwrite", action="store_true", help="start the run of this name over (its outputs are removed)")
-    _common(sub.add_parser("sweep", help="Ray Tune sweep over config fields, tracked in MLflow"))
+    _common(sub.add_parser("sweep", help="Ray Tune sweep over config fields, tracked in MLflow (the same command "
+                                         "continues an interrupted sweep)"))
     pr = sub.add_parser("prepare", help="write a dataset as Parquet shards with a dense int64 id column")
     pr.add_argument("source", help="a built-in task (fashion_mnist, cifar10, cifar100, synthetic) or a path of "
                     "Parquet files / an image folder (with --images)")
-    pr.add_argument("--out", required=True, help="the folder to write (must not hold a prepared dataset)")
+    pr.add_argument("--out", required=True, help="the folder to write (must not exist, or be empty)")
     pr.add_argument("--split", default="train", choices=["train", "test"], help="built-in tasks: which split")
     pr.add_argument("--images", action="store_true", help="source is a folder of images (ray.data.read_images)")
     pr.add_argument("--rows-per-file", type=int, default=2048, help="rows per file: the unit the epoch order "
                     "permutes (smaller: finer order, more files)")
     pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="task_args of a built-in task, e.g. --set data_dir=/data/fmnist")
+    pr.add_argument("--verbose", action="store_true", help="show Ray's own logs")
     return ap
 
 
-def _overrides(args) -> list[str]:
-    extra = list(args.overrides)
-    if args.output_dir:
-        extra.append(f"output_dir={args.output_dir}")
-    if args.tracking_uri:
-        extra.append(f"tracking_uri={args.tracking_uri}")
-    return extra
+def _values(args) -> dict:
+    """--output-dir and --tracking-uri as given: strings, never parsed as YAML."""
+    out = {}
+    if args.output_dir is not None:
+        out["output_dir"] = args.output_dir
+    if args.tracking_uri is not None:
+        out["tracking_uri"] = args.tracking_uri
+    return out
 
 
 def _prepare(args) -> None:
     from repb_ray.config import parse_overrides
-    from repb_ray.data.prepare import prepare_arrays, prepare_dataset
+    from repb_ray.data.prepare import check_output_folder, prepare_arrays, prepare_dataset
     from repb_ray.tasks import BUILTIN
+
+    check_output_folder(args.out, args.rows_per_file)  # before any data is read
 
     def progress(rows, seconds):
         print(f"[repb_ray] prepared {rows} rows ({rows / max(seconds, 1e-9):.0f} rows/s)", flush=True)
     if args.source in BUILTIN:
-        from repb_ray.task import instantiate
+        from repb_ray.tasks.loader import instantiate
         task = instantiate(args.source, parse_overrides(args.overrides))
         x, y = task.arrays(args.split)
         m = prepare_arrays({"x": x, "y": y}, args.out, rows_per_file=args.rows_per_file,
                            source=f"{args.source} {args.split}")
     else:
         import ray.data
-        from repb_ray.train.driver import ensure_ray
+
+        from repb_ray.train.ray_env import ensure_ray
         if not os.path.exists(args.source) and "://" not in args.source:
             raise FileNotFoundError(f"{args.source!r} does not exist; give a folder or file of Parquet data (or images "
                                     "with --images)")
-        ensure_ray(Config(num_workers=1), None, getattr(args, "verbose", False))
+        ensure_ray(Config(num_workers=1), None, args.verbose)
         ds = ray.data.read_images(args.source, include_paths=True) if args.images else ray.data.read_parquet(args.source)
         m = prepare_dataset(ds, args.out, rows_per_file=args.rows_per_file, source=args.source, progress=progress)
     print(f"[repb_ray] wrote {m['num_samples']} rows in {len(m['files'])} files to {args.out}", flush=True)
@@ -75,35 +83,38 @@ def _prepare(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not getattr(args, "verbose", False):
-        from repb_ray.logs import quiet
+    from repb_ray.logs import mask_secrets, quiet
+    mask_secrets()
+    if not args.verbose:
         quiet()  # before anything imports Ray Data or MLflow
     from repb_ray.errors import describe
+    from repb_ray.redact import redact_text
     log_dir = None
     try:
         if args.command == "train":
-            cfg = Config.from_yaml(args.config, _overrides(args))
+            cfg = Config.from_yaml(args.config, args.overrides, _values(args))
             from repb_ray.train.runs import default_name
             if cfg.name is None:
                 cfg = cfg.replace(name=default_name(args.config, cfg))
             log_dir = cfg.run_dir
-            from repb_ray.train.driver import run_training
+            from repb_ray.train.run import run_training
             run_training(cfg, resume=args.resume, overwrite=args.overwrite, verbose=args.verbose)
         elif args.command == "sweep":
             from repb_ray.tune.spec import SweepSpec
-            spec = SweepSpec.from_yaml(args.config, _overrides(args))
+            spec = SweepSpec.from_yaml(args.config, args.overrides, _values(args))
             from repb_ray.tune.sweep import run_sweep
-            run_sweep(spec, verbose=args.verbose)
+            run_sweep(spec, verbose=args.verbose, overwrite=args.overwrite)
         else:
             _prepare(args)
     except KeyboardInterrupt:
-        print("repb-ray: interrupted", file=sys.stderr)
+        print("repb-ray: interrupted" + (" (run the same command to continue the sweep)"
+                                         if args.command == "sweep" else ""), file=sys.stderr)
         return 130
     except Exception as exc:  # one line; the full traceback goes to the run's error.log (and, verbose, here)
         line, code = describe(exc, log_dir)
-        if getattr(args, "verbose", False):
+        if args.verbose:
             import traceback
-            traceback.print_exc()
+            print(redact_text(traceback.format_exc()), file=sys.stderr)
         print(f"repb-ray: error: {line}", file=sys.stderr)
         return code
     return 0

@@ -1,26 +1,55 @@
-"""Config: the one frozen, validated dataclass behind the CLI, YAML files and Tune trials."""
+"""Config: the one frozen, validated dataclass behind the CLI, YAML files and Tune trials. No Ray, no
+torch: it loads anywhere, and every value is checked before anything starts."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any
 
 from repb_ray.core.checks import check_bool, check_float, check_int, suggest
-from repb_ray.core.policy import POLICY_NAMES
-from repb_ray.torch.schedule import OPTIMIZERS, SCHEDULES
+from repb_ray.core.registry import POLICY_NAMES, policy_class
+from repb_ray.errors import ConfigError
 
 SCORES = ("loss", "grad_norm")
-FAIL_KINDS = ("worker", "kill", "coordinator")  # raise in a worker, SIGKILL a worker, end the coordinator
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+FAIL_KINDS = ("worker", "kill", "coordinator", "shard")  # raise in a worker, SIGKILL a worker / the front / a shard
 MOVED_TO_TASK_ARGS = {"dataset": "task", "data_dir": "task_args.data_dir", "download": "task_args.download",
                       "train_subset": "task_args.train_subset", "test_subset": "task_args.test_subset",
                       "synthetic_size": "task_args.size", "model": "task_args.model", "augment": "task_args.augment"}
+# policy parameters were flat config keys before policy_args; each names its new place for one release
+MOVED_TO_POLICY_ARGS = ("rho", "window", "lwp", "resample", "ctr", "ctr_max", "prune_ratio", "delta", "anneal",
+                        "epsilon", "ucb_c", "ema_alpha", "select_every")
+# run names: folders under output_dir and the storage path; never a folder repb_ray itself uses there
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+RESERVED_NAMES = ("ray_results", "mlartifacts", "mlruns", "mlflow.db", "tune", "trials", "coordinator")
 
 
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the key, the value and the fix."""
+def moved_key_hint(key: str) -> str | None:
+    """The one-line hint for a config key that moved, or None."""
+    if key in MOVED_TO_TASK_ARGS:
+        return (f"config key {key!r} is now {MOVED_TO_TASK_ARGS[key]} (the task holds the data and the model), "
+                "e.g. task: fashion_mnist, task_args: {train_subset: 20000}")
+    if key in MOVED_TO_POLICY_ARGS:
+        return (f"config key {key!r} is now policy_args.{key} (a policy's parameters live in policy_args and "
+                f"are checked by the policy), e.g. --set policy_args.{key}=...")
+    return None
+
+
+def check_name(name, what: str = "name") -> str:
+    """A run or sweep name: letters, digits and ._-, starting with a letter or digit, at most 128
+    characters, not a folder repb_ray uses in the output directory."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(f"{what} must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit, "
+                          f"got {what}={name!r}; e.g. {what}=my-run-1")
+    if name in RESERVED_NAMES or name.endswith((".lock", ".tmp")):
+        raise ConfigError(f"{what}={name!r} is a name repb_ray uses for its own files in the output directory; "
+                          "pick another")
+    return name
 
 
 @dataclass(frozen=True)
@@ -28,41 +57,34 @@ class Config:
     """Everything a training run needs. `policy_params()` gives the core policy's arguments."""
 
     # run
-    name: Optional[str] = None            # run name; re-running with the same name resumes the run
+    name: str | None = None            # run name; re-running with the same name resumes the run
     seed: int = 0
     epochs: int = 15
-    output_dir: str = "runs"              # summary.json and the MLflow store; a run gets output_dir/name
-    storage_path: Optional[str] = None    # Ray Train storage (shared on a cluster); default output_dir/ray_results
+    output_dir: str = "runs"              # a local or mounted folder: summary.json, run.json, the MLflow store
+    storage_path: str | None = None    # Ray Train storage (shared on a cluster; path or URI); default output_dir/ray_results
     # the task: what is trained (built-in name or module:Class) and its arguments
     task: str = "fashion_mnist"
     task_args: dict = field(default_factory=dict)
-    # pruning policy
+    # the pruning policy (built-in name) and its arguments, checked by the policy class
     policy: str = "repb"
-    rho: float = 0.5
-    window: int = 1                       # W, in global batches
-    lwp: bool = True
-    resample: bool = True
-    ctr: bool = True
-    ctr_max: Optional[float] = None
-    ctr_normalize: bool = False           # normalise weights to mean 1 in each batch
-    prune_ratio: float = 0.5              # infobatch / random / egreedy / ucb
-    delta: float = 0.875                  # infobatch annealing
-    anneal: bool = True                   # infobatch: false is InfoBatch* (no full-data epochs at the end)
-    epsilon: float = 0.1                  # egreedy
-    ucb_c: float = 1.0                    # ucb
-    ema_alpha: float = 0.8                # egreedy / ucb moving statistics
-    select_every: int = 1                 # egreedy / ucb: epochs between selections
-    target_pruned: Optional[float] = None  # a pruning budget: fraction of sample-steps saved over the run
+    policy_args: dict = field(default_factory=dict)
+    target_pruned: float | None = None  # a pruning budget: fraction of sample-steps saved over the run
     score: str = "loss"
+    ctr_normalize: bool = False           # normalise each batch's loss weights to mean 1
     # optimisation
     optimizer: str = "sgd"
-    batch_size: int = 128                 # per worker; the global batch is batch_size * num_workers
+    batch_size: int = 128                 # per worker and step; the global batch is batch_size * num_workers * grad_accum_steps
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"              # cosine over the real (pruned) steps, or constant
     warmup_epochs: float = 0.0
     eval_batch_size: int = 1000
+    precision: str = "fp32"               # fp32 | bf16 | fp16 (autocast; fp16 with a grad scaler)
+    grad_accum_steps: int = 1             # batches per optimizer step (a window counts optimizer steps)
+    grad_clip: float | None = None     # clip the gradient norm to this value
+    compile: bool = False                 # torch.compile the model
+    channels_last: bool = False           # image models in channels-last memory format
     # workers and the data plane
     num_workers: int = 2                  # 0 = run the loop in the driver process (local mode)
     cpus_per_worker: float = 1.0
@@ -75,10 +97,10 @@ class Config:
     shuffle_rows: int = 4096              # local shuffle buffer (rows) across blocks, seeded per epoch; 0: off
     prefetch_batches: int = 2
     max_failures: int = 0
-    fail_at: Optional[dict] = None        # test hook: {epoch, step, rank, kind: worker|coordinator}
+    fail_at: dict | None = None        # test hook: {epoch, step, rank, kind: worker|kill|coordinator|shard}
     audit: bool = False                   # write per-rank ids/weights per epoch (tests)
     # tracking
-    tracking_uri: Optional[str] = None    # MLflow; default sqlite under output_dir; "none" disables
+    tracking_uri: str | None = None    # MLflow; default sqlite under output_dir; "none" disables
     experiment: str = "repb_ray"
     tags: dict = field(default_factory=dict)
 
@@ -87,52 +109,33 @@ class Config:
 
     # -- building -------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Config":
+    def from_dict(cls, d: dict[str, Any]) -> Config:
         names = [f.name for f in fields(cls)]
         for key in d:
             if key not in names:
-                if key in MOVED_TO_TASK_ARGS:
-                    raise ConfigError(f"config key {key!r} is now {MOVED_TO_TASK_ARGS[key]} (the task holds the data "
-                                      "and the model), e.g. task: fashion_mnist, task_args: {train_subset: 20000}")
-                raise ConfigError(f"unknown config key {key!r}{suggest(key, names)}")
+                raise ConfigError(moved_key_hint(key) or f"unknown config key {key!r}{suggest(key, names)}")
         return cls(**d)
 
     @classmethod
-    def from_yaml(cls, path: str, overrides: list[str] | None = None) -> "Config":
+    def from_yaml(cls, path: str, overrides: list[str] | None = None, values: dict | None = None) -> Config:
+        """The config file, with `--set key=value` overrides (values parsed as YAML) and `values` set
+        as given (strings stay strings: the CLI's --output-dir and --tracking-uri)."""
         data = load_yaml_mapping(path, "config")
-        over = parse_overrides(overrides or [])
-        if "task" in over and over["task"] != data.get("task", "fashion_mnist") and "task_args" not in over:
-            data = {**data, "task_args": {}}  # the file's task_args belong to the file's task
-        data = apply_overrides(data, over)
-        return cls.from_dict(data)  # an unnamed run gets runs.default_name(path, cfg) from the CLI
+        over = {**parse_overrides(overrides or []), **(values or {})}
+        return cls.from_dict(apply_overrides(data, over))
 
-    def replace(self, **changes) -> "Config":
+    def replace(self, **changes) -> Config:
         return self.from_dict({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
     # -- derived --------------------------------------------------------------------------------
     def policy_params(self) -> dict[str, Any]:
-        budget = {"target_pruned": self.target_pruned, "num_epochs": self.epochs} if self.target_pruned is not None else {}
-        if self.policy == "repb":
-            return {"rho": self.rho, "window": self.window, "lwp": self.lwp, "resample": self.resample,
-                    "ctr": self.ctr, "ctr_max": self.ctr_max, **budget}
-        if self.policy == "infobatch":
-            return {"prune_ratio": self.prune_ratio, "num_epochs": self.epochs, "delta": self.delta,
-                    "anneal": self.anneal, **({"target_pruned": self.target_pruned} if budget else {})}
-        if self.policy == "random":
-            return {"prune_ratio": self.prune_ratio, **budget}
-        if self.policy == "egreedy":
-            return {"prune_ratio": self.prune_ratio, "epsilon": self.epsilon, "alpha": self.ema_alpha,
-                    "select_every": self.select_every, **budget}
-        if self.policy == "ucb":
-            return {"prune_ratio": self.prune_ratio, "ucb_c": self.ucb_c, "alpha": self.ema_alpha,
-                    "select_every": self.select_every, **budget}
-        return {}
+        """The policy's parameters for this run: policy_args, plus the run length and the budget
+        where the policy takes them (validated by the policy class)."""
+        return policy_class(self.policy).run_params(self.policy_args, epochs=self.epochs,
+                                                    target_pruned=self.target_pruned)
 
     @property
     def world_size(self) -> int:
@@ -168,7 +171,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     out: dict = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}; e.g. --set rho=0.3")
+            raise ConfigError(f"--set expects key=value, got {item!r}; e.g. --set policy_args.rho=0.3")
         key, value = item.split("=", 1)
         try:
             parsed = yaml.safe_load(value) if value.strip() else None
@@ -178,9 +181,18 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+# a mapping key that belongs to another key: changing the owner without the mapping resets it
+DEPENDENT_MAPPINGS = {"task": "task_args", "policy": "policy_args"}
+
+
 def apply_overrides(data: dict, overrides: dict) -> dict:
-    """Merge overrides into a config mapping; dotted keys go into nested mappings."""
+    """Merge overrides into a config mapping; dotted keys go into nested mappings. Changing `task`
+    (or `policy`) without giving the whole `task_args` (`policy_args`) starts the arguments afresh
+    (dotted keys then fill the new mapping): the old ones belonged to the old task (policy)."""
     data = dict(data)
+    for owner, args in DEPENDENT_MAPPINGS.items():
+        if owner in overrides and overrides[owner] != data.get(owner, getattr(Config, owner)) and args not in overrides:
+            data[args] = {}
     for key, value in overrides.items():
         if "." in key:
             head, rest = key.split(".", 1)
@@ -203,16 +215,19 @@ def _validate(c: Config) -> None:
     try:
         if not isinstance(c.task, str) or not c.task:
             raise ConfigError(f"task must be a built-in name or 'module:Class', got task={c.task!r}")
-        if not isinstance(c.task_args, dict):
-            raise ConfigError(f"task_args must be a mapping, got task_args={c.task_args!r}")
+        for key in ("task_args", "policy_args", "tags"):
+            if not isinstance(getattr(c, key), dict):
+                raise ConfigError(f"{key} must be a mapping, got {key}={getattr(c, key)!r}")
         _choice("policy", c.policy, POLICY_NAMES)
         _choice("score", c.score, SCORES)
         _choice("optimizer", c.optimizer, OPTIMIZERS)
         _choice("schedule", c.schedule, SCHEDULES)
+        _choice("precision", c.precision, PRECISIONS)
         check_int("seed", c.seed, minimum=0)
         check_int("epochs", c.epochs, minimum=1)
         check_int("batch_size", c.batch_size, minimum=1)
         check_int("eval_batch_size", c.eval_batch_size, minimum=1)
+        check_int("grad_accum_steps", c.grad_accum_steps, minimum=1)
         check_int("num_workers", c.num_workers, minimum=0)
         check_int("torch_threads", c.torch_threads, minimum=0)
         check_int("observe_every", c.observe_every, minimum=1)
@@ -220,32 +235,28 @@ def _validate(c: Config) -> None:
         check_int("shuffle_rows", c.shuffle_rows, minimum=0)
         check_int("prefetch_batches", c.prefetch_batches, minimum=0)
         check_int("max_failures", c.max_failures, minimum=-1)
-        check_int("select_every", c.select_every, minimum=1)
-        check_float("rho", c.rho, lo=0.0, hi=1.0)
-        check_int("window", c.window, minimum=1)
-        check_float("prune_ratio", c.prune_ratio, lo=0.0, hi=1.0, hi_open=True)
-        check_float("delta", c.delta, lo=0.0, hi=1.0)
-        check_float("epsilon", c.epsilon, lo=0.0, hi=1.0)
-        check_float("ucb_c", c.ucb_c, lo=0.0)
-        check_float("ema_alpha", c.ema_alpha, lo=0.0, hi=1.0, lo_open=True)
         if c.target_pruned is not None:
             check_float("target_pruned", c.target_pruned, lo=0.0, hi=1.0, hi_open=True)
-            if c.policy == "full":
-                raise ConfigError("target_pruned does not apply to policy=full; drop it or pick another policy")
-        if c.ctr_max is not None:
-            check_float("ctr_max", c.ctr_max, lo=1.0)
+        c.policy_params()  # the policy checks its own arguments
         check_float("lr", c.lr, lo=0.0, lo_open=True)
         check_float("momentum", c.momentum, lo=0.0, hi=1.0, hi_open=True)
         check_float("weight_decay", c.weight_decay, lo=0.0)
         check_float("warmup_epochs", c.warmup_epochs, lo=0.0)
+        if c.grad_clip is not None:
+            check_float("grad_clip", c.grad_clip, lo=0.0, lo_open=True)
         check_float("cpus_per_worker", c.cpus_per_worker, lo=0.0, lo_open=True)
         check_float("coordinator_timeout_s", c.coordinator_timeout_s, lo=0.0, lo_open=True)
-        for key in ("lwp", "resample", "ctr", "ctr_normalize", "use_gpu", "audit", "anneal"):
+        for key in ("ctr_normalize", "use_gpu", "audit", "compile", "channels_last"):
             check_bool(key, getattr(c, key))
-        if c.name is not None and (not isinstance(c.name, str) or not c.name or "/" in c.name):
-            raise ConfigError(f"name must be a non-empty string without '/', got name={c.name!r}")
-        if not isinstance(c.tags, dict):
-            raise ConfigError(f"tags must be a mapping, got tags={c.tags!r}")
+        if c.name is not None:
+            check_name(c.name)
+        _check_output_dir(c.output_dir)
+        if c.storage_path is not None and (not isinstance(c.storage_path, str) or not c.storage_path):
+            raise ConfigError(f"storage_path must be a path or a URI (s3://...), got storage_path={c.storage_path!r}")
+        if c.tracking_uri is not None and not isinstance(c.tracking_uri, str):
+            raise ConfigError(f"tracking_uri must be a string (a URI, a path, or none), got {type(c.tracking_uri).__name__}")
+        if not isinstance(c.experiment, str) or not c.experiment:
+            raise ConfigError(f"experiment must be a non-empty string, got experiment={c.experiment!r}")
         if not isinstance(c.worker_resources, dict) or not all(
                 isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
                 for k, v in c.worker_resources.items()):
@@ -260,6 +271,15 @@ def _validate(c: Config) -> None:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(str(exc)) from None
+
+
+def _check_output_dir(path) -> None:
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"output_dir must be a folder path, got output_dir={path!r}")
+    if "://" in path:
+        raise ConfigError(f"output_dir={path!r} is a URI, but outputs (run.json, summaries, the MLflow store) are "
+                          "written as local files; give a folder (a mounted volume on a cluster) and put checkpoints "
+                          "on the URI with --set storage_path=...")
 
 
 def _check_fail_at(f) -> None:

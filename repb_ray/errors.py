@@ -1,22 +1,39 @@
-"""User errors vs bugs: the one-line message of a bad input, found in the driver or raised inside a
-Ray worker (then with the rank and where the full log is). Runs in the driver."""
+"""User errors vs bugs: the error types of bad input, and the one-line message of an error found in
+the driver or raised inside a Ray worker (then with the rank and where the full log is), redacted.
+No Ray, no torch; runs in the driver."""
 
 from __future__ import annotations
 
 import os
 import traceback
 
-from repb_ray.config import ConfigError
-from repb_ray.data.sources import DataError
-from repb_ray.task import TaskError
+from repb_ray.redact import redact_text
 
-USER_ERRORS = (ConfigError, TaskError, DataError, FileNotFoundError, FileExistsError)
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key, the value and the fix."""
+
+
+class TaskError(ValueError):
+    """A task that breaks the contract; the message names the task, the hook and the fix."""
+
+
+class DataError(ValueError):
+    """A train or test dataset that breaks the contract (ids, reserved columns, files)."""
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or go on as asked (its name is taken by a live driver, its storage
+    holds another run, a checkpoint was tampered with); the message says what to do."""
+
+
+USER_ERRORS = (ConfigError, TaskError, DataError, RunError, FileNotFoundError, FileExistsError)
 
 
 def _causes(exc: BaseException):
     """exc, its causes, and what Ray wrapped (RayTaskError.cause, worker failures)."""
     seen = set()
-    stack = [exc]
+    stack: list[BaseException | None] = [exc]
     while stack:
         e = stack.pop(0)
         if e is None or id(e) in seen:
@@ -46,24 +63,25 @@ def worker_rank(exc: BaseException) -> int | None:
 
 
 def first_line(exc: BaseException) -> str:
+    """The first non-empty line of the error's text, redacted."""
     text = str(exc).strip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
+    return redact_text(lines[0]) if lines else type(exc).__name__
 
 
 def write_log(exc: BaseException, directory: str | None) -> str | None:
-    """The full traceback (with Ray's wrapped ones) into directory/error.log."""
+    """The full traceback (with Ray's wrapped ones), redacted, into directory/error.log."""
     if not directory:
         return None
     try:
         os.makedirs(directory, exist_ok=True)
+        parts = ["".join(traceback.format_exception(type(exc), exc, exc.__traceback__))]
+        for e in _causes(exc):
+            if e is not exc and getattr(e, "__traceback__", None) is not None:
+                parts.append("\n--- caused by ---\n" + "".join(traceback.format_exception(type(e), e, e.__traceback__)))
         path = os.path.join(directory, "error.log")
-        with open(path, "w") as fh:
-            fh.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-            for e in _causes(exc):
-                if e is not exc and getattr(e, "__traceback__", None) is not None:
-                    fh.write("\n--- caused by ---\n")
-                    fh.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+        from repb_ray.storage import write_bytes
+        write_bytes(path, redact_text("".join(parts)).encode())
         return path
     except OSError:
         return None

@@ -1,24 +1,30 @@
 """The Task contract: the one seam through which a user's data, model, per-sample loss and metrics
-enter repb_ray (Ray workers, the plain PyTorch loop, sweeps). Runs wherever the task is used."""
+enter repb_ray (Ray workers, the plain PyTorch loop, sweeps). Runs wherever the task is used.
+
+Where each hook is called, and in which process (`repb-ray train`; the plain PyTorch loop and the
+adapters call the same hooks in their own process):
+
+| hook | called from | process |
+|---|---|---|
+| `__init__(**task_args)` | tasks.loader.TaskRef.load | the driver, every Train worker, every Ray Data task process (once each) |
+| `train_dataset()` | train.run.run_training | the driver (the dataset is lazy: nothing is read there) |
+| `test_dataset()` | train.run.run_training | the driver |
+| `preprocess(batch)` | data.pipeline.apply_preprocess | Ray Data task processes, after the plan's pruning |
+| `eval_preprocess(batch)` | data.pipeline.apply_preprocess | Ray Data task processes (the test set) |
+| `model()` | train.loop.train_loop_per_worker, tracking.run_tracker (to log the model) | every Train worker; the driver at the end |
+| `loss(model, batch)` | torch.step.train_step | every Train worker, each step |
+| `metrics(model, batch)` | torch.step.evaluate | every Train worker, after each epoch |
+| `summarize(sums)` | torch.step.evaluate | every Train worker |
+| `input_example()` | tracking.run_tracker | the driver, at the end |
+"""
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import math
-import os
-import sys
-from dataclasses import dataclass, field
-from typing import Any
 
-from repb_ray.core.checks import suggest
+from repb_ray.errors import TaskError
 
-HOOKS = ("train_dataset", "test_dataset", "preprocess", "model", "loss", "metrics")
 REQUIRED = ("train_dataset", "model", "loss")
-
-
-class TaskError(ValueError):
-    """A task that breaks the contract; the message names the task, the hook and the fix."""
 
 
 class Task:
@@ -91,106 +97,6 @@ class Task:
         return out
 
 
-@dataclass(frozen=True)
-class TaskRef:
-    """What names a task: an import path and its arguments; loads it once per process."""
-
-    path: str
-    args: dict = field(default_factory=dict)
-
-    def load(self) -> Task:
-        key = (self.path, _freeze(self.args))
-        task = _LOADED.get(key)
-        if task is None:
-            task = _LOADED[key] = instantiate(self.path, self.args)
-        return task
-
-    @property
-    def module(self) -> str:
-        return resolve_path(self.path).split(":")[0]
-
-
-_LOADED: dict = {}
-
-
-def _freeze(value):
-    if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    return value
-
-
-def resolve_path(path: str) -> str:
-    """A built-in task name (fashion_mnist, ...) or module:Class."""
-    from repb_ray.tasks import BUILTIN
-    if path in BUILTIN:
-        return BUILTIN[path]
-    return path
-
-
-def import_task_class(path: str) -> type:
-    """Import `module:Class` as `python -m` would find it: the current directory first, then the
-    Python path. One-line TaskError on anything wrong."""
-    from repb_ray.tasks import BUILTIN
-    full = resolve_path(path)
-    if not isinstance(path, str) or ":" not in full:
-        raise TaskError(f"task must be a built-in name ({', '.join(BUILTIN)}) or 'module:Class', got "
-                        f"task={path!r}{suggest(str(path), BUILTIN)}")
-    module_name, _, cls_name = full.partition(":")
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise TaskError(f"task {path!r}: module {module_name!r} not found from {cwd} or the Python path; "
-                            "run from the directory that holds it or add it to PYTHONPATH") from None
-        raise TaskError(f"task {path!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
-    except Exception as exc:  # the user's module raised while importing
-        raise TaskError(f"task {path!r}: importing {module_name!r} failed: {type(exc).__name__}: "
-                        f"{_one_line(exc)}") from None
-    cls = getattr(module, cls_name, None)
-    if cls is None:
-        names = [n for n, v in vars(module).items() if inspect.isclass(v) and issubclass(v, Task) and v is not Task]
-        raise TaskError(f"task {path!r}: module {module_name!r} has no class {cls_name!r}"
-                        f"{suggest(cls_name, names)}; its tasks: {', '.join(names) or 'none'}")
-    check_task_class(cls, path)
-    return cls
-
-
-def check_task_class(cls, path: str) -> None:
-    if not (inspect.isclass(cls) and issubclass(cls, Task)):
-        raise TaskError(f"task {path!r} is not a subclass of repb_ray.Task; write `class {getattr(cls, '__name__', cls)}"
-                        "(repb_ray.Task)` and define its hooks")
-    missing = [h for h in REQUIRED if getattr(cls, h) is getattr(Task, h)]
-    if missing:
-        raise TaskError(f"task {path!r} does not define the hook{'s' if len(missing) > 1 else ''} "
-                        f"{', '.join(missing)}; every task needs train_dataset(), model() and loss(model, batch)")
-
-
-def instantiate(path: str, args: dict | None) -> Task:
-    cls = import_task_class(path)
-    args = dict(args or {})
-    try:
-        inspect.signature(cls).bind(**args)
-    except TypeError as exc:
-        raise TaskError(f"task {path!r}: task_args {sorted(args)} do not fit {cls.__name__}{inspect.signature(cls)}: "
-                        f"{exc}") from None
-    try:
-        return cls(**args)
-    except TaskError:
-        raise
-    except Exception as exc:
-        raise TaskError(f"task {path!r}: __init__ failed: {type(exc).__name__}: {_one_line(exc)}") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def check_loss(path: str, per_sample, batch_size: int, first: bool = True) -> None:
     """The per-sample loss must be a float tensor of shape [B], finite (checked on the first batch
     in full; later batches are checked where the scores reach the host)."""
@@ -226,7 +132,3 @@ def nonfinite_scores_error(path: str, ids, scores, epoch: int) -> TaskError:
 def summarize_metrics(task: Task, sums: dict) -> dict[str, float]:
     out = task.summarize(sums)
     return {k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
-
-
-def describe(path: str, args: dict) -> dict[str, Any]:
-    return {"task": path, "task_args": dict(args)}

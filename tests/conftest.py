@@ -3,9 +3,8 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLE_TASKS = os.path.join(ROOT, "examples", "tasks")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from helpers import EXAMPLE_TASKS, ROOT  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +15,9 @@ def ray_session():
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     here = os.path.dirname(os.path.abspath(__file__))
     examples = os.path.join(ROOT, "examples")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (EXAMPLE_TASKS, examples, here, os.environ.get("PYTHONPATH")) if p)
+    adapters = os.path.join(here, "adapters")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (EXAMPLE_TASKS, examples, here, adapters,
+                                                           os.environ.get("PYTHONPATH")) if p)
     if EXAMPLE_TASKS not in sys.path:
         sys.path.insert(0, EXAMPLE_TASKS)
     import ray

@@ -1,12 +1,17 @@
-"""Test helpers: drive a policy through epochs with synthetic scores."""
+"""Test helpers: the project's paths, and driving a policy through epochs with synthetic scores."""
+
+import os
 
 import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE_TASKS = os.path.join(ROOT, "examples", "tasks")
 
 
 def run_epoch(policy, scores_of=None, batch=64, rng=None, world_size=None, chunk=None):
     """Observe every id of the current plan in a shuffled order, `batch` ids per global step, then
     finish the epoch. `scores_of(ids) -> float32` gives the scores (default: seeded uniform).
-    chunk=None sends one step per call (observe_batch); a chunk size sends per-sample steps."""
+    chunk=None sends one step number per call; a chunk size sends a step number per sample."""
     plan = policy.plan
     rng = rng or np.random.default_rng(plan.epoch)
     ids = rng.permutation(plan.ids)
@@ -14,7 +19,7 @@ def run_epoch(policy, scores_of=None, batch=64, rng=None, world_size=None, chunk
     steps = (np.arange(ids.size) // batch).astype(np.int64)
     if chunk is None:
         for s in range(0, ids.size, batch):
-            policy.observe_batch(int(steps[s]), ids[s:s + batch], scores[s:s + batch])
+            policy.observe(int(steps[s]), ids[s:s + batch], scores[s:s + batch])
     else:
         for s in range(0, ids.size, chunk):
             policy.observe(steps[s:s + chunk], ids[s:s + chunk], scores[s:s + chunk])

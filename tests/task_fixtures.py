@@ -4,7 +4,6 @@ import os
 import uuid
 
 import numpy as np
-
 from parquet_images import ParquetImages
 
 

@@ -6,11 +6,11 @@ sample's statistics are updated when it is trained, so pruned samples keep stale
 full data; then every `select_every` epochs (default 1, from epoch 2) a new subset of size
 round((1 - prune_ratio) n) is selected and kept until the next selection, weight 1.
 - egreedy: the round((1 - epsilon) k) samples with the largest score (EMA of the loss, factor
-  alpha), plus round(epsilon k) drawn uniformly from the rest (the smallest uniforms of the epoch's
+  ema_alpha), plus round(epsilon k) drawn uniformly from the rest (the smallest uniforms of the epoch's
   stream among them).
 - ucb: the k samples with the largest mean + c * std, mean and variance being exponential moving
-  statistics of the loss (factor alpha).
-Ties are broken by id (lower first). The defaults (epsilon 0.1, c 1.0, alpha 0.8) are this
+  statistics of the loss (factor ema_alpha).
+Ties are broken by id (lower first). The defaults (epsilon 0.1, c 1.0, ema_alpha 0.8) are this
 harness's; the paper tunes them per dataset.
 """
 
@@ -20,8 +20,8 @@ import numpy as np
 
 from repb_ray.core.budget import clamp_size, target_size
 from repb_ray.core.checks import check_float, check_int
-from repb_ray.core.policy import Call, Policy, SelectingShard
-from repb_ray.core.repb import check_budget
+from repb_ray.core.policy import Policy, SelectingShard
+from repb_ray.core.protocol import Call
 from repb_ray.core.rng import uniforms
 from repb_ray.core.select import order_keys
 
@@ -78,25 +78,27 @@ class BanditShard(SelectingShard):
 class _BanditPolicy(Policy):
     SHARD = BanditShard
     UCB = False
+    KNOB = "prune_ratio"
+    DECISIONS = ("size", "selected")
 
-    def _check_params(self, p: dict) -> dict:
+    @classmethod
+    def _check_params(cls, p: dict) -> dict:
         p["prune_ratio"] = check_float("prune_ratio", p["prune_ratio"], lo=0.0, hi=1.0, hi_open=True)
-        p["alpha"] = check_float("alpha", p["alpha"], lo=0.0, hi=1.0, lo_open=True)
+        p["ema_alpha"] = check_float("ema_alpha", p["ema_alpha"], lo=0.0, hi=1.0, lo_open=True)
         p["select_every"] = check_int("select_every", p["select_every"], minimum=1)
-        check_budget(self.name, p)
         return p
 
     def _size(self, epoch: int) -> int:
         p = self.params
         if p["target_pruned"] is None:
             return max(1, round((1.0 - p["prune_ratio"]) * self.num_samples))
-        return clamp_size(target_size(p["target_pruned"], p["num_epochs"], self.num_samples, self.sizes, epoch),
+        return clamp_size(target_size(p["target_pruned"], p["num_epochs"], self.num_samples, self.plan_sizes, epoch),
                           self.num_samples)
 
     def conduct_next(self, world_size: int):
         p, e = self.params, self.epoch + 1
         yield from self._validate()
-        yield Call("absorb", (p["alpha"],))
+        yield Call("absorb", (p["ema_alpha"],))
         if (e - 2) % p["select_every"]:
             kept = yield Call("keep_plan")  # between selections the subset stays
             yield from self._trim_commit(e, kept, 0, world_size, {"size": sum(kept), "selected": False})
@@ -116,20 +118,26 @@ class _BanditPolicy(Policy):
 
 class EpsilonGreedyPolicy(_BanditPolicy):
     name = "egreedy"
-    PARAMS = {"prune_ratio": 0.5, "epsilon": 0.1, "alpha": 0.8, "select_every": 1,
+    display_name = "ε-greedy"
+    PARAMS = {"prune_ratio": 0.5, "epsilon": 0.1, "ema_alpha": 0.8, "select_every": 1,
               "target_pruned": None, "num_epochs": None}
+    LABEL_PARAMS = ("epsilon", "select_every", "prune_ratio")
 
-    def _check_params(self, p: dict) -> dict:
+    @classmethod
+    def _check_params(cls, p: dict) -> dict:
         p["epsilon"] = check_float("epsilon", p["epsilon"], lo=0.0, hi=1.0)
         return super()._check_params(p)
 
 
 class UCBPolicy(_BanditPolicy):
     name = "ucb"
+    display_name = "UCB"
     UCB = True
-    PARAMS = {"prune_ratio": 0.5, "ucb_c": 1.0, "alpha": 0.8, "select_every": 1,
+    PARAMS = {"prune_ratio": 0.5, "ucb_c": 1.0, "ema_alpha": 0.8, "select_every": 1,
               "target_pruned": None, "num_epochs": None}
+    LABEL_PARAMS = ("ucb_c", "select_every", "prune_ratio")
 
-    def _check_params(self, p: dict) -> dict:
+    @classmethod
+    def _check_params(cls, p: dict) -> dict:
         p["ucb_c"] = check_float("ucb_c", p["ucb_c"], lo=0.0)
         return super()._check_params(p)

@@ -6,8 +6,8 @@ import numpy as np
 
 from repb_ray.core.budget import clamp_size, target_size
 from repb_ray.core.checks import check_float
-from repb_ray.core.policy import Call, Policy, SelectingShard
-from repb_ray.core.repb import check_budget
+from repb_ray.core.policy import Policy, SelectingShard
+from repb_ray.core.protocol import Call
 from repb_ray.core.rng import uniforms
 
 
@@ -26,22 +26,28 @@ class RandomPolicy(Policy):
     With target_pruned, the size is set before each epoch to keep the run on target."""
 
     name = "random"
+    display_name = "Random*"
     SHARD = RandomShard
     PARAMS = {"prune_ratio": 0.5, "target_pruned": None, "num_epochs": None}
+    KNOB = "prune_ratio"
+    DECISIONS = ("size",)
+    LABEL_PARAMS = ("prune_ratio",)
 
-    def _check_params(self, p: dict) -> dict:
+    @classmethod
+    def _check_params(cls, p: dict) -> dict:
         p["prune_ratio"] = check_float("prune_ratio", p["prune_ratio"], lo=0.0, hi=1.0, hi_open=True)
-        if round((1.0 - p["prune_ratio"]) * self.num_samples) < 1:
-            raise ValueError(f"prune_ratio={p['prune_ratio']:g} keeps no sample of num_samples="
-                             f"{self.num_samples}; lower prune_ratio")
-        check_budget(self.name, p)
         return p
+
+    def _check_size(self) -> None:
+        if round((1.0 - self.params["prune_ratio"]) * self.num_samples) < 1:
+            raise ValueError(f"prune_ratio={self.params['prune_ratio']:g} keeps no sample of num_samples="
+                             f"{self.num_samples}; lower prune_ratio")
 
     def _size(self, epoch: int) -> int:
         p = self.params
         if p["target_pruned"] is None:
             return round((1.0 - p["prune_ratio"]) * self.num_samples)
-        return clamp_size(target_size(p["target_pruned"], p["num_epochs"], self.num_samples, self.sizes, epoch),
+        return clamp_size(target_size(p["target_pruned"], p["num_epochs"], self.num_samples, self.plan_sizes, epoch),
                           self.num_samples)
 
     def _subset(self, epoch: int, world_size: int):
@@ -67,6 +73,8 @@ class FullPolicy(Policy):
     """Full data: D_E = D, weight 1."""
 
     name = "full"
+    display_name = "Full data"
+    BUDGET = False
 
     def conduct_next(self, world_size: int):
         yield from self._validate()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:

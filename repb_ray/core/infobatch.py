@@ -9,8 +9,8 @@ import numpy as np
 from repb_ray.core.budget import target_size
 from repb_ray.core.checks import check_bool, check_float, check_int
 from repb_ray.core.exact import digit_sums, group_means, mean_tolerance, scale_exponent
-from repb_ray.core.policy import Call, Policy
-from repb_ray.core.repb import check_budget
+from repb_ray.core.policy import Policy
+from repb_ray.core.protocol import Call
 from repb_ray.core.rng import uniforms
 from repb_ray.core.shard import Shard
 
@@ -86,16 +86,26 @@ class InfoBatchPolicy(Policy):
     is out of reach."""
 
     name = "infobatch"
+    display_name = "InfoBatch"
     SHARD = InfoBatchShard
     PARAMS = {"prune_ratio": 0.5, "num_epochs": ..., "delta": 0.875, "anneal": True, "target_pruned": None}
+    KNOB = "prune_ratio"
+    DECISIONS = ("r", "full")
+    LABEL_PARAMS = ("anneal", "delta", "prune_ratio")
 
-    def _check_params(self, p: dict) -> dict:
+    @classmethod
+    def _check_params(cls, p: dict) -> dict:
         p["prune_ratio"] = check_float("prune_ratio", p["prune_ratio"], lo=0.0, hi=1.0, hi_open=True)
         p["num_epochs"] = check_int("num_epochs", p["num_epochs"], minimum=1)
         p["delta"] = check_float("delta", p["delta"], lo=0.0, hi=1.0)
         p["anneal"] = check_bool("anneal", p["anneal"])
-        check_budget(self.name, p)
         return p
+
+    @classmethod
+    def label(cls, params: dict, varying: tuple = ()) -> str:
+        """InfoBatch without annealing is InfoBatch* (the paper's name)."""
+        name = super().label(params, tuple(k for k in varying if k != "anneal"))
+        return name.replace(cls.display_name, cls.display_name + ("" if params.get("anneal", True) else "*"), 1)
 
     def full_data_epoch(self, epoch: int) -> bool:
         return self.params["anneal"] and epoch > self.params["delta"] * self.params["num_epochs"]
@@ -123,7 +133,7 @@ class InfoBatchPolicy(Policy):
         r = p["prune_ratio"]
         if p["target_pruned"] is not None:
             ahead = sum(self.full_data_epoch(x) for x in range(e + 1, p["num_epochs"] + 1))
-            size = target_size(p["target_pruned"], p["num_epochs"], self.num_samples, self.sizes, e, ahead)
+            size = target_size(p["target_pruned"], p["num_epochs"], self.num_samples, self.plan_sizes, e, ahead)
             r = min(max((self.num_samples - size) / below, 0.0), BUDGET_MAX_RATIO) if below else 0.0
         kept = yield Call("decide", (e, r))
         yield from self._trim_commit(e, kept, self.num_samples, world_size, {"r": r})

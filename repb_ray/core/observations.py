@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 _I64, _F32 = np.dtype(np.int64), np.dtype(np.float32)
-_KINDS = (("steps", _I64), ("ids", _I64), ("scores", _F32))
+_KINDS: tuple[tuple[str, np.dtype], ...] = (("steps", _I64), ("ids", _I64), ("scores", _F32))
 
 
 def explain_bad_arrays(steps, ids, scores) -> None:
@@ -62,7 +62,7 @@ class ObservationBuffer:
             new[: self.size] = old[: self.size]
             setattr(self, name, new)
 
-    def add_batch(self, step: int, ids: np.ndarray, scores: np.ndarray) -> None:
+    def add_batch(self, step: int | np.integer, ids: np.ndarray, scores: np.ndarray) -> None:
         """One step's observations: the hot path (type checks only, no pass over the data)."""
         try:
             ok = ids.dtype is _I64 and scores.dtype is _F32 and ids.ndim == 1 and ids.shape == scores.shape

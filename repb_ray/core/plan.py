@@ -85,7 +85,7 @@ class EpochPlan:
             raise KeyError(f"id {first} is not in the plan of epoch {self.epoch}")
         return self.weights[pos]
 
-    def chunks(self, num_samples: int, chunk: int) -> list["PlanChunk"]:
+    def chunks(self, num_samples: int, chunk: int) -> list[PlanChunk]:
         """The plan as PlanChunks of `chunk` ids each over [0, num_samples)."""
         out = []
         for lo in range(0, num_samples, chunk):
@@ -100,7 +100,7 @@ class EpochPlan:
         return {"epoch": self.epoch, "ids": self.ids, "weights": self.weights}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EpochPlan":
+    def from_dict(cls, d: dict) -> EpochPlan:
         return cls(int(d["epoch"]), np.array(d["ids"], dtype=np.int64),
                    np.array(d["weights"], dtype=np.float32))
 
@@ -117,7 +117,7 @@ class PlanChunk:
     weights: np.ndarray   # float32 [number of members]
 
     @classmethod
-    def from_mask(cls, epoch: int, lo: int, mask: np.ndarray, weights: np.ndarray) -> "PlanChunk":
+    def from_mask(cls, epoch: int, lo: int, mask: np.ndarray, weights: np.ndarray) -> PlanChunk:
         assert weights.shape[0] == int(np.count_nonzero(mask))
         return cls(epoch, lo, lo + mask.shape[0], np.packbits(mask, bitorder="little"),
                    np.ascontiguousarray(weights, np.float32))

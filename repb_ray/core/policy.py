@@ -2,89 +2,55 @@
 with the plain single-process API (observe, finish_epoch, plan, state_dict); runs anywhere.
 
 A policy's end of epoch is a generator (`conduct_next`) that yields Calls ("run this step on every
-shard") and combines their small results. The local Policy runs them on in-process shards; the
-Ray coordinator runs the same generators on shard actors, so plans are the same for any number of
-shards, bit for bit.
+shard") and combines their small results (core.protocol). The local Policy runs them on in-process
+shards; the Ray coordinator runs the same generators on shard actors, so plans are the same for any
+number of shards, bit for bit.
+
+A policy class carries everything the rest of the package needs to know about it: its parameters
+and their checks (`PARAMS`, `check_params`), its name in reports (`display_name`, `label`), the
+parameter a budget sets (`KNOB`), what it records per epoch (`DECISIONS`), whether it takes a
+budget (`BUDGET`). Adding a policy is one file with one such class, plus its line in core.registry.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
-
 import numpy as np
 
+from repb_ray.core.budget import check_budget
 from repb_ray.core.checks import check_int, suggest
 from repb_ray.core.plan import EpochPlan, combine_digest
+from repb_ray.core.protocol import Call, Spec, call_shards, check_bounds, drive, split_range
 from repb_ray.core.rng import rng_after
 from repb_ray.core.select import RadixSelect, radix_threshold, smallest_mask
 from repb_ray.core.shard import Shard
 
-STATE_FORMAT = 2
-
-
-@dataclass(frozen=True)
-class Call:
-    """Run `method` on every shard: with `args` for all, or `per_shard[j]` for shard j."""
-
-    method: str
-    args: tuple = ()
-    per_shard: list | None = None
-
-
-@dataclass(frozen=True)
-class Spec:
-    """What every shard of a policy shares."""
-
-    name: str
-    num_samples: int
-    seed: int
-    params: dict = field(default_factory=dict)
-
-
-def drive(gen, call: Callable[[Call], list]):
-    """Run a conducting generator: send each Call's results back until it returns."""
-    result = None
-    while True:
-        try:
-            request = gen.send(result)
-        except StopIteration as stop:
-            return stop.value
-        result = call(request)
-
-
-def split_range(num_samples: int, shards: int) -> list[tuple[int, int]]:
-    """`shards` contiguous id ranges of near-equal size covering [0, num_samples)."""
-    edges = [num_samples * j // shards for j in range(shards + 1)]
-    return list(zip(edges[:-1], edges[1:]))
-
-
-def check_bounds(bounds, num_samples: int) -> list[tuple[int, int]]:
-    out = [(int(a), int(b)) for a, b in bounds]
-    if not out or out[0][0] != 0 or out[-1][1] != num_samples or any(
-            a >= b for a, b in out) or any(out[j][1] != out[j + 1][0] for j in range(len(out) - 1)):
-        raise ValueError(f"shard bounds must be non-empty contiguous ranges covering [0, {num_samples}), got {bounds}")
-    return out
+STATE_FORMAT = 3
+RUN_PARAMS = ("num_epochs", "target_pruned")  # set by the run (its epochs and budget), not in policy_args
 
 
 class Policy:
     """Holds the global state (epoch, plan sizes, per-epoch decisions) and, when local, the shards.
 
     Subclasses set `name`, `PARAMS` (name -> default, `...` when required), `SHARD` and define
-    `_check_params`, `conduct_first()` and `conduct_next(world_size)`.
+    `_check_params` (classmethod), `conduct_first()` and `conduct_next(world_size)`.
     """
 
     name = "base"
+    display_name = "base"
     PARAMS: dict = {}
     SHARD = Shard
-    CONSUMES_DRAWS = False  # whether the plan decision takes one uniform per id
+    KNOB: str | None = None        # the parameter a budget sets before each epoch (reports show it)
+    DECISIONS: tuple = ()          # per-epoch decision keys (history, console, summary)
+    BUDGET = True                  # whether target_pruned applies
+    LABEL_PARAMS: tuple = ()       # parameters that tell variants apart in reports
 
     def __init__(self, num_samples: int, seed: int = 0, world_size: int = 1, *, shards: int = 1,
                  bounds=None, local: bool = True, **params):
         self.num_samples = check_int("num_samples", num_samples, minimum=1)
         self.seed = check_int("seed", seed, minimum=0)
         self.world_size = self._check_world_size(world_size)
-        self.params = self._check_params(self._fill_params(params))
+        self.params = self.check_params(params)
+        self._check_size()
         self.spec = Spec(self.name, self.num_samples, self.seed, dict(self.params))
         if bounds is None:
             k = check_int("shards", shards, minimum=1)
@@ -93,29 +59,60 @@ class Policy:
             bounds = split_range(self.num_samples, k)
         self.bounds = check_bounds(bounds, self.num_samples)
         self.epoch = 0
-        self.sizes: list[int] = []
-        self.history: list[dict] = []
+        self.plan_sizes: list[int] = []   # |D_1|, ..., |D_E|: the current epoch E's plan included (not yet trained)
+        self.history: list[dict] = []     # the decision of each epoch's plan (DECISIONS keys)
         self.shards = [self.SHARD(lo, hi, self.spec) for lo, hi in self.bounds] if local else None
-        self._plan = None
+        self._plan: EpochPlan | None = None
         if local:
             self._run(self.conduct_first())
-            if len(self.shards) == 1:  # the hot path straight into the buffer (same checks)
-                self.observe_batch = self.shards[0].buf.add_batch
 
     # -- parameters -------------------------------------------------------------------------------
-    def _fill_params(self, params: dict) -> dict:
+    @classmethod
+    def check_params(cls, params: dict) -> dict:
+        """The parameters with defaults filled in, validated (TypeError/ValueError naming the value)."""
         for key in params:
-            if key not in self.PARAMS:
-                known = ", ".join(sorted(self.PARAMS)) or "none"
-                raise TypeError(f"unknown parameter {key!r} for policy {self.name!r}{suggest(key, self.PARAMS)}; "
+            if key not in cls.PARAMS:
+                known = ", ".join(sorted(k for k in cls.PARAMS if k not in RUN_PARAMS)) or "none"
+                raise TypeError(f"unknown parameter {key!r} for policy {cls.name!r}{suggest(key, cls.PARAMS)}; "
                                 f"its parameters are: {known}")
-        missing = [k for k, v in self.PARAMS.items() if v is ... and k not in params]
+        missing = [k for k, v in cls.PARAMS.items() if v is ... and k not in params]
         if missing:
-            raise TypeError(f"policy {self.name!r} needs {', '.join(f'{k}=' for k in missing)}")
-        return {**self.PARAMS, **params}
+            raise TypeError(f"policy {cls.name!r} needs {', '.join(f'{k}=' for k in missing)}")
+        p = cls._check_params({**cls.PARAMS, **params})
+        if cls.BUDGET:
+            check_budget(cls.name, p)
+        return p
 
-    def _check_params(self, params: dict) -> dict:
+    @classmethod
+    def _check_params(cls, params: dict) -> dict:
         return params
+
+    @classmethod
+    def run_params(cls, policy_args: dict, *, epochs: int, target_pruned: float | None = None) -> dict:
+        """The policy's parameters for a run: `policy_args` plus what the run sets (its length where
+        the policy needs it, its budget), validated."""
+        args = dict(policy_args or {})
+        for key in RUN_PARAMS:
+            if key in args:
+                what = "epochs" if key == "num_epochs" else "target_pruned"
+                raise TypeError(f"policy_args.{key} is set by the run: set the config key {what!r} instead")
+        if target_pruned is not None:
+            if not cls.BUDGET:
+                raise ValueError(f"target_pruned does not apply to policy={cls.name}; drop it or pick another policy")
+            args["target_pruned"] = target_pruned
+        if "num_epochs" in cls.PARAMS and (cls.PARAMS["num_epochs"] is ... or target_pruned is not None):
+            args["num_epochs"] = epochs
+        return cls.check_params(args)
+
+    @classmethod
+    def label(cls, params: dict, varying: tuple = ()) -> str:
+        """The method's name in reports: the display name, with the `varying` parameters that tell
+        this variant from the sweep's others (`window` shows as W=...)."""
+        extras = [f"W={params['window']}" if k == "window" else f"{k}={params[k]}" for k in varying]
+        return cls.display_name + (f" ({', '.join(extras)})" if extras else "")
+
+    def _check_size(self) -> None:
+        """Checks that need num_samples (subclasses)."""
 
     def _check_world_size(self, world_size) -> int:
         ws = check_int("world_size", world_size, minimum=1)
@@ -125,14 +122,9 @@ class Policy:
         return ws
 
     # -- running the protocol on local shards ------------------------------------------------------
-    def _call_local(self, call: Call) -> list:
-        if call.per_shard is None:
-            return [getattr(s, call.method)(*call.args) for s in self.shards]
-        return [getattr(s, call.method)(*a) for s, a in zip(self.shards, call.per_shard)]
-
     def _run(self, gen):
         self._plan = None
-        return drive(gen, self._call_local)
+        return drive(gen, lambda request: call_shards(self._local(), request))
 
     def _local(self) -> list:
         if self.shards is None:
@@ -149,24 +141,16 @@ class Policy:
             self._plan = EpochPlan(self.epoch, ids.astype(np.int64, copy=False), w)
         return self._plan
 
-    def observe(self, steps: np.ndarray, ids: np.ndarray, scores: np.ndarray) -> None:
-        """Record scores of trained samples: steps int64 (global step within the epoch), ids int64,
-        scores float32, all 1-D of one length. Any chunking and any order."""
+    def observe(self, step, ids: np.ndarray, scores: np.ndarray) -> None:
+        """Record scores of trained samples: `step` the global step within the epoch (an int for a
+        whole batch, the fast path; or an int64 array, one per sample), ids int64 and scores float32,
+        1-D of one length. Any chunking and any order."""
         shards = self._local()
         if len(shards) == 1:
-            shards[0].observe(steps, ids, scores)
+            shards[0].observe(step, ids, scores)
             return
         for j, sel in self._route(ids):
-            shards[j].observe(steps[sel], ids[sel], scores[sel])
-
-    def observe_batch(self, step: int, ids: np.ndarray, scores: np.ndarray) -> None:
-        """The scores of one global step's samples (the fast path: one step number per batch)."""
-        shards = self._local()
-        if len(shards) == 1:
-            shards[0].observe_batch(step, ids, scores)
-            return
-        for j, sel in self._route(ids):
-            shards[j].observe_batch(step, ids[sel], scores[sel])
+            shards[j].observe(step if np.ndim(step) == 0 else step[sel], ids[sel], scores[sel])
 
     def _route(self, ids: np.ndarray):
         ids = np.asarray(ids)
@@ -197,7 +181,7 @@ class Policy:
 
     def pruned_fraction(self) -> float:
         """1 - sum_E |D_E| / (E n) over the epochs planned so far, the current one included."""
-        return 1.0 - sum(self.sizes) / (len(self.sizes) * self.num_samples)
+        return 1.0 - sum(self.plan_sizes) / (len(self.plan_sizes) * self.num_samples)
 
     def budget_status(self, epochs: int | None = None) -> dict | None:
         """With target_pruned: the pruned fraction over the first `epochs` (default num_epochs) epochs
@@ -205,7 +189,7 @@ class Policy:
         target = self.params.get("target_pruned")
         if target is None:
             return None
-        done = self.sizes[: epochs or self.params["num_epochs"]]
+        done = self.plan_sizes[: epochs or self.params["num_epochs"]]
         pruned = 1.0 - sum(done) / (len(done) * self.num_samples)
         return {"target_pruned": target, "pruned": pruned, "reached": abs(pruned - target) <= 0.01}
 
@@ -216,7 +200,7 @@ class Policy:
     def global_state(self) -> dict:
         return {"format": STATE_FORMAT, "policy": self.name, "params": dict(self.params),
                 "num_samples": self.num_samples, "seed": self.seed, "world_size": self.world_size,
-                "epoch": self.epoch, "sizes": list(self.sizes), "history": [dict(h) for h in self.history]}
+                "epoch": self.epoch, "plan_sizes": list(self.plan_sizes), "history": [dict(h) for h in self.history]}
 
     def state_dict(self) -> dict:
         """Global state plus every per-sample array over the whole id range (the same for any number
@@ -240,7 +224,7 @@ class Policy:
         self.check_state(state)
         self.world_size = int(state["world_size"])
         self.epoch = int(state["epoch"])
-        self.sizes = [int(s) for s in state["sizes"]]
+        self.plan_sizes = [int(s) for s in state["plan_sizes"]]
         self.history = [dict(h) for h in state.get("history", [])]
         self._plan = None
 
@@ -272,7 +256,7 @@ class Policy:
                 break
         counts = yield Call("select_counts", (threshold,))
         per = []
-        for below, equal in counts:
+        for _below, equal in counts:
             take = min(ties, equal)
             ties -= take
             per.append((threshold, take))
@@ -286,7 +270,7 @@ class Policy:
         if k - extra == 0:
             raise ValueError(f"the plan for epoch {epoch} is empty (num_samples={self.num_samples}, "
                              f"params={self.params}); lower the pruning rate or use fewer workers")
-        drops = [[] for _ in kept]
+        drops: list[list[int]] = [[] for _ in kept]
         if extra:
             pos = np.sort(rng_after(self.seed, epoch, consumed).choice(k, size=extra, replace=False))
             offsets = np.concatenate([[0], np.cumsum(kept)])
@@ -294,9 +278,9 @@ class Policy:
                 drops[j] = (pos[(pos >= offsets[j]) & (pos < offsets[j + 1])] - offsets[j]).tolist()
         sizes = yield Call("commit", per_shard=[(epoch, d, info) for d in drops])
         self.epoch = epoch
-        self.sizes.append(int(sum(sizes)))
+        self.plan_sizes.append(int(sum(sizes)))
         self.history.append(dict(info))
-        return self.sizes[-1]
+        return self.plan_sizes[-1]
 
     def conduct_first(self):
         """Epoch 1: the whole dataset (trimmed to the world size)."""
@@ -307,7 +291,7 @@ class Policy:
         raise NotImplementedError
 
     def conduct_retrim(self, world_size: int):
-        k = self.sizes[-1]
+        k = self.plan_sizes[-1]
         extra = k % world_size
         if extra == 0:
             return
@@ -318,7 +302,7 @@ class Policy:
         offsets = np.concatenate([[0], np.cumsum(kept)])
         drops = [(pos[(pos >= offsets[j]) & (pos < offsets[j + 1])] - offsets[j]).tolist() for j in range(len(kept))]
         sizes = yield Call("retrim", per_shard=[(d,) for d in drops])
-        self.sizes[-1] = int(sum(sizes))
+        self.plan_sizes[-1] = int(sum(sizes))
 
 
 class SelectingShard(Shard):
@@ -339,29 +323,3 @@ class SelectingShard(Shard):
     def select_apply(self, threshold: int, ties: int) -> int:
         self.tmp["keep"] = self.tmp.pop("radix").mask(threshold, ties)
         return int(np.count_nonzero(self.tmp["keep"]))
-
-
-def _registry() -> dict:
-    from repb_ray.core.bandits import EpsilonGreedyPolicy, UCBPolicy
-    from repb_ray.core.baselines import FullPolicy, RandomPolicy
-    from repb_ray.core.infobatch import InfoBatchPolicy
-    from repb_ray.core.repb import RePBPolicy
-    return {cls.name: cls for cls in (RePBPolicy, InfoBatchPolicy, RandomPolicy, FullPolicy,
-                                      EpsilonGreedyPolicy, UCBPolicy)}
-
-
-POLICY_NAMES = ("repb", "infobatch", "random", "full", "egreedy", "ucb")
-
-
-def policy_class(name: str) -> type:
-    registry = _registry()
-    if name not in registry:
-        raise ValueError(f"unknown policy {name!r}{suggest(str(name), registry)}; "
-                         f"choose one of: {', '.join(POLICY_NAMES)}")
-    return registry[name]
-
-
-def make_policy(name: str, *, num_samples: int, seed: int = 0, world_size: int = 1, **params) -> Policy:
-    """Build a policy by name: 'repb', 'infobatch', 'random', 'full', 'egreedy' or 'ucb'."""
-    return policy_class(name)(num_samples=num_samples, seed=seed, world_size=world_size, **params)
-

@@ -1,7 +1,16 @@
-"""RePB (paper sec. 3): local window pruning, uniform resampling, cumulative temporal rescaling.
+"""RePB (paper sec. 3): the rule as pure functions on plain arrays (eqs. 1-4), then the shard and
+policy that run exactly these functions on the id ranges of a run; runs anywhere.
 
-The functions state the rules on plain arrays; RePBShard applies them to one id range inside the
-end-of-epoch protocol that RePBPolicy conducts (window means are exact, see core.exact)."""
+    eq. 1  LWP: i in D_E stays in D'_{E+1} iff s_i >= mu_k(i) or U_i >= rho   (lwp_keep)
+           mu_k = the mean score of window k = the W consecutive global steps k W .. (k+1) W - 1
+    eq. 2  resampling: j in D \\ D_E joins D_{E+1} iff U_j < 1 - rho            (resample)
+           D_{E+1} = D'_{E+1} + the resampled ids                              (next_epoch_set)
+    eqs. 3-4  CTR: in epoch E+1, w_i = E / N_i(E), N_i(E) = #{e <= E : i in D_e} (ctr_weights)
+
+U_i is the uniform of id i in the epoch's draw stream (core.rng: default_rng([seed, E+1]), one per
+id in id order). "Below the window mean" is decided exactly (core.exact): `below_window_mean` on
+one array; RePBShard reaches the same mask across shards with partial sums.
+"""
 
 from __future__ import annotations
 
@@ -10,26 +19,47 @@ import numpy as np
 from repb_ray.core.budget import target_size
 from repb_ray.core.checks import check_bool, check_float, check_int
 from repb_ray.core.exact import digit_sums, group_means, mean_tolerance, scale_exponent
-from repb_ray.core.policy import Call, Policy
+from repb_ray.core.policy import Policy
+from repb_ray.core.protocol import Call
 from repb_ray.core.rng import uniforms
 from repb_ray.core.shard import Shard
 
+# -- the rule --------------------------------------------------------------------------------------
 
-def prune_windows(steps: np.ndarray, scores: np.ndarray, window: int | None, rho: float,
-                  u: np.ndarray) -> np.ndarray:
-    """LWP (eq. 1): keep mask; sample i in window k = steps // window is kept iff
-    s_i >= mu_k or u_i >= rho. window=None makes the whole epoch one window."""
-    win = np.zeros_like(steps) if window is None else steps // window
-    num = int(win.max()) + 1 if win.size else 0
+
+def window_of(steps: np.ndarray, window: int | None) -> np.ndarray:
+    """The window k = step // W of each observation (window=None: the whole epoch is window 0)."""
+    return np.zeros_like(steps) if window is None else steps // window
+
+
+def below_window_mean(scores: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """s_i < mu_k(i), with mu_k the exact mean of window k's float32 scores (ties are not below)."""
+    scores = np.asarray(scores, np.float32)
+    num = int(windows.max()) + 1 if windows.size else 0
     t = scale_exponent(float(np.abs(scores).max())) if scores.size else 0
-    mu = group_means(digit_sums(scores.astype(np.float32), win, num, t), np.bincount(win, minlength=num), t)
-    return (scores >= mu[win]) | (u >= rho)
+    mu = group_means(digit_sums(scores, windows, num, t), np.bincount(windows, minlength=num), t)
+    return scores < mu[windows]
+
+
+def lwp_keep(below: np.ndarray, u: np.ndarray, rho: float) -> np.ndarray:
+    """LWP (eq. 1) for samples of D_E: kept iff not below its window mean, or U >= rho."""
+    return ~below | (u >= rho)
 
 
 def resample(in_epoch: np.ndarray, rho: float, u: np.ndarray) -> np.ndarray:
     """Uniform resampling (eq. 2): mask over all ids of the samples of D \\ D_E (in_epoch False)
     that join D_{E+1}, each with probability 1 - rho."""
     return ~in_epoch & (u < 1.0 - rho)
+
+
+def next_epoch_set(in_epoch: np.ndarray, below: np.ndarray, u: np.ndarray, rho: float,
+                   resampling: bool = True) -> np.ndarray:
+    """D_{E+1} as a mask over ids (eqs. 1-2): the samples of D_E that LWP keeps, plus the resampled
+    ones. `below` matters only where in_epoch is True."""
+    keep = in_epoch & lwp_keep(below, u, rho)
+    if resampling:
+        keep |= resample(in_epoch, rho, u)
+    return keep
 
 
 def ctr_weights(counts: np.ndarray, epoch: int, max_weight: float | None = None) -> np.ndarray:
@@ -40,6 +70,15 @@ def ctr_weights(counts: np.ndarray, epoch: int, max_weight: float | None = None)
         np.minimum(w, np.float32(max_weight), out=w)
     return w
 
+
+def prune_windows(steps: np.ndarray, scores: np.ndarray, window: int | None, rho: float,
+                  u: np.ndarray) -> np.ndarray:
+    """LWP (eq. 1) on one epoch's observations: keep mask; sample i in window k = steps // window is
+    kept iff s_i >= mu_k or u_i >= rho. window=None makes the whole epoch one window."""
+    return lwp_keep(below_window_mean(scores, window_of(steps, window)), u, rho)
+
+
+# -- the rule on an id range, inside the end-of-epoch protocol --------------------------------------
 
 def ceil32(x: np.ndarray) -> np.ndarray:
     """The smallest float32 >= x (float64), elementwise."""
@@ -62,10 +101,13 @@ def rho_for_size(size: float, above: int, below: int, out: int) -> float:
 
 
 class RePBShard(Shard):
+    """One id range: marks each observed sample at/above (1) or below (2) its window's mean, then
+    applies next_epoch_set with this range's uniforms; weights by ctr_weights."""
+
     def window_sums(self, window: int, num_windows: int):
         """Float64 sums (any order) and counts of the scores per window (window 0: one per epoch)."""
         steps, starts, lengths = self.buf.run_arrays()
-        run_win = steps // window if window else np.zeros_like(steps)
+        run_win = window_of(steps, window or None)
         self.tmp["runs"] = run_win, lengths
         _, scores = self.buf.arrays()
         sums = np.add.reduceat(scores, starts, dtype=np.float64) if starts.size else np.zeros(0)
@@ -119,26 +161,21 @@ class RePBShard(Shard):
         self._mark(below)
 
     def _mark(self, below: np.ndarray) -> None:
-        self.tmp["state"] = self.seen(below)  # 1: at or above its window mean, 2: below
+        self.tmp["state"] = self.seen(below)  # 0: not in D_E, 1: at or above its window mean, 2: below
 
     def plan_counts(self) -> tuple[int, int, int]:
         """(above, below, out): plan samples at or above their window mean, below it, ids not in the plan."""
         n_below = int(np.count_nonzero(self.tmp["state"] == 2))
         return self.plan_size - n_below, n_below, self.span - self.plan_size
 
-    def decide(self, epoch: int, rho: float, resample_: bool) -> int:
-        """LWP and resampling with this range's uniforms of the epoch's stream."""
+    def decide(self, epoch: int, rho: float, resampling: bool) -> int:
+        """D_{E+1} on this range: next_epoch_set with this range's uniforms of the epoch's stream."""
         state = self.tmp.pop("state")
         keep = np.empty(self.span, bool)
-        back = 1.0 - rho
         for start, u in uniforms(self.spec.seed, epoch, self.lo, self.hi):
             a = start - self.lo
             st = state[a: a + u.shape[0]]
-            k = st == 1
-            k |= (st == 2) & (u >= rho)
-            if resample_:
-                k |= (st == 0) & (u < back)
-            keep[a: a + u.shape[0]] = k
+            keep[a: a + u.shape[0]] = next_epoch_set(st != 0, st == 2, u, rho, resampling)
         self.tmp["keep"] = keep
         return int(np.count_nonzero(keep))
 
@@ -146,7 +183,7 @@ class RePBShard(Shard):
         p = self.spec.params
         if self.epoch <= 1 or not p["ctr"]:
             return np.ones(local.shape[0], np.float32)
-        # N_i(E) = counts - 1 for the plan of epoch E + 1: the weight of every possible count once,
+        # N_i(E) = counts - 1 for the plan of epoch E + 1: ctr_weights of every possible count once,
         # then one gather (elementwise the same values as ctr_weights on the counts).
         table = ctr_weights(np.arange(-1, self.epoch + 1, dtype=np.int32), self.epoch - 1, p["ctr_max"])
         return table[self.counts[local]]
@@ -174,18 +211,22 @@ class RePBPolicy(Policy):
     pruning budget (`target_pruned`: rho is set before each epoch to keep the run on target)."""
 
     name = "repb"
+    display_name = "RePB"
     SHARD = RePBShard
     PARAMS = {"rho": 0.5, "window": 1, "lwp": True, "resample": True, "ctr": True, "ctr_max": None,
               "target_pruned": None, "num_epochs": None}
+    KNOB = "rho"
+    DECISIONS = ("rho",)
+    LABEL_PARAMS = ("window", "rho", "lwp", "resample", "ctr", "ctr_max")
 
-    def _check_params(self, p: dict) -> dict:
+    @classmethod
+    def _check_params(cls, p: dict) -> dict:
         p["rho"] = check_float("rho", p["rho"], lo=0.0, hi=1.0)
         p["window"] = check_int("window", p["window"], minimum=1)
         for key in ("lwp", "resample", "ctr"):
             p[key] = check_bool(key, p[key])
         if p["ctr_max"] is not None:
             p["ctr_max"] = check_float("ctr_max", p["ctr_max"], lo=1.0)
-        check_budget(self.name, p)
         return p
 
     def conduct_next(self, world_size: int):
@@ -199,17 +240,7 @@ class RePBPolicy(Policy):
         above, below, out = (sum(c[j] for c in counts) for j in range(3))
         rho = p["rho"]
         if p["target_pruned"] is not None:
-            size = target_size(p["target_pruned"], p["num_epochs"], self.num_samples, self.sizes, e)
+            size = target_size(p["target_pruned"], p["num_epochs"], self.num_samples, self.plan_sizes, e)
             rho = rho_for_size(size, above, below, out if p["resample"] else 0)
         kept = yield Call("decide", (e, rho, p["resample"]))
         yield from self._trim_commit(e, kept, self.num_samples, world_size, {"rho": rho})
-
-
-def check_budget(name: str, p: dict) -> None:
-    """Validate target_pruned / num_epochs (shared by the policies that take a budget)."""
-    if p.get("target_pruned") is None:
-        return
-    p["target_pruned"] = check_float("target_pruned", p["target_pruned"], lo=0.0, hi=1.0, hi_open=True)
-    if p.get("num_epochs") is None:
-        raise TypeError(f"policy {name!r} with target_pruned= needs num_epochs= (the run's length)")
-    p["num_epochs"] = check_int("num_epochs", p["num_epochs"], minimum=1)

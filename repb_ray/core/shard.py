@@ -16,7 +16,7 @@ class Shard:
     what a subclass adds (STATE lists the arrays saved with the state). Temporary results of the
     protocol's steps live in `self.tmp` until `commit`."""
 
-    STATE = ("counts", "in_plan")
+    STATE: tuple[str, ...] = ("counts", "in_plan")
 
     def __init__(self, lo: int, hi: int, spec):
         self.lo, self.hi, self.span = lo, hi, hi - lo
@@ -33,11 +33,12 @@ class Shard:
         """Allocate the subclass's per-sample arrays."""
 
     # -- observations --------------------------------------------------------------------------------
-    def observe(self, steps, ids, scores) -> None:
-        self.buf.add(steps, ids, scores)
-
-    def observe_batch(self, step, ids, scores) -> None:
-        self.buf.add_batch(step, ids, scores)
+    def observe(self, step, ids, scores) -> None:
+        """One global step's observations (`step` an int: the hot path) or one step per sample."""
+        if isinstance(step, (int, np.integer)):
+            self.buf.add_batch(step, ids, scores)
+        else:
+            self.buf.add(step, ids, scores)
 
     def observe_runs(self, run_steps, run_sizes, ids, scores) -> None:
         self.buf.add_runs(run_steps, run_sizes, ids, scores)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from repb_ray.data.plan_index import BINDING_KEY, LOOKUP, PlanIndex
-from repb_ray.data.sources import RESERVED, DataError, is_id_block_dataset
+from repb_ray import _ray_compat
+from repb_ray.data.plan_index import LOOKUP, PlanIndex
+from repb_ray.data.sources import RESERVED, id_block_source
+from repb_ray.errors import DataError
 
 _INDEX_CACHE: dict = {}  # per process: the coordinator's (generation, epoch) -> PlanIndex
 
@@ -58,9 +60,14 @@ def apply_preprocess(batch: dict, task_ref, hook: str = "preprocess") -> dict:
 
 
 def pruned_dataset(ds, source, task_ref=None):
-    """The train pipeline of a run: `ds` bound to the coordinator `source`, then preprocess."""
-    ds = ds.copy(ds, _deep_copy=True)  # an own DataContext: the binding must not leak to the user's dataset
-    if not is_id_block_dataset(ds):  # (id-block sources checked their columns when they were built)
+    """The train pipeline of a run: `ds` bound to the coordinator `source`, then preprocess. A read of
+    an id-block source is re-read through a copy of the source bound to the plans (pruned at the
+    read); any other dataset is filtered by its id column."""
+    import ray.data
+    blocks = id_block_source(ds)
+    if blocks is not None:  # (id-block sources checked their columns when they were built)
+        ds = ray.data.read_datasource(blocks.bound_to(source))
+    else:
         schema = ds.schema()
         names = schema.names if schema is not None else []
         if "id" not in names:
@@ -70,7 +77,7 @@ def pruned_dataset(ds, source, task_ref=None):
         if clash:
             raise DataError(f"the train dataset has the column(s) {', '.join(clash)}, which repb_ray adds; rename them")
         ds = ds.map_batches(filter_to_plan, fn_kwargs={"source": source}, batch_format="pyarrow", batch_size=None)
-    ds.context.set_config(BINDING_KEY, source)
+    ds = _ray_compat.own_context_copy(ds)  # its own DataContext: options set here stay with this pipeline
     ds.context.execution_options.preserve_order = True  # the same order on every run (local mode too)
     if task_ref is not None and _overrides(task_ref, "preprocess"):  # one call per block: blocks stay as they are
         ds = ds.map_batches(apply_preprocess, fn_kwargs={"task_ref": task_ref}, batch_format="numpy", batch_size=None)

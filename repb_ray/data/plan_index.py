@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BINDING_KEY = "repb_ray.plan_source"  # DataContext config key of the coordinator handle
 _ORDER_TAG, _ROWS_TAG = 0x0DE4, 0x5407  # stream tags of the block order and the row order
 
 

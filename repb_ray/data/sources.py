@@ -7,20 +7,16 @@ Planning runs in Ray Data's split coordinator; reading in Ray Data tasks."""
 from __future__ import annotations
 
 import functools
-import glob
 import os
 from dataclasses import dataclass
 
 import numpy as np
 from ray.data import Datasource, ReadTask
 
-from repb_ray.data.plan_index import BINDING_KEY, LOOKUP, PlanIndex, current_index
+from repb_ray.data.plan_index import LOOKUP, PlanIndex, current_index
+from repb_ray.errors import DataError
 
 RESERVED = ("weight", "epoch")
-
-
-class DataError(ValueError):
-    """A train or test dataset that breaks the contract (ids, reserved columns, files)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +65,7 @@ def read_block(block: IdBlock, index: PlanIndex | None) -> list:
     """One read task: the block's plan members (all rows when unbound), shuffled by (seed, epoch,
     block), with their `weight` and the plan's `epoch`; pruned rows are never materialised."""
     source, ids = _read_ids(block)
+    _check_block_ids(block, ids)
     rows = np.flatnonzero(ids < block.hi) if ids.shape[0] != block.rows else None  # a file cut by `limit`
     if index is None:
         rows = np.arange(ids.shape[0]) if rows is None else rows
@@ -82,11 +79,32 @@ def read_block(block: IdBlock, index: PlanIndex | None) -> list:
     return [_with_columns(table.take(rows), weight, epoch)]
 
 
-class IdBlockSource(Datasource):
-    """A ray.data Datasource over IdBlocks covering ids [0, num_samples) (see the module docstring)."""
+def _check_block_ids(block: IdBlock, ids: np.ndarray) -> None:
+    """The ids a block holds are int64 and its range, each once (checked on the id column, which every
+    read takes anyway): a broken file stops the first epoch at its first read, not at its end."""
+    where = block.path or f"the arrays' block of ids [{block.lo}, {block.hi})"
+    if ids.dtype != np.int64:
+        raise DataError(f"{where}: the id column has dtype {ids.dtype}; ids must be int64 (rewrite the file with "
+                        "`repb-ray prepare`)")
+    top = block.lo + ids.shape[0]  # a file cut by `limit` still holds its whole range
+    local = ids - block.lo
+    if ids.shape[0] and (local.min() < 0 or ids.max() >= top or np.bincount(local).max() > 1):
+        raise DataError(f"{where}: its {ids.shape[0]} ids are not {block.lo}..{top - 1} once each (an id repeats or "
+                        "falls outside); each file must hold one dense range of unique ids (write it with "
+                        "`repb-ray prepare`)")
 
-    def __init__(self, blocks: list[IdBlock], num_samples: int, name: str):
+
+class IdBlockSource(Datasource):
+    """A ray.data Datasource over IdBlocks covering ids [0, num_samples) (see the module docstring).
+    Bound to a coordinator (`bound_to`), each read serves the coordinator's current plan."""
+
+    def __init__(self, blocks: list[IdBlock], num_samples: int, name: str, plan_source=None):
         self.blocks, self.num_samples, self._name = blocks, num_samples, name
+        self.plan_source = plan_source
+
+    def bound_to(self, plan_source) -> IdBlockSource:
+        """The same blocks, read through the plan that `plan_source` (the coordinator) publishes."""
+        return IdBlockSource(self.blocks, self.num_samples, self._name, plan_source)
 
     def get_name(self) -> str:
         return self._name
@@ -96,10 +114,11 @@ class IdBlockSource(Datasource):
         return None if any(s is None for s in sizes) else int(sum(sizes))
 
     def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
-        source = data_context.get_config(BINDING_KEY, None) if data_context is not None else None
-        if source is None:
+        # ray.data.read_datasource also calls this once when the dataset is built, without a
+        # data_context, for its statistics: then (and unbound) every block, no plan asked for
+        if self.plan_source is None or data_context is None:
             return [ReadTask(functools.partial(read_block, b, None), _metadata(b)) for b in self.blocks]
-        index = current_index(source)
+        index = current_index(self.plan_source)
         if index.num_samples != self.num_samples:
             raise DataError(f"the plan covers {index.num_samples} ids but this dataset has {self.num_samples}")
         tasks = []
@@ -119,15 +138,12 @@ def _slice(index: PlanIndex, lo: int, hi: int) -> PlanIndex:
                      index.los[sl], index.his[sl], index.counts[sl], index.refs[sl])
 
 
-def is_id_block_dataset(ds) -> bool:
-    """Whether `ds` reads from an IdBlockSource (then the pruning happens at the read)."""
-    ops = [ds._logical_plan.dag]
-    while ops:
-        op = ops.pop()
-        if type(getattr(op, "datasource", None)).__name__ == "IdBlockSource":
-            return True
-        ops.extend(getattr(op, "input_dependencies", []))
-    return False
+def id_block_source(ds) -> IdBlockSource | None:
+    """The IdBlockSource `ds` reads, when `ds` is that read and nothing after it (then the pruning
+    happens at the read); else None."""
+    from repb_ray._ray_compat import read_source
+    src = read_source(ds)
+    return src if isinstance(src, IdBlockSource) else None
 
 
 def _check_columns(names, what: str) -> None:
@@ -175,8 +191,8 @@ def parquet_files(path) -> list[str]:
             infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
             scheme = p.split("://", 1)[0]
             out += sorted(f"{scheme}://{i.path}" for i in infos if i.path.endswith(".parquet"))
-        elif os.path.isdir(p):
-            out += sorted(glob.glob(os.path.join(p, "**", "*.parquet"), recursive=True))
+        elif os.path.isdir(p):  # walked, not globbed: a folder named set[1] is that folder
+            out += sorted(os.path.join(d, f) for d, _, names in os.walk(p) for f in names if f.endswith(".parquet"))
         elif os.path.isfile(p):
             out.append(p)
         else:
@@ -199,6 +215,10 @@ def read_parquet(path, *, limit: int | None = None, name: str = "parquet"):
         names = meta.schema.names
         _check_columns(names, f"Parquet file {f}")
         col = names.index("id")
+        id_type = meta.schema.to_arrow_schema().field("id").type
+        if str(id_type) != "int64":
+            raise DataError(f"{f}: the id column has type {id_type}; ids must be int64 (rewrite the files with "
+                            "`repb-ray prepare`)")
         lo, hi = None, None
         for g in range(meta.num_row_groups):
             st = meta.row_group(g).column(col).statistics

@@ -7,7 +7,8 @@ import os
 
 import numpy as np
 
-from repb_ray.task import TaskError
+from repb_ray.errors import TaskError
+from repb_ray.paths import cache_dir
 from repb_ray.tasks.classification import ClassificationTask, subset
 
 
@@ -25,7 +26,7 @@ class _CIFAR(ClassificationTask):
         if data_dir is not None and not os.path.isdir(data_dir):
             raise TaskError(f"task_args.data_dir={data_dir!r} does not exist; point it at the folder that holds "
                             f"torchvision's {self.torchvision_name} data, or set download=true")
-        self.root = data_dir or os.path.expanduser("~/.cache/repb_ray")
+        self.root = data_dir or cache_dir()
         self.download = download
         self.train_subset, self.test_subset = subset(train_subset, "train_subset"), subset(test_subset, "test_subset")
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from repb_ray.core.checks import suggest
-from repb_ray.task import Task, TaskError
+from repb_ray.errors import TaskError
+from repb_ray.task import Task
 from repb_ray.tasks.models import MODELS, build_model
 
 

@@ -8,7 +8,8 @@ import os
 
 import numpy as np
 
-from repb_ray.task import TaskError
+from repb_ray.errors import TaskError
+from repb_ray.paths import cache_dir
 from repb_ray.tasks.classification import ClassificationTask, subset
 
 SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
@@ -65,7 +66,21 @@ class FashionMNIST(ClassificationTask):
         if prepared_dir is None and source == "parquet" and on_cluster:
             raise TaskError("task 'fashion_mnist' on a Ray cluster: set task_args.prepared_dir to storage every node "
                             "mounts (the Parquet shards are read where the data tasks run), or task_args.source=memory")
-        self.prepared_dir = prepared_dir or os.path.join(os.path.expanduser("~/.cache/repb_ray/prepared"), "fashion_mnist")
+        self.prepared_dir = prepared_dir
+
+    def source_files(self, split: str) -> list[str] | None:
+        """The idx files this task reads for `split` (None when it would download)."""
+        return idx_paths(self.data_dir or SYSTEM_DIR, split)
+
+    def source_key(self) -> str:
+        """What the prepared Parquet shards were made from: the train idx files, by path, size and
+        modification time (another data_dir, or changed files, make another key)."""
+        import hashlib
+        files = self.source_files("train")
+        if files is None:
+            return "download-" + hashlib.sha256(os.path.abspath(self.data_dir or "").encode()).hexdigest()[:12]
+        parts = [f"{os.path.abspath(f)}:{os.stat(f).st_size}:{os.stat(f).st_mtime_ns}" for f in files]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(images uint8 [n, 1, 28, 28], labels int64 [n]) of the whole split."""
@@ -77,7 +92,7 @@ class FashionMNIST(ClassificationTask):
                 return x[:, None].copy(), y.astype(np.int64)
         if self.download:
             import torchvision
-            root = self.data_dir or os.path.expanduser("~/.cache/repb_ray")
+            root = self.data_dir or cache_dir()
             ds = torchvision.datasets.FashionMNIST(root, train=split == "train", download=True)
             return ds.data.numpy()[:, None].copy(), ds.targets.numpy().astype(np.int64)
         raise TaskError(
@@ -96,8 +111,11 @@ class FashionMNIST(ClassificationTask):
         def columns():
             x, y = self.arrays("train")
             return {"x": x, "y": y}
-        ensure_prepared(os.path.join(self.prepared_dir, "train"), columns, source="fashion_mnist train")
-        return read_parquet(os.path.join(self.prepared_dir, "train"), limit=self.train_subset)
+        key = self.source_key()
+        root = self.prepared_dir or cache_dir("prepared", f"fashion_mnist-{key}")
+        train = os.path.join(root, "train")
+        ensure_prepared(train, columns, source=f"fashion_mnist train {key}")
+        return read_parquet(train, limit=self.train_subset)
 
     def test_dataset(self):
         from repb_ray.data import from_numpy

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from repb_ray.task import TaskError
+from repb_ray.errors import TaskError
 from repb_ray.tasks.classification import ClassificationTask
 
 

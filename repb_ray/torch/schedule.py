@@ -1,5 +1,5 @@
-"""The optimizer from the config (SGD or AdamW) and PlanCosineLR: a cosine learning rate over training
-progress measured in the plan's real steps."""
+"""Learning-rate schedules that follow the real (pruned) number of steps: PlanCosineLR (the built-in
+loop's cosine), RealStepLR (any torch scheduler), and the optimizer the config names. Plain PyTorch."""
 
 from __future__ import annotations
 
@@ -51,10 +51,6 @@ class PlanCosineLR:
         self._apply()
 
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "constant")
-
-
 def build_optimizer(name: str, params, *, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
     """SGD (Nesterov momentum when momentum > 0) or AdamW."""
     import torch
@@ -62,4 +58,49 @@ def build_optimizer(name: str, params, *, lr: float, momentum: float = 0.9, weig
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got optimizer={name!r}")
+    raise ValueError(f"optimizer must be one of sgd, adamw, got optimizer={name!r}")
+
+
+class RealStepLR:
+    """Makes any torch.optim.lr_scheduler follow training progress when pruning shortens epochs.
+
+    Build the scheduler as usual, for `steps_per_epoch` optimizer steps per (full-data) epoch, and wrap
+    it. Before each epoch call `start_epoch(epoch, real_steps)` with the epoch's real number of steps;
+    each `step()` then advances the wrapped scheduler by steps_per_epoch / real_steps of its own steps
+    (an integer number each time, steps_per_epoch per epoch in all), so OneCycleLR, StepLR, cosine or
+    warmup schedules keep their shape over epochs instead of stopping short (or running past their
+    end) when epochs get shorter. get_last_lr, state_dict and load_state_dict work as on a scheduler."""
+
+    def __init__(self, scheduler, steps_per_epoch: int):
+        from repb_ray.core.checks import check_int
+        self.scheduler = scheduler
+        self.optimizer = scheduler.optimizer
+        self.steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, minimum=1)
+        self.epoch, self.real_steps, self.done, self.nominal = 1, self.steps_per_epoch, 0, 0
+
+    def start_epoch(self, epoch: int, real_steps: int) -> None:
+        """Epoch `epoch` (1-based) takes `real_steps` optimizer steps."""
+        self.epoch, self.real_steps, self.done = int(epoch), max(1, int(real_steps)), 0
+        self._advance((self.epoch - 1) * self.steps_per_epoch)
+
+    def step(self) -> None:
+        self.done += 1
+        within = min(self.done * self.steps_per_epoch // self.real_steps, self.steps_per_epoch)
+        self._advance((self.epoch - 1) * self.steps_per_epoch + within)
+
+    def _advance(self, target: int) -> None:
+        while self.nominal < target:
+            self.scheduler.step()
+            self.nominal += 1
+
+    def get_last_lr(self) -> list[float]:
+        return self.scheduler.get_last_lr()
+
+    def state_dict(self) -> dict:
+        return {"scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "real_steps": self.real_steps,
+                "done": self.done, "nominal": self.nominal, "steps_per_epoch": self.steps_per_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.real_steps, self.done = state["epoch"], state["real_steps"], state["done"]
+        self.nominal, self.steps_per_epoch = state["nominal"], state["steps_per_epoch"]

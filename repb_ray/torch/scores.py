@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-SCORES = ("loss", "grad_norm")
+from repb_ray.config import SCORES  # noqa: F401  (one list of score names)
 
 
 class Scorer:

@@ -1,5 +1,6 @@
-"""MLflow tracking through MlflowClient: runs, params, per-epoch metrics, artifacts; runs in the driver
-and in the Train controller (the epoch callback)."""
+"""MLflow through MlflowClient: runs, params (redacted, at any depth), metrics, artifacts, the model
+(not pickled where the model allows). Runs in the driver (a training run) and in the sweep's driver;
+no Ray process other than these ever holds the tracking URI."""
 
 from __future__ import annotations
 
@@ -8,8 +9,17 @@ import logging
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
+
+from repb_ray.errors import ConfigError, first_line
+from repb_ray.redact import install_log_filter, redact, redact_text
 
 NON_METRIC_KEYS = {"plan_digest"}
+HTTP_SCHEMES = ("http://", "https://")
+# MLflow retries an HTTP call for minutes by default; a tracking outage must not hold a run that long
+CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 def resolve_tracking_uri(tracking_uri: str | None, output_dir: str) -> str | None:
@@ -23,6 +33,65 @@ def resolve_tracking_uri(tracking_uri: str | None, output_dir: str) -> str | Non
     return uri
 
 
+def prepare_client_env() -> None:
+    """Bounded retries and no run URLs printed (they would carry credentials) for this process's
+    MLflow clients; secrets masked in MLflow's log records."""
+    for key, value in CLIENT_ENV.items():
+        os.environ.setdefault(key, value)
+    install_log_filter("mlflow", "urllib3", "requests")
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """One line within seconds when the tracking store cannot be used, instead of minutes of retries."""
+    if uri.startswith(HTTP_SCHEMES):
+        url = uri.rstrip("/") + "/health"
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout_s).read()
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise ConfigError(f"tracking_uri={redact_text(uri)!r} refused the credentials (HTTP {exc.code}); "
+                                  "check the user and password or token") from None
+            return  # the server answers (a proxy without /health): go on
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConfigError(f"tracking_uri={redact_text(uri)!r} is not reachable ({redact_text(str(reason))}); "
+                              "start the MLflow server, fix the URI, or pass --tracking-uri none") from None
+    elif uri.startswith("sqlite:///"):
+        folder = os.path.dirname(uri[len("sqlite:///"):]) or "."
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise ConfigError(f"tracking_uri={redact_text(uri)!r} is not usable: the folder {folder} does not exist or "
+                              "is not writable; pass a SQLite path in an existing folder, an MLflow server, or "
+                              "tracking_uri=none")
+
+
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "gpfs", "beegfs",
+                       "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "9p", "afs")
+
+
+def network_filesystem(path: str, mounts: str = "/proc/mounts") -> str | None:
+    """The type of the network filesystem holding `path` (nfs, cifs, ...), None when it is local."""
+    try:
+        with open(mounts) as fh:
+            entries = [line.split() for line in fh if len(line.split()) >= 3]
+    except OSError:
+        return None
+    path = os.path.realpath(path)
+    best = max((e for e in entries if path == e[1] or path.startswith(e[1].rstrip("/") + "/")),
+               key=lambda e: len(e[1]), default=None)
+    return best[2] if best is not None and best[2] in NETWORK_FILESYSTEMS else None
+
+
+def check_concurrent_store(uri: str | None, concurrent: int, on_cluster: bool, mounts: str = "/proc/mounts") -> None:
+    """SQLite on a network volume with trials writing at once, on a cluster, loses updates or locks up."""
+    if not uri or not uri.startswith("sqlite:///") or concurrent <= 1 or not on_cluster:
+        return
+    fs = network_filesystem(os.path.dirname(uri[len("sqlite:///"):]), mounts)
+    if fs:
+        raise ConfigError(f"the MLflow store {uri} is SQLite on a network volume ({fs}), and {concurrent} trials would "
+                          "write it at once from several nodes; run an MLflow server and pass --tracking-uri "
+                          "http://..., or set sweep.max_concurrent_trials=1")
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -32,37 +101,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-_SECRET_QUERY = ("token", "password", "secret", "key", "signature", "credential")
-
-
-def redact(uri):
-    """A URI without credentials: user:password@ becomes ***@ and secret-looking query values ***."""
-    if not isinstance(uri, str) or "://" not in uri:
-        return uri
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-    parts = urlsplit(uri)
-    secret_query = any(any(w in k.lower() for w in _SECRET_QUERY) for k, _ in parse_qsl(parts.query))
-    if "@" not in parts.netloc and not secret_query:
-        return uri  # nothing to hide: leave it byte for byte (sqlite:////abs/path must keep its slashes)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = parts.query
-    if query:
-        pairs = [(k, "***" if any(w in k.lower() for w in _SECRET_QUERY) else v) for k, v in parse_qsl(query, keep_blank_values=True)]
-        query = urlencode(pairs, safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def redacted_params(params: dict) -> dict:
-    return {k: (redact(v) if k in ("tracking_uri", "storage_path") else v) for k, v in params.items()}
-
-
 def client(uri: str):
-    return _client(uri)
-
-
-def _client(uri: str):
     """An MlflowClient; for SQLite, opened under a file lock, since MLflow creates or migrates the
     schema when a process first opens the store, and concurrent trials would race on it."""
     from mlflow.tracking import MlflowClient
@@ -78,36 +117,53 @@ def _client(uri: str):
 
 
 def experiment_id(uri: str, name: str, output_dir: str) -> str:
-    client = _client(uri)
-    exp = client.get_experiment_by_name(name)
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:"):
         location = "file://" + os.path.abspath(os.path.join(output_dir, "mlartifacts"))
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return c.create_experiment(name, artifact_location=location)
     except Exception:  # created concurrently by another process
-        return client.get_experiment_by_name(name).experiment_id
+        return c.get_experiment_by_name(name).experiment_id
+
+
+def flat_params(params: dict) -> dict[str, str]:
+    """Params as MLflow strings, redacted at any depth (mappings and lists as JSON)."""
+    return {k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
+            for k, v in redact(params).items()}
 
 
 def start_run(uri: str, experiment: str, output_dir: str, *, run_name: str, params: dict, tags: dict,
               parent_run_id: str | None = None) -> str:
-    client = _client(uri)
-    all_tags = {"git_commit": git_commit(), **{k: str(v) for k, v in tags.items()}}
+    c = client(uri)
+    all_tags = {"git_commit": git_commit(), **{k: redact_text(str(v)) for k, v in tags.items()}}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(experiment_id(uri, experiment, output_dir), run_name=run_name, tags=all_tags)
-    log_params(uri, run.info.run_id, redacted_params(params))
+    run = c.create_run(experiment_id(uri, experiment, output_dir), run_name=run_name, tags=all_tags)
+    log_params(uri, run.info.run_id, params)
     return run.info.run_id
+
+
+def reopen_run(uri: str, run_id: str) -> bool:
+    """Mark an existing run RUNNING again (a resumed run keeps its MLflow run); False if it is gone."""
+    c = client(uri)
+    try:
+        c.get_run(run_id)
+    except Exception:
+        return False
+    c.update_run(run_id, status="RUNNING")
+    return True
 
 
 def log_params(uri: str, run_id: str, params: dict) -> None:
     from mlflow.entities import Param
-    flat = [Param(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in sorted(params.items())]
-    client = _client(uri)
+    flat = [Param(k, v) for k, v in sorted(flat_params(params).items())]
+    c = client(uri)
     for i in range(0, len(flat), 100):
-        client.log_batch(run_id, params=flat[i:i + 100])
+        c.log_batch(run_id, params=flat[i:i + 100])
 
 
 def log_epoch_metrics(uri: str, run_id: str, metrics: dict, step: int) -> None:
@@ -115,55 +171,50 @@ def log_epoch_metrics(uri: str, run_id: str, metrics: dict, step: int) -> None:
     ts = int(time.time() * 1000)
     batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()
              if k not in NON_METRIC_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)]
-    _client(uri).log_batch(run_id, metrics=batch)
+    client(uri).log_batch(run_id, metrics=batch)
 
 
 def log_artifact(uri: str, run_id: str, path: str, artifact_path: str | None = None) -> None:
-    _client(uri).log_artifact(run_id, path, artifact_path)
+    client(uri).log_artifact(run_id, path, artifact_path)
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    _client(uri).set_terminated(run_id, status=status)
+    client(uri).set_terminated(run_id, status=status)
 
 
-def epoch_callback(uri: str, run_id: str):
-    """A ray.train.UserCallback logging rank 0's metrics of every report to the run, step = epoch."""
-    import ray.train
-
-    class MlflowEpochCallback(ray.train.UserCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            if metrics and metrics[0]:
-                log_epoch_metrics(uri, run_id, metrics[0], step=int(metrics[0].get("epoch", 0)))
-
-    return MlflowEpochCallback()
-
-
-def log_model(uri: str, run_id: str, task, checkpoint) -> None:
-    """The trained model as an MLflow PyTorch model (with its signature when the task gives an input
-    example), from the run's last checkpoint."""
+def log_model(uri: str, run_id: str, model, example) -> str:
+    """The trained model as an MLflow PyTorch model: with an input example, exported (pt2, no pickle:
+    load with mlflow.pytorch.load_model); without one (or when the model does not export), its weights
+    as a plain tensor file `model_state_dict.pt` (load with torch.load(..., weights_only=True) into
+    the task's model()). Returns the format used."""
     import mlflow
     import mlflow.pytorch
     import torch
-    model = task.model()
-    with checkpoint.as_directory() as d:
-        model.load_state_dict(torch.load(os.path.join(d, "model.pt"), map_location="cpu"))
     model.eval()
-    example = task.input_example()
-    signature = None
     if example is not None:
         from mlflow.models import infer_signature
         with torch.no_grad():
             out = model(torch.as_tensor(example))
         signature = infer_signature(example, out.numpy() if hasattr(out, "numpy") else None)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    quiet = logging.getLogger("mlflow.pytorch")  # its pickle caution, once per run: the README says it
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        with mlflow.start_run(run_id=run_id):  # pickle: any model (pt2 would trace it and needs an example)
-            mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
-                                     serialization_format="pickle")
-    finally:
-        quiet.setLevel(level)
-        mlflow.set_tracking_uri(previous)
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        quiet = logging.getLogger("mlflow")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            with mlflow.start_run(run_id=run_id):
+                mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
+                                         serialization_format="pt2")
+            return "pt2"
+        except Exception as exc:  # a model torch.export cannot trace: keep the weights
+            print(f"[repb_ray] MLflow: the model does not export ({type(exc).__name__}: {first_line(exc)[:120]}); "
+                  "logged its weights (model_state_dict.pt) instead", flush=True)
+        finally:
+            quiet.setLevel(level)
+            mlflow.set_tracking_uri(previous)
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "model_state_dict.pt")
+        torch.save(model.state_dict(), path)
+        log_artifact(uri, run_id, path, "model")
+    return "state_dict"

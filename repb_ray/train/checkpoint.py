@@ -1,5 +1,7 @@
-"""Checkpoint files of a run: model, optimizer, LR schedule, epoch history, and where the
-coordinator's state of that epoch lies (each shard wrote its own file there)."""
+"""Checkpoint files of a run: model, optimizer, LR schedule, epoch history, and the name of the
+coordinator's state of that epoch (relative to the run's storage: no path, no credential). Loading
+runs no code from storage: tensors with torch.load(weights_only=True), the rest JSON. Runs in every
+Train worker (rank 0 writes) and in the driver (logging the model)."""
 
 from __future__ import annotations
 
@@ -8,22 +10,58 @@ import os
 
 import torch
 
-from repb_ray.train.pruning import read_state_pointer, write_state_pointer
+from repb_ray.errors import RunError
+
+MODEL, OPTIMIZER, META, COORDINATOR = "model.pt", "optimizer.pt", "meta.json", "coordinator.json"
 
 
-def save(directory: str, *, model, optimizer, schedule, epoch: int, history: list, state_location: str | None) -> None:
-    torch.save(model.state_dict(), os.path.join(directory, "model.pt"))
-    torch.save(optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
-    write_state_pointer(directory, state_location)
-    with open(os.path.join(directory, "meta.json"), "w") as fh:
-        json.dump({"epoch": epoch, "schedule": schedule.state_dict(), "history": history}, fh)
+def save(directory: str, *, model, optimizer, schedule, epoch: int, history: list, state: str | None,
+         extra: dict | None = None) -> None:
+    torch.save(model.state_dict(), os.path.join(directory, MODEL))
+    torch.save(optimizer.state_dict(), os.path.join(directory, OPTIMIZER))
+    with open(os.path.join(directory, COORDINATOR), "w") as fh:
+        json.dump({"state": state}, fh)
+    with open(os.path.join(directory, META), "w") as fh:
+        json.dump({"epoch": epoch, "schedule": schedule.state_dict(), "history": history, **(extra or {})}, fh)
 
 
-def load(directory: str, *, model, optimizer, schedule, map_location="cpu") -> tuple[int, list, str | None]:
-    """Restores model, optimizer and schedule in place; returns (epoch, history, coordinator state location)."""
-    model.load_state_dict(torch.load(os.path.join(directory, "model.pt"), map_location=map_location))
-    optimizer.load_state_dict(torch.load(os.path.join(directory, "optimizer.pt"), map_location=map_location))
-    with open(os.path.join(directory, "meta.json")) as fh:
-        meta = json.load(fh)
+def load_tensors(path: str, map_location="cpu"):
+    """A tensor file of a checkpoint: plain tensors and containers only. Anything else (a pickled
+    object, whose loading could run code) is refused in one line and never unpickled."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise RunError(f"checkpoint file {path} is missing; the checkpoint is incomplete: start the run over "
+                       "with --overwrite, or restore the file") from None
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunError(f"checkpoint file {path} holds more than plain tensors and was not loaded ({first[:160]}); it "
+                       "was not written by repb_ray or was changed since: start the run over with --overwrite, or "
+                       "restore the file from a copy you trust") from None
+
+
+def read_json(directory: str, name: str) -> dict:
+    path = os.path.join(directory, name)
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise RunError(f"checkpoint file {path} is missing or not valid JSON ({type(exc).__name__}); start the run "
+                       "over with --overwrite") from None
+    if not isinstance(data, dict):
+        raise RunError(f"checkpoint file {path} is not a JSON object; start the run over with --overwrite")
+    return data
+
+
+def load(directory: str, *, model, optimizer, schedule, map_location="cpu") -> tuple[int, list, str | None, dict]:
+    """Restores model, optimizer and schedule in place; returns (epoch, history, the coordinator
+    state's name, the rest of meta.json)."""
+    model.load_state_dict(load_tensors(os.path.join(directory, MODEL), map_location))
+    optimizer.load_state_dict(load_tensors(os.path.join(directory, OPTIMIZER), map_location))
+    meta = read_json(directory, META)
+    state = read_json(directory, COORDINATOR).get("state")
+    if state is not None and (not isinstance(state, str) or "/" in state or state.startswith(".")):
+        raise RunError(f"checkpoint {directory} names coordinator state {state!r}, which is not a state of this "
+                       "run; start the run over with --overwrite")
     schedule.load_state_dict(meta["schedule"])
-    return int(meta["epoch"]), list(meta["history"]), read_state_pointer(directory)
+    return int(meta["epoch"]), list(meta["history"]), state, meta

@@ -1,17 +1,19 @@
-"""The driver's console during training: a progress bar within each epoch on a terminal (plain lines
-every `every_s` seconds otherwise, e.g. under `ray job submit`) and one line per epoch, from what
-rank 0 reports to the coordinator. Runs in a thread of the driver."""
+"""What the driver learns while a run trains, from what rank 0 reports to the coordinator: a
+progress bar within each epoch on a terminal (plain lines every `every_s` seconds otherwise, e.g.
+under `ray job submit`), one line per epoch, and each epoch's metrics handed to listeners (the
+MLflow tracker). Runs in a thread of the driver."""
 
 from __future__ import annotations
 
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 
-def epoch_line(m: dict, epochs: int) -> str:
+def epoch_line(m: dict, epochs: int, decisions: tuple = ()) -> str:
     tests = " ".join(f"{k[5:]} {v:.4f}" for k, v in m.items() if k.startswith("test_"))
-    extra = f" rho {m['rho']:.2f}" if "rho" in m else (f" r {m['r']:.2f}" if "r" in m else "")
+    extra = "".join(f" {k} {m[k]:.2f}" for k in decisions if isinstance(m.get(k), float))
     return (f"[repb_ray] epoch {m['epoch']}/{epochs}: {tests + ' ' if tests else ''}train loss {m['train_loss']:.4f}, "
             f"kept {m['kept']} (pruned {m['pruned_fraction']:.1%}, run {m['cum_pruned_fraction']:.1%}){extra}, "
             f"w_max {m['weight_max']:.2f}, {m['epoch_time_s']:.1f}s")
@@ -29,18 +31,22 @@ def bar(p: dict, epochs: int, width: int = 24) -> str:
 
 
 class Console:
+    """Polls the coordinator; prints (unless `show` is False) and calls `on_epoch(metrics)` once per epoch."""
+
     def __init__(self, coordinator, epochs: int, stream=None, interactive: bool | None = None,
-                 every_s: float = 30.0, poll_s: float = 0.5):
+                 every_s: float = 30.0, poll_s: float = 0.5, show: bool = True, decisions: tuple = (),
+                 on_epoch: Callable[[dict], None] | None = None):
         self.coord, self.epochs, self.stream = coordinator, epochs, stream or sys.stdout
         self.interactive = self.stream.isatty() if interactive is None else interactive
-        self.every_s, self.poll_s = every_s, poll_s
+        self.every_s, self.poll_s, self.show, self.decisions = every_s, poll_s, show, decisions
+        self.on_epoch = on_epoch
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="repb-ray-console")
         self._printed = 0
         self._last_plain = 0.0
         self._bar_shown = False
 
-    def start(self) -> "Console":
+    def start(self) -> Console:
         self._thread.start()
         return self
 
@@ -62,11 +68,14 @@ class Console:
         except Exception:  # the coordinator is restarting: try again on the next poll
             return
         for m in state["epochs"]:
-            self._clear()
-            self.stream.write(epoch_line(m, self.epochs) + "\n")
-            self._printed += 1
+            if self.show:
+                self._clear()
+                self.stream.write(epoch_line(m, self.epochs, self.decisions) + "\n")
+            self._printed = max(self._printed, int(m["epoch"]))
+            if self.on_epoch is not None:
+                self.on_epoch(m)
         p = state["now"]
-        if p and p.get("epoch", 0) > self._printed and not self._stop.is_set():
+        if self.show and p and p.get("epoch", 0) > self._printed and not self._stop.is_set():
             text = bar(p, self.epochs)
             if self.interactive:
                 self.stream.write("\r\033[K" + text)
@@ -74,7 +83,8 @@ class Console:
             elif time.monotonic() - self._last_plain >= self.every_s:
                 self.stream.write(text + "\n")
                 self._last_plain = time.monotonic()
-        self.stream.flush()
+        if self.show:
+            self.stream.flush()
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_s):

@@ -1,11 +1,12 @@
-"""The coordinator of one run: a front actor (the end-of-epoch protocol, plan publication, waits) and,
-with coordinator_shards=K > 1, K shard actors holding the policy's per-sample state by id range.
-Created by the driver; runs in Ray actors (num_cpus=0)."""
+"""The coordinator of one run: an actor that conducts the end-of-epoch protocol over the policy's
+shards (in its own process, or one actor each with coordinator_shards = K > 1), publishes each plan
+(chunks for the data tasks, a PlanSummary for everyone), lets ranks wait for it, and saves and
+restores the shards' state next to the checkpoints. Created by the driver; runs in a Ray actor
+(num_cpus=0, restarted by Ray if its process dies)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 import uuid
@@ -13,13 +14,17 @@ import uuid
 import numpy as np
 import ray
 
+from repb_ray import storage
 from repb_ray.core.plan import combine_digest
-from repb_ray.core.policy import Spec, policy_class, split_range
+from repb_ray.core.protocol import Call, Spec, drive, split_range
+from repb_ray.core.registry import policy_class
 from repb_ray.data.plan_index import PlanIndex
-from repb_ray.train import state_store
+from repb_ray.train.messages import EpochDone, Observations, PlanSummary, Routing
+from repb_ray.train.shards import ActorShards, CoordinatorRestarted, LocalShards, ShardHost, StaleCall, memory_request
 
-WAIT_GROUP = "waits"     # wait_plan and read-only getters: their own event loop, never starved
-BIG_ARG = 1 << 20        # arguments larger than this go to the object store once per broadcast
+WAIT_GROUP = "waits"  # wait_plan and read-only getters: their own event loop, never starved
+KEEP_STATES = 3       # coordinator states kept next to the checkpoints (Train keeps 2)
+GLOBAL_FILE = "global.npz"
 
 
 def plan_chunk_size(num_samples: int, min_chunk: int = 1 << 16, max_chunk: int = 1 << 19,
@@ -33,231 +38,108 @@ def plan_chunk_size(num_samples: int, min_chunk: int = 1 << 16, max_chunk: int =
     return chunk
 
 
-class CoordinatorRestarted(RuntimeError):
-    """The coordinator lost its state (its process was restarted); the run resumes from a checkpoint."""
-
-
-class StaleCall(RuntimeError):
-    """A call for another generation or epoch than the coordinator is at."""
-
-
-class ShardHost:
-    """One shard of the policy and the bookkeeping of an epoch's deliveries: which chunks each rank
-    sent (sequence numbers) and how many it said it sent. Ready when every rank is complete."""
-
-    def __init__(self, shard, world_size: int):
-        self.shard = shard
-        self.world_size = world_size
-        self.generation = None
-        self.epoch = None
-        self.got: dict[int, set] = {}
-        self.expect: dict[int, int] = {}
-
-    def begin(self, generation: str, epoch: int, world_size: int) -> None:
-        self.generation, self.epoch, self.world_size = generation, epoch, world_size
-        self.got, self.expect = {}, {}
-
-    def _check(self, generation: str, epoch: int) -> None:
-        if generation != self.generation:
-            raise CoordinatorRestarted(f"coordinator generation {self.generation} != {generation}: it was restarted "
-                                       "and lost its state; the run must resume from its checkpoint")
-        if epoch != self.epoch:
-            raise StaleCall(f"observations for epoch {epoch} but the coordinator is at epoch {self.epoch}")
-
-    def observe(self, generation, epoch, rank, seq, run_steps, run_sizes, ids, scores) -> bool:
-        self._check(generation, epoch)
-        seqs = self.got.setdefault(rank, set())
-        if seq in seqs:  # delivered twice: keep the first
-            return self.ready()
-        seqs.add(seq)
-        self.shard.observe_runs(run_steps, run_sizes, ids, scores)
-        return self.ready()
-
-    def finish(self, generation, epoch, rank, chunks) -> bool:
-        self._check(generation, epoch)
-        self.expect[rank] = int(chunks)
-        return self.ready()
-
-    def ready(self) -> bool:
-        return len(self.expect) == self.world_size and all(
-            len(self.got.get(r, ())) == n for r, n in self.expect.items())
-
-    def missing(self) -> list[int]:
-        return sorted(r for r in range(self.world_size)
-                      if r not in self.expect or len(self.got.get(r, ())) != self.expect[r])
-
-    def publish(self, chunk: int) -> tuple[list, tuple]:
-        """The shard's plan chunks put in the object store, and its summary parts."""
-        chunks, parts = self.shard.publish(chunk)
-        return [(c.lo, c.hi, c.kept, ray.put(c)) for c in chunks], parts
-
-    def save(self, location: str, index: int) -> str:
-        arrays = self.shard.state_arrays()
-        path = state_store.join(location, f"shard_{index:03d}.npz")
-        state_store.save_npz(path, arrays, {"lo": self.shard.lo, "hi": self.shard.hi, **self.shard.state_scalars()})
-        return path
-
-    def load(self, location: str, index: int, epoch: int) -> None:
-        arrays, meta = state_store.load_npz(state_store.join(location, f"shard_{index:03d}.npz"))
-        if (meta["lo"], meta["hi"]) != (self.shard.lo, self.shard.hi):
-            raise ValueError(f"coordinator state shard {index} covers ids [{meta['lo']}, {meta['hi']}), this run's "
-                             f"shard covers [{self.shard.lo}, {self.shard.hi}); resume with the same coordinator_shards")
-        self.shard.load_arrays({**arrays, **{k: v for k, v in meta.items() if k not in ("lo", "hi")}}, epoch)
-
-    def nbytes(self) -> dict:
-        return self.shard.nbytes()
-
-
-class ShardActor:
-    """A ShardHost in its own actor; tells the front when its part of the epoch is complete."""
-
-    def __init__(self, index: int, lo: int, hi: int, policy: str, num_samples: int, seed: int, params: dict,
-                 world_size: int, front):
-        self._args = (lo, hi, policy, Spec(policy, num_samples, seed, dict(params)), world_size)
-        self.index, self.front = index, front
-        self.reinit()
-
-    def reinit(self):
-        """A fresh shard (a reset without a saved state must not keep counts of a failed attempt)."""
-        lo, hi, policy, spec, world_size = self._args
-        self.host = ShardHost(policy_class(policy).SHARD(lo, hi, spec), world_size)
-
-    def begin(self, generation, epoch, world_size):
-        self.host.begin(generation, epoch, world_size)
-
-    def observe(self, generation, epoch, rank, seq, run_steps, run_sizes, ids, scores):
-        if self.host.observe(generation, epoch, rank, seq, run_steps, run_sizes, ids, scores):
-            self.front.shard_ready.remote(generation, epoch, self.index)
-
-    def finish(self, generation, epoch, rank, chunks):
-        if self.host.finish(generation, epoch, rank, chunks):
-            self.front.shard_ready.remote(generation, epoch, self.index)
-
-    def missing(self):
-        return self.host.missing()
-
-    def call(self, method, *args):
-        return getattr(self.host.shard, method)(*args)
-
-    def publish(self, chunk):
-        return self.host.publish(chunk)
-
-    def save(self, location):
-        return self.host.save(location, self.index)
-
-    def load(self, location, epoch):
-        self.host.load(location, self.index, epoch)
-
-    def nbytes(self):
-        return self.host.nbytes()
-
-    def trace_memory(self, on: bool):
-        return _trace_memory(on)
-
-
-def _trace_memory(on: bool) -> int:
-    """Benchmarks: start tracing this process's allocations, or stop and return the peak (bytes)."""
-    import tracemalloc
-    if on:
-        tracemalloc.start()
-        tracemalloc.reset_peak()
-        return 0
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return int(peak)
-
-
 class Coordinator:
-    """The front. Workers observe into it (K=1) or into the shard actors it created (K>1), finish each
-    epoch with the number of chunks they sent, and wait for the next plan; rank 0 resets it at every
-    (re)start of the worker group and asks it to save its state next to each checkpoint."""
+    """Ranks observe into it (its own shards) or into the shard actors, finish each epoch with the
+    number of chunks they sent, and wait for the next plan; rank 0 resets it at every (re)start of
+    the worker group and asks it to save its state next to each checkpoint, under `state_root` (a
+    path or URI only the coordinator knows: checkpoints name states relative to it)."""
 
     def __init__(self, policy: str, num_samples: int, seed: int, world_size: int, params: dict,
-                 shards: int = 1, chunk: int | None = None):
-        self._args = dict(policy=policy, num_samples=num_samples, seed=seed, params=dict(params))
+                 shards: int = 1, chunk: int | None = None, state_root: str | None = None):
+        self.spec = Spec(policy, num_samples, seed, policy_class(policy).check_params(dict(params)))
         self.world_size, self.num_shards = world_size, shards
         self.chunk = chunk or plan_chunk_size(num_samples)
         self.bounds = split_range(num_samples, shards)
+        self.state_root = state_root
+        self.group = None
+        self.policy = None
+        self.generation = None
         self._lock = threading.Lock()
         self._waiters: list = []
         self._progress: dict = {}
         self._epochs: list = []
-        self._remote = None
-        self._started = False
-        self._timing: dict = {}     # the last end of epoch: seconds per protocol step, decision, publication
+        self._published = None
+        self._error = None
+        self._ready: set = set()
+        self._decided = None      # (generation, epoch) whose decision has started
+        self._task = None
 
-    # -- building --------------------------------------------------------------------------------------
-    def _new_policy(self, local: bool):
-        cls = policy_class(self._args["policy"])
-        return cls(num_samples=self._args["num_samples"], seed=self._args["seed"], world_size=self.world_size,
-                   bounds=self.bounds, local=local, **self._args["params"])
-
-    async def _build(self, location: str | None, epoch_state: dict | None, world_size: int) -> None:
-        self._timing = {}
+    # -- (re)starting -------------------------------------------------------------------------------
+    async def reset(self, state: str | None, world_size: int) -> PlanSummary:
+        """Start over from the state saved as `state` (see save) or from scratch, with a new
+        generation id; rank 0 calls this at every (re)start of the worker group, since the shards
+        may hold a failed epoch's partial observations."""
+        generation = uuid.uuid4().hex[:12]
         with self._lock:
-            self.generation = uuid.uuid4().hex[:12]
-            self._published = None
-            self._error = None
-            self._ready = set()
-        if self.num_shards == 1:
-            self.policy = self._new_policy(local=True)
-            self.host = ShardHost(self.policy.shards[0], self.world_size)
-            if location is not None:
-                self.policy.load_global_state(epoch_state)
-                self.host.load(location, 0, self.policy.epoch)
-            self._remote = None
-        else:
-            self.policy = self._new_policy(local=False)
-            if self._remote is None:  # the shard actors live as long as this process
-                actor = ray.remote(num_cpus=0, max_restarts=0)(ShardActor)
-                me = ray.get_runtime_context().current_actor
-                self._remote = [actor.remote(j, lo, hi, self._args["policy"], self._args["num_samples"],
-                                             self._args["seed"], self.policy.params, self.world_size, me)
-                                for j, (lo, hi) in enumerate(self.bounds)]
-            if location is not None:
-                self.policy.load_global_state(epoch_state)
-                await asyncio.gather(*[h.load.remote(location, self.policy.epoch) for h in self._remote])
+            self.generation, self._published, self._error, self._ready = generation, None, None, set()
+        location = epoch_state = None
+        if state is not None:
+            if self.state_root is None:
+                raise ValueError("this coordinator has no state_root: it cannot restore a saved state")
+            location = storage.join(self.state_root, state)
+            epoch_state = storage.load_npz(storage.join(location, GLOBAL_FILE))[1]
+            if epoch_state.get("shards", 1) != self.num_shards:
+                raise ValueError(f"the checkpoint's coordinator state has {epoch_state.get('shards')} shards, this run "
+                                 f"has coordinator_shards={self.num_shards}; resume with the same number of shards")
+        self.policy = policy_class(self.spec.name)(num_samples=self.spec.num_samples, seed=self.spec.seed,
+                                                   world_size=self.world_size, bounds=self.bounds, local=False,
+                                                   **self.spec.params)
+        if self.group is None:
+            if self.num_shards == 1:
+                self.group = LocalShards([ShardHost(0, 0, self.spec.num_samples, self.spec.name, self.spec,
+                                                    self.world_size)])
             else:
-                await asyncio.gather(*[h.reinit.remote() for h in self._remote])
-                await self._drive(self.policy.conduct_first())
-        if world_size != self.policy.world_size or (self.policy.sizes and self.policy.sizes[-1] % world_size):
-            self.policy.world_size = world_size
-            await self._drive(self.policy.conduct_retrim(world_size))
+                self.group = ActorShards(self.bounds, self.spec.name, self.spec, self.world_size,
+                                         ray.get_runtime_context().current_actor)
+        await asyncio.to_thread(self._restart, generation, location, epoch_state, world_size)
+        return self._published[1]
+
+    def _restart(self, generation: str, location: str | None, epoch_state: dict | None, world_size: int) -> None:
+        call = self._caller(generation, {})
+        if location is not None:
+            self.policy.load_global_state(epoch_state)
+        self.group.each("reset", [(generation, location, self.policy.epoch)] * len(self.group))
+        if location is None:
+            drive(self.policy.conduct_first(), call)
+        p = self.policy
+        if world_size != p.world_size or (p.plan_sizes and p.plan_sizes[-1] % world_size):
+            p.world_size = world_size
+            drive(p.conduct_retrim(world_size), call)
         self.world_size = world_size
-        await self._begin_epoch()
+        self._begin_and_publish(generation, {})
 
-    async def _begin_epoch(self) -> None:
-        e = self.policy.epoch
-        if self._remote is None:
-            self.host.begin(self.generation, e, self.world_size)
-        else:
-            await asyncio.gather(*[h.begin.remote(self.generation, e, self.world_size) for h in self._remote])
-        await self._publish()
+    def _caller(self, generation: str, timing: dict):
+        """The protocol's call: one step on every shard of this generation, timed per step."""
+        steps = timing.setdefault("steps", {})
 
-    async def _publish(self) -> None:
+        def call(request):
+            t = time.perf_counter()
+            out = self.group.call(generation, request)
+            steps[request.method] = steps.get(request.method, 0.0) + time.perf_counter() - t
+            return out
+        return call
+
+    def _begin_and_publish(self, generation: str, timing: dict) -> None:
         t0 = time.perf_counter()
-        if self._remote is None:
-            published = [self.host.publish(self.chunk)]
-        else:
-            published = await asyncio.gather(*[h.publish.remote(self.chunk) for h in self._remote])
+        p, k = self.policy, len(self.group)
+        self.group.each("begin", [(generation, p.epoch, self.world_size)] * k)
+        published = self.group.each("publish", [(generation, self.chunk)] * k)
         entries = [x for shard_entries, _ in published for x in shard_entries]
-        parts = [p for _, p in published]
-        count = sum(p[0] for p in parts)
-        index = PlanIndex(self.generation, self.policy.epoch, self._args["seed"], self._args["num_samples"], count,
+        parts = [part for _, part in published]
+        count = sum(x[0] for x in parts)
+        index = PlanIndex(generation, p.epoch, self.spec.seed, self.spec.num_samples, count,
                           np.array([e[0] for e in entries], np.int64), np.array([e[1] for e in entries], np.int64),
                           np.array([e[2] for e in entries], np.int64), tuple(e[3] for e in entries))
-        p = self.policy
-        summary = {
-            "generation": self.generation, "epoch": p.epoch, "kept": count, "num_samples": p.num_samples,
-            "digest": combine_digest(x[3] for x in parts), "sizes": list(p.sizes),
-            "weight_mean": sum(x[1] for x in parts) / max(count, 1), "weight_max": max(x[2] for x in parts),
-            "decision": dict(p.history[-1]) if p.history else {}, "world_size": self.world_size,
-            "budget": p.budget_status(),
-        }
-        summary["timing"] = {**self._timing, "publish_s": time.perf_counter() - t0}
+        summary = PlanSummary(
+            generation=generation, epoch=p.epoch, kept=count, num_samples=p.num_samples,
+            digest=combine_digest(x[3] for x in parts), plan_sizes=tuple(p.plan_sizes),
+            weight_mean=sum(x[1] for x in parts) / max(count, 1), weight_max=max(x[2] for x in parts),
+            decision=dict(p.history[-1]) if p.history else {}, world_size=self.world_size,
+            budget=p.budget_status(), timing={**timing, "publish_s": time.perf_counter() - t0})
         with self._lock:
-            self._published = (index, summary)
-            self._notify()
+            if generation == self.generation:
+                self._published = (index, summary)
+                self._notify()
 
     def _notify(self) -> None:
         """Wake the waiters (they run on the wait group's own event loop)."""
@@ -265,98 +147,78 @@ class Coordinator:
         for loop, event in waiters:
             loop.call_soon_threadsafe(event.set)
 
-    # -- the protocol over local or remote shards -------------------------------------------------
-    async def _drive(self, gen):
-        """Run a protocol over the shards; the seconds of each step go to self._timing['steps']."""
-        result = None
-        steps = self._timing.setdefault("steps", {})
-        while True:
-            try:
-                request = gen.send(result)
-            except StopIteration as stop:
-                return stop.value
-            t = time.perf_counter()
-            result = await self._call(request)
-            steps[request.method] = steps.get(request.method, 0.0) + time.perf_counter() - t
+    # -- the end of an epoch --------------------------------------------------------------------------
+    def _start_decision(self, generation: str, epoch: int) -> None:
+        if self._decided == (generation, epoch):  # a late duplicate completed it again
+            return
+        self._decided = (generation, epoch)
+        self._task = asyncio.get_running_loop().create_task(self._decide(generation))
 
-    async def _call(self, request) -> list:
-        if self._remote is None:
-            return self.policy._call_local(request)
-        args = request.per_shard or [request.args] * len(self._remote)
-        puts: dict = {}
-
-        def big(a):
-            if isinstance(a, np.ndarray) and a.nbytes > BIG_ARG:
-                if id(a) not in puts:
-                    puts[id(a)] = ray.put(a)
-                return puts[id(a)]
-            return a
-        return list(await asyncio.gather(*[h.call.remote(request.method, *[big(a) for a in a_j])
-                                           for h, a_j in zip(self._remote, args)]))
-
-    async def _finish_epoch(self) -> None:
+    async def _decide(self, generation: str) -> None:
         try:
-            t = time.perf_counter()
-            self._timing = {}
-            await self._drive(self.policy.conduct_next(self.world_size))
-            self._timing["decide_s"] = time.perf_counter() - t
-            await self._begin_epoch()
-        except Exception as exc:  # the workers waiting for the plan re-raise it
+            await asyncio.to_thread(self._decide_now, generation)
+        except Exception as exc:  # the ranks waiting for the plan re-raise it
             cause = getattr(exc, "cause", None) or exc
             with self._lock:
-                self._error = f"{type(cause).__name__}: {cause}"
-                self._notify()
+                if generation == self.generation:
+                    self._error = f"{type(cause).__name__}: {cause}"
+                    self._notify()
 
-    # -- called by rank 0 ---------------------------------------------------------------------------
-    async def reset(self, location: str | None, world_size: int) -> dict:
-        """Start over from the state saved at `location` (see save) or from scratch, with a new
-        generation id; rank 0 calls this at every (re)start of the worker group, since the actor may
-        hold a failed epoch's partial observations."""
-        epoch_state = None
-        if location is not None:
-            epoch_state = state_store.load_npz(state_store.join(location, "global.npz"))[1]
-            if epoch_state.get("shards", 1) != self.num_shards:
-                raise ValueError(f"the checkpoint's coordinator state has {epoch_state.get('shards')} shards, this run "
-                                 f"has coordinator_shards={self.num_shards}; resume with the same number of shards")
-        await self._build(location, epoch_state, world_size)
-        self._started = True
-        return self._published[1]
+    def _decide_now(self, generation: str) -> None:
+        t = time.perf_counter()
+        timing: dict = {}
+        drive(self.policy.conduct_next(self.world_size), self._caller(generation, timing))
+        timing["decide_s"] = time.perf_counter() - t
+        self._begin_and_publish(generation, timing)
 
-    async def save(self, location: str) -> str:
-        """Write the state: one file per shard, written by the shards themselves, and the global part."""
-        if self._remote is None:
-            self.host.save(location, 0)
-        else:
-            await asyncio.gather(*[h.save.remote(location) for h in self._remote])
-        state = {**self.policy.global_state(), "shards": self.num_shards, "bounds": self.bounds}
-        state_store.save_npz(state_store.join(location, "global.npz"), {}, state)
-        return location
+    # -- called by rank 0 -------------------------------------------------------------------------------
+    async def save(self, state: str) -> str:
+        """Write the state as `state` under the state root: one file per shard, written by the shards
+        themselves, and the global part; keep the last KEEP_STATES states. Returns `state`."""
+        if self.state_root is None:
+            raise ValueError("this coordinator has no state_root to save its state under")
+        location = storage.join(self.state_root, state)
+        generation = self.generation
+        await asyncio.to_thread(self.group.each, "save", [(generation, location)] * len(self.group))
+        meta = {**self.policy.global_state(), "shards": self.num_shards, "bounds": self.bounds}
+        await asyncio.to_thread(storage.save_npz, storage.join(location, GLOBAL_FILE), {}, meta)
+        old = [d for d in storage.list_dirs(self.state_root) if d.startswith("epoch_")][:-KEEP_STATES]
+        for d in old:
+            storage.remove_tree(storage.join(self.state_root, d))
+        return state
 
-    # -- called by every rank -----------------------------------------------------------------------
-    def routing(self) -> dict:
-        """Where a rank sends its observations: this front (K=1) or the shard actors by id range."""
-        if not self._started:
-            raise RuntimeError("the coordinator has not been reset yet; rank 0 resets it before the epochs start")
-        return {"generation": self.generation, "bounds": self.bounds, "shards": self._remote}
+    # -- called by every rank ---------------------------------------------------------------------------
+    def routing(self) -> Routing:
+        """Where a rank sends its observations: this actor (its own shards) or the shard actors."""
+        self._check_started()
+        return Routing(self.generation, tuple(self.bounds), self.group.targets(ray.get_runtime_context().current_actor))
 
-    async def observe(self, generation, epoch, rank, seq, run_steps, run_sizes, ids, scores) -> None:
-        if self.host.observe(generation, epoch, rank, seq, run_steps, run_sizes, ids, scores):
-            await self._finish_epoch()
+    def _check_started(self) -> None:
+        if self.group is None:
+            raise CoordinatorRestarted("the coordinator has no state (its process was restarted, or rank 0 has not "
+                                       "reset it yet); the run resumes from its checkpoint")
 
-    async def finish(self, generation, epoch, rank, chunks) -> None:
-        if self.host.finish(generation, epoch, rank, chunks):
-            await self._finish_epoch()
+    async def observe(self, msg: Observations) -> None:
+        self._check_started()
+        if self.group.hosts[msg.shard].observe(msg) and all(h.ready() for h in self.group.hosts):
+            self._start_decision(msg.generation, msg.epoch)
 
-    async def shard_ready(self, generation, epoch, index) -> None:
+    async def finish(self, msg: EpochDone) -> None:
+        self._check_started()
+        if self.group.hosts[msg.shard].finish(msg) and all(h.ready() for h in self.group.hosts):
+            self._start_decision(msg.generation, msg.epoch)
+
+    async def shard_ready(self, generation: str, epoch: int, index: int) -> None:
+        """A shard actor has every rank's observations of `epoch`."""
         if generation != self.generation or epoch != self.policy.epoch:
             return
         self._ready.add(index)
         if len(self._ready) == self.num_shards:
             self._ready = set()
-            await self._finish_epoch()
+            self._start_decision(generation, epoch)
 
     @ray.method(concurrency_group=WAIT_GROUP)
-    async def wait_plan(self, generation: str, epoch: int, timeout_s: float) -> dict:
+    async def wait_plan(self, generation: str, epoch: int, timeout_s: float) -> PlanSummary:
         """Block until the plan of `epoch` is published; raise the decision's error if it failed; on
         timeout name the ranks that did not report."""
         deadline = time.monotonic() + timeout_s
@@ -368,26 +230,25 @@ class Coordinator:
                 if self._error is not None:
                     raise RuntimeError(self._error)
                 published = self._published
-                if published is not None and published[1]["epoch"] >= epoch:
-                    if published[1]["epoch"] != epoch:
+                if published is not None and published[1].epoch >= epoch:
+                    if published[1].epoch != epoch:
                         raise StaleCall(f"asked for the plan of epoch {epoch}, the coordinator is at "
-                                        f"{published[1]['epoch']}")
+                                        f"{published[1].epoch}")
                     return published[1]
                 event = asyncio.Event()
                 self._waiters.append((asyncio.get_running_loop(), event))
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"epoch {epoch - 1} not finished after {timeout_s:g}s: ranks "
-                                   f"{await self._missing()} have not reported their last observations")
+                                   f"{await asyncio.to_thread(self._missing)} have not reported their last "
+                                   "observations")
             try:
                 await asyncio.wait_for(event.wait(), timeout=left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
-    async def _missing(self) -> list[int]:
-        if self._remote is None:
-            return self.host.missing()
-        lists = await asyncio.gather(*[h.missing.remote() for h in self._remote])
+    def _missing(self) -> list[int]:
+        lists = self.group.each("missing", [()] * len(self.group))
         return sorted(set().union(*lists))
 
     @ray.method(concurrency_group=WAIT_GROUP)
@@ -401,20 +262,14 @@ class Coordinator:
     def plan_epoch(self) -> tuple:
         """(generation, epoch) of the published plan: a cheap check before fetching the index."""
         with self._lock:
-            return (self.generation, None if self._published is None else self._published[1]["epoch"])
-
-    async def plan_arrays(self) -> tuple:
-        """(ids, weights) of the whole current plan, gathered in one place (tests and audits only)."""
-        if self._remote is None:
-            return self.host.shard.plan_arrays()
-        parts = await asyncio.gather(*[h.call.remote("plan_arrays") for h in self._remote])
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            return (self.generation, None if self._published is None else self._published[1].epoch)
 
     @ray.method(concurrency_group=WAIT_GROUP)
-    def summary(self) -> dict:
+    def summary(self) -> PlanSummary | None:
         with self._lock:
             return None if self._published is None else self._published[1]
 
+    # -- progress, for the driver's console and tracking ---------------------------------------------------
     @ray.method(concurrency_group=WAIT_GROUP)
     def report_progress(self, progress: dict) -> None:
         """Rank 0: where the epoch is (epoch, samples, kept, start) or an epoch's metrics (`done`)."""
@@ -429,34 +284,32 @@ class Coordinator:
         """The epoch metrics after the first `since`, and where the current epoch is."""
         return {"epochs": [m for m in self._epochs if m["epoch"] > since], "now": self._progress}
 
+    # -- reading the state (driver, audits, benchmarks) -------------------------------------------------
     async def selection_counts(self) -> np.ndarray:
         """N_i of every sample (how many epochs' plans held it), in id order."""
-        if self._remote is None:
-            return self.host.shard.counts.copy()
-        parts = await asyncio.gather(*[h.call.remote("current_counts") for h in self._remote])
+        parts = await asyncio.to_thread(self.group.call, self.generation, Call("current_counts"))
         return np.concatenate(parts)
 
+    async def plan_arrays(self) -> tuple:
+        """(ids, weights) of the whole current plan, gathered in one place (tests and audits only)."""
+        parts = await asyncio.to_thread(self.group.call, self.generation, Call("plan_arrays"))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
     async def memory(self) -> list[dict]:
-        if self._remote is None:
-            return [self.host.nbytes()]
-        return list(await asyncio.gather(*[h.nbytes.remote() for h in self._remote]))
+        """Resident bytes of each shard's state and observation buffer."""
+        return await asyncio.to_thread(self.group.each, "nbytes", [()] * len(self.group))
 
-    async def trace_memory(self, on: bool) -> list[int]:
-        """Benchmarks: trace allocations in the shards' processes from now (on=True), or stop and
-        return each shard's peak traced bytes (on=False)."""
-        if self._remote is None:
-            return [_trace_memory(on)]
-        return list(await asyncio.gather(*[h.trace_memory.remote(on) for h in self._remote]))
-
-    def die(self) -> None:
-        """Test hook: end this process abruptly, as a crash or an OOM kill would."""
-        os._exit(1)
+    def shard_handles(self) -> tuple:
+        """The shard actors (empty when the shards live in this process): for benchmarks that measure them."""
+        return tuple(self.group.handles) if isinstance(self.group, ActorShards) else ()
 
 
 def create(policy: str, num_samples: int, seed: int, world_size: int, params: dict, *, shards: int = 1,
-           chunk: int | None = None, name: str | None = None, namespace: str | None = None):
-    """The front actor (num_cpus=0, restarted with a fresh state if its process dies)."""
-    actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0,
-                       concurrency_groups={WAIT_GROUP: 100_000})(Coordinator)
-    opts = {"name": name, "namespace": namespace} if name else {}
-    return actor.options(**opts).remote(policy, num_samples, seed, world_size, params, shards=shards, chunk=chunk)
+           chunk: int | None = None, state_root: str | None = None):
+    """The coordinator actor: num_cpus=0, memory for the state it holds itself, restarted with a fresh
+    state if its process dies (the next reset restores it from the last saved state)."""
+    actor = ray.remote(concurrency_groups={WAIT_GROUP: 100_000})(Coordinator).options(
+        num_cpus=0, max_restarts=-1, max_task_retries=0, memory=memory_request(num_samples if shards == 1 else 0),
+        scheduling_strategy="DEFAULT")  # its own memory, outside a Tune trial's placement group
+    return actor.remote(policy, num_samples, seed, world_size, params, shards=shards, chunk=chunk,
+                        state_root=state_root)

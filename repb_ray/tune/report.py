@@ -1,55 +1,51 @@
-"""Sweep reports: the trial table, the Pareto front, and the paper's views (a method x budget table
-of mean +- sd test metric with the drop from full data, the metric against the pruned fraction).
-Pure Python apart from the plots."""
+"""Sweep reports: the trial table, the Pareto front, and the paper's views: a method x budget table of
+the test metric (mean and 95% interval over seeds, the change from full data), a table of each
+method's paired difference from a reference method (interval, p-value, * where the interval
+excludes 0), the metric against the pruned fraction, and the knob each policy used per epoch.
+Pure Python apart from the plots (matplotlib) and `build_report` (reads the trials' summaries)."""
 
 from __future__ import annotations
 
-import math
+import json
+import os
 from collections import defaultdict
+from dataclasses import dataclass, field
+
+from repb_ray.tune.stats import estimate, holm, paired
 
 COLUMNS = ("trial", "method", "budget", "seed", "status", "epochs", "metric", "pruned_fraction", "wall_time_s")
-NAMES = {"repb": "RePB", "infobatch": "InfoBatch", "random": "Random*", "full": "Full data",
-         "egreedy": "ε-greedy", "ucb": "UCB"}
-SHOWN = {"repb": ("window", "rho", "lwp", "resample", "ctr", "ctr_max"), "infobatch": ("anneal", "delta", "prune_ratio"),
-         "egreedy": ("epsilon", "select_every"), "ucb": ("ucb_c", "select_every"), "random": ("prune_ratio",)}
-KNOB = {"repb": "rho", "infobatch": "prune_ratio", "random": "prune_ratio", "egreedy": "prune_ratio", "ucb": "prune_ratio"}
+FULL = "Full data"
 
 
-def label_trials(trials: list[dict]) -> list[tuple[str, object]]:
-    """(method, budget) of each trial's overrides: the method is the policy and whichever of its
-    parameters vary across the sweep's trials of that policy (InfoBatch without annealing is
-    InfoBatch*); the budget is target_pruned when set, else the policy's pruning knob."""
-    varying: dict = defaultdict(set)
-    by_policy = defaultdict(list)
-    for t in trials:
-        by_policy[t.get("policy", "repb")].append(t)
-    for policy, ts in by_policy.items():
-        budgeted = any("target_pruned" in t for t in ts)
-        for key in SHOWN.get(policy, ()):
-            if key == KNOB.get(policy) and not budgeted:
-                continue
-            if len({repr(t.get(key)) for t in ts}) > 1:
-                varying[policy].add(key)
+def label_trials(configs: list) -> list[tuple[str, object]]:
+    """(method, budget) of each trial's config. The method is the policy's label with whichever of its
+    LABEL_PARAMS vary across the sweep's trials of that policy; the budget is target_pruned, 0 for
+    full data, None for a fixed knob (its label then names the knob: RePB (rho=0.5)), placed in the
+    report at the fraction it reached."""
+    from repb_ray.core.registry import policy_class
+    params = [c.policy_params() for c in configs]
+    varying: dict = {}
+    for policy in {c.policy for c in configs}:
+        cls = policy_class(policy)
+        mine = [(c, p) for c, p in zip(configs, params) if c.policy == policy]
+        fixed = [p for c, p in mine if c.target_pruned is None]
+        budgeted = len(fixed) < len(mine)
+        keys = {k for k in cls.LABEL_PARAMS if k != cls.KNOB and len({repr(p.get(k)) for _, p in mine}) > 1}
+        knob = cls.KNOB is not None and cls.BUDGET and fixed and (budgeted or len({repr(p.get(cls.KNOB)) for p in fixed}) > 1)
+        varying[policy] = (tuple(sorted(keys)), bool(knob))
     out = []
-    for t in trials:
-        policy = t.get("policy", "repb")
-        name = NAMES.get(policy, policy)
-        extras = []
-        for key in sorted(varying[policy]):
-            if policy == "infobatch" and key == "anneal":
-                name = "InfoBatch*" if t.get("anneal") is False else "InfoBatch"
-            elif key == "window":
-                extras.append(f"W={t.get('window', 1)}")
-            else:
-                extras.append(f"{key}={t.get(key)}")
-        method = name + (f" ({', '.join(extras)})" if extras else "")
-        if policy == "full":
+    for c, p in zip(configs, params):
+        cls = policy_class(c.policy)
+        keys, knob = varying[c.policy]
+        if not cls.BUDGET:
             budget = 0.0
-        elif "target_pruned" in t:
-            budget = t["target_pruned"]
+        elif c.target_pruned is not None:
+            budget = c.target_pruned
         else:
-            budget = t.get(KNOB.get(policy, ""), None)
-        out.append((method, budget))
+            budget = None
+            if knob:
+                keys = tuple(sorted(keys + (cls.KNOB,)))
+        out.append((cls.label(p, keys), budget))
     return out
 
 
@@ -80,80 +76,247 @@ def format_table(rows: list[dict], front: list[int]) -> str:
     return "\n".join(lines[:1] + ["  ".join("-" * w for w in widths)] + lines[1:])
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    m = sum(values) / len(values)
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return m, sd
-
-
 def aggregate(rows: list[dict]) -> dict:
-    """Per (method, budget): mean and sd of the metric and the pruned fraction over finished trials,
-    whether the budget was reached (within 1 point), and the full-data mean."""
+    """Per (method, budget): the metric and the pruned fraction over finished trials (Estimates), the
+    metric by seed (for pairing), whether a budget was reached (within 1 point), and full data's cell."""
     groups = defaultdict(list)
     for r in rows:
         if r["status"] == "FINISHED" and r["metric"] is not None:
             groups[(r["method"], r["budget"])].append(r)
     cells = {}
     for (method, budget), rs in groups.items():
-        m, sd = _mean_sd([r["metric"] for r in rs])
-        pm, psd = _mean_sd([r["pruned_fraction"] for r in rs])
         reached = None
         if any(r.get("target_pruned") is not None for r in rs):
             reached = all(abs(r["pruned_fraction"] - r["target_pruned"]) <= 0.01 for r in rs)
-        cells[(method, budget)] = {"mean": m, "sd": sd, "n": len(rs), "pruned_mean": pm, "pruned_sd": psd,
-                                   "reached": reached}
-    full = [v["mean"] for (method, _), v in cells.items() if method == NAMES["full"]]
-    return {"cells": cells, "full": full[0] if full else None}
+        cells[(method, budget)] = {"metric": estimate([r["metric"] for r in rs]),
+                                   "pruned": estimate([r["pruned_fraction"] for r in rs]),
+                                   "by_seed": {r["seed"]: r["metric"] for r in rs}, "reached": reached}
+    full = next((c for (m, _), c in cells.items() if m == FULL), None)
+    return {"cells": cells, "full": full}
+
+
+def resolve_reference(methods, reference: str) -> str | None:
+    """The method the report compares with: `reference` itself, or the one method named like it."""
+    methods = set(methods)
+    if reference in methods:
+        return reference
+    close = [m for m in methods if m.split(" (")[0] == reference]
+    return close[0] if len(close) == 1 else None
+
+
+def compare(agg: dict, reference: str) -> dict:
+    """(method, budget) -> Paired (method minus reference, over the seeds both ran at that budget),
+    with `p_holm`, Holm's adjustment over all of the table's comparisons."""
+    cells = agg["cells"]
+    ref = resolve_reference((m for m, _ in cells), reference)
+    out: dict = {}
+    if ref is None:
+        return out
+    for (method, budget), c in cells.items():
+        if method in (ref, FULL) or budget is None:
+            continue
+        base = cells.get((ref, budget))
+        if base is None:
+            continue
+        result = paired(c["by_seed"], base["by_seed"])
+        if result is not None:
+            out[(method, budget)] = result
+    keys = list(out)
+    for k, p in zip(keys, holm([out[k].p for k in keys])):
+        out[k] = (out[k], p)
+    return {"reference": ref, "pairs": out}
+
+
+def _ci(e, scale: float) -> str:
+    if e.lo is None:
+        return f"{e.mean * scale:.2f}"
+    return f"{e.mean * scale:.2f} [{e.lo * scale:.2f}, {e.hi * scale:.2f}]"
+
+
+def _columns(cells: dict) -> list:
+    return sorted({b for (_, b) in cells if b not in (None, 0.0)}, key=float)
+
+
+def _nearest(budgets: list, fraction: float):
+    return min(budgets, key=lambda b: abs(b - fraction)) if budgets else "reached"
 
 
 def paper_table(agg: dict, metric: str, mode: str) -> str:
-    """Markdown: methods x budgets, mean +- sd over seeds, and the change from full data; '\\' where
-    the budget was not reached (as the paper marks unattainable rates)."""
+    """Markdown: methods x budgets, the mean and 95% interval over seeds and the change from full data;
+    '\\' where the budget was not reached (as the paper marks unattainable rates); a fixed-knob arm
+    sits in the column nearest the fraction it reached, with that fraction."""
     cells, full = agg["cells"], agg["full"]
-    budgets = sorted({b for (_, b) in cells if b not in (None, 0.0)}, key=float)
-    methods = sorted({m for (m, _) in cells}, key=lambda m: (m != NAMES["full"], m))
+    budgets = _columns(cells)
+    cols = budgets or ["reached"]
+    methods = sorted({m for (m, _) in cells}, key=lambda m: (m != FULL, m))
     scale = 100.0 if metric.endswith("accuracy") else 1.0
-    head = ["method"] + [f"{b:.0%} pruned" if isinstance(b, float) else str(b) for b in budgets]
+    head = ["method"] + [f"{b:.0%} pruned" if isinstance(b, float) else "pruned (reached)" for b in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        row = {b: "" for b in cols}
+        for (method, b), c in cells.items():
+            if method != m:
+                continue
+            text = _ci(c["metric"], scale)
+            if m == FULL:
+                row[cols[0]] = text
+                continue
+            if full is not None:
+                delta = (c["metric"].mean - full["metric"].mean) * scale
+                worse = delta < 0 if mode == "max" else delta > 0
+                text += f" ({'↓' if worse else '↑'}{abs(delta):.2f})"
+            if b is None:
+                text += f" @{c['pruned'].mean:.0%}"
+                b = _nearest(budgets, c["pruned"].mean)
+            elif c["reached"] is False:
+                text = f"\\ ({c['pruned'].mean:.0%} reached) {text}"
+            row[b] = (row[b] + "; " + text) if row[b] else text
+        lines.append("| " + " | ".join([m] + [row[b] for b in cols]) + " |")
+    unit = " (%)" if scale == 100.0 else ""
+    seeds = sorted({c["metric"].n for c in cells.values()})
+    return (f"test {metric}{unit}: mean [95% interval] over {'/'.join(map(str, seeds))} seed(s); (↓x) = change from "
+            "full data; @x% = the fraction a fixed-knob arm reached\n\n" + "\n".join(lines))
+
+
+def difference_table(agg: dict, comparison: dict, metric: str) -> str:
+    """Markdown: each method's paired difference from the reference at each budget: mean [95% interval]
+    over the shared seeds, * where the interval excludes 0; p (two-sided paired t, Holm-adjusted)."""
+    if not comparison.get("pairs"):
+        return ""
+    ref, pairs = comparison["reference"], comparison["pairs"]
+    budgets = sorted({b for _, b in pairs}, key=float)
+    methods = sorted({m for m, _ in pairs})
+    scale = 100.0 if metric.endswith("accuracy") else 1.0
+    head = ["method"] + [f"{b:.0%} pruned" for b in budgets]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         row = [m]
-        if m == NAMES["full"]:
-            c = cells[(m, 0.0)]
-            row += [f"{c['mean'] * scale:.2f} ± {c['sd'] * scale:.2f}"] + [""] * (len(budgets) - 1)
-        else:
-            for b in budgets:
-                c = cells.get((m, b))
-                if c is None:
-                    row.append("")
-                    continue
-                text = f"{c['mean'] * scale:.2f} ± {c['sd'] * scale:.2f}"
-                if full is not None:
-                    delta = (c["mean"] - full) * scale
-                    worse = delta < 0 if mode == "max" else delta > 0
-                    text += f" ({'↓' if worse else '↑'}{abs(delta):.2f})"
-                if c["reached"] is False:
-                    text = f"\\ ({c['pruned_mean']:.0%} reached) {text}"
-                row.append(text)
+        for b in budgets:
+            if (m, b) not in pairs:
+                row.append("")
+                continue
+            pr, p_holm = pairs[(m, b)]
+            star = "*" if pr.significant else ""
+            row.append(f"{_ci(pr.diff, scale)}{star} (p={pr.p:.3f}, Holm {p_holm:.3f})")
         lines.append("| " + " | ".join(row) + " |")
-    unit = " (%)" if scale == 100.0 else ""
-    return f"test {metric}{unit}, mean ± sd over seeds; (↓x) = change from full data\n\n" + "\n".join(lines)
+    unit = " points" if scale == 100.0 else ""
+    return (f"difference from {ref} in test {metric}{unit}, paired by seed: mean [95% interval]; * = the interval "
+            "excludes 0; p = two-sided paired t, then Holm-adjusted over this table\n\n" + "\n".join(lines))
 
+
+@dataclass
+class Report:
+    rows: list[dict]
+    agg: dict
+    comparison: dict
+    metric: str
+    mode: str
+    front: list = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        parts = [format_table(self.rows, self.front), paper_table(self.agg, self.metric.replace("test_", ""), self.mode)]
+        diff = difference_table(self.agg, self.comparison, self.metric.replace("test_", ""))
+        return "\n\n".join(parts + ([diff] if diff else []))
+
+    def summary(self, **extra) -> dict:
+        cells = [{"method": m, "budget": b, "metric": c["metric"].as_dict(), "pruned": c["pruned"].as_dict(),
+                  "reached": c["reached"], "by_seed": {str(s): v for s, v in sorted(c["by_seed"].items())}}
+                 for (m, b), c in sorted(self.agg["cells"].items(), key=str)]
+        pairs = [{"method": m, "budget": b, "reference": self.comparison["reference"], **pr.as_dict(), "p_holm": ph}
+                 for (m, b), (pr, ph) in sorted(self.comparison.get("pairs", {}).items(), key=str)]
+        full = self.agg["full"]
+        return {**extra, "metric": self.metric, "mode": self.mode, "trials": self.rows,
+                "pareto_front": [self.rows[i]["trial"] for i in self.front], "table": cells,
+                "comparisons": pairs, "full_data": full["metric"].as_dict() if full else None}
+
+    def write(self, out: str, summary: dict, title: str) -> list[str]:
+        """The report's files in `out`; returns their names."""
+        from repb_ray import storage
+        metric = self.metric.replace("test_", "")
+        files = {"sweep_summary.json": json.dumps(summary, indent=2, default=str) + "\n",
+                 "sweep_table.txt": format_table(self.rows, self.front) + "\n",
+                 "paper_table.md": paper_table(self.agg, metric, self.mode) + "\n\n"
+                                   + difference_table(self.agg, self.comparison, metric) + "\n"}
+        for name, text in files.items():
+            storage.write_bytes(os.path.join(out, name), text.encode())
+        plots = [plot_pareto(self.rows, self.front, os.path.join(out, "pareto.png"), metric),
+                 plot_pruned_per_epoch(self.rows, os.path.join(out, "pruned_per_epoch.png")),
+                 plot_metric_vs_pruned(self.agg, metric, os.path.join(out, "metric_vs_pruned.png"), title),
+                 plot_knobs(self.rows, os.path.join(out, "knobs.png"))]
+        return list(files) + [os.path.basename(p) for p in plots if p]
+
+
+def trial_rows(configs: list, labels: list, names: list[str], statuses: dict, results: dict,
+               trials_dir: str, metric: str) -> list[dict]:
+    """A row per trial: from its own summary.json when it finished (or was stopped after writing it),
+    else from Tune's last result for it."""
+    from repb_ray.core.registry import policy_class
+    rows = []
+    for i, (cfg, (method, budget), name) in enumerate(zip(configs, labels, names)):
+        summary = _read(os.path.join(trials_dir, name, "summary.json"))
+        record = _read(os.path.join(trials_dir, name, "run.json")) or {}
+        last = results.get(i) or {}
+        status = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(statuses.get(i), statuses.get(i) or "MISSING")
+        cls = policy_class(cfg.policy)
+        row = {"trial": name, "index": i, "method": method, "budget": budget, "seed": cfg.seed, "policy": cfg.policy,
+               "target_pruned": cfg.target_pruned, "knob": cls.KNOB, "status": status,
+               "mlflow_run_id": record.get("mlflow_run_id"), "error": None}
+        if summary is not None:
+            epochs = summary["epochs"]
+            row.update(epochs=epochs, metric=summary.get("final_metric"), pruned_fraction=summary["pruned_fraction"],
+                       wall_time_s=summary.get("wall_time_s"),
+                       per_epoch=[{k: e.get(k) for k in ("epoch", "pruned_fraction", *cls.DECISIONS) if k in e}
+                                  for e in summary["per_epoch"]])
+            if status == "FINISHED" and epochs < cfg.epochs:
+                row["status"] = "STOPPED"
+        else:
+            epochs = int(last.get("epoch", 0))
+            row.update(epochs=epochs, metric=last.get(metric), pruned_fraction=last.get("cum_pruned_fraction"),
+                       wall_time_s=last.get("time_total_s"), per_epoch=[])
+            if status == "FINISHED":
+                row["status"] = "STOPPED" if epochs < cfg.epochs else "FINISHED"
+        rows.append(row)
+    return rows
+
+
+def _read(path: str) -> dict | None:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def build_report(spec, configs: list, labels: list, names: list[str], grid, metric: str, mode: str,
+                 trials_dir: str) -> Report:
+    from repb_ray import _ray_compat
+    statuses, results = _ray_compat.tune_trials(grid)
+    rows = trial_rows(configs, labels, names, statuses, results, trials_dir, metric)
+    agg = aggregate(rows)
+    return Report(rows, agg, compare(agg, spec.reference), metric, mode, pareto_front(rows, mode))
+
+
+# -- plots -------------------------------------------------------------------------------------------
 
 def plot_metric_vs_pruned(agg: dict, metric: str, path: str, title: str = "") -> str:
     from repb_ray.plots import pyplot
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     by_method = defaultdict(list)
-    for (m, b), c in agg["cells"].items():
-        if m != NAMES["full"]:
+    for (m, _), c in agg["cells"].items():
+        if m != FULL:
             by_method[m].append(c)
     for m, cs in sorted(by_method.items()):
-        cs = sorted(cs, key=lambda c: c["pruned_mean"])
-        ax.errorbar([c["pruned_mean"] * 100 for c in cs], [c["mean"] for c in cs], yerr=[c["sd"] for c in cs],
-                    marker="o", capsize=3, label=m)
+        cs = sorted(cs, key=lambda c: c["pruned"].mean)
+        ax.errorbar([c["pruned"].mean * 100 for c in cs], [c["metric"].mean for c in cs],
+                    yerr=[c["metric"].half_width or 0.0 for c in cs], marker="o", capsize=3, label=m)
     if agg["full"] is not None:
-        ax.axhline(agg["full"], color="gray", ls="--", label="full data")
-    ax.set(xlabel="pruned (% of sample-steps saved)", ylabel=f"test {metric}", title=title)
+        f = agg["full"]["metric"]
+        ax.axhline(f.mean, color="gray", ls="--", label="full data")
+        if f.lo is not None:
+            ax.axhspan(f.lo, f.hi, color="gray", alpha=0.15)
+    ax.set(xlabel="pruned (% of sample-steps saved)", ylabel=f"test {metric} (95% interval)", title=title)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -167,7 +330,7 @@ def plot_pareto(rows: list[dict], front: list[int], path: str, metric: str = "me
     fig, ax = plt.subplots(figsize=(6, 4.5))
     pts = [(i, r) for i, r in enumerate(rows) if r["metric"] is not None and r["pruned_fraction"] is not None]
     ax.scatter([r["pruned_fraction"] for _, r in pts], [r["metric"] for _, r in pts], c="tab:blue", label="trials")
-    for i, r in pts:
+    for _, r in pts:
         ax.annotate(r["trial"], (r["pruned_fraction"], r["metric"]), fontsize=6)
     f = sorted((rows[i] for i in front), key=lambda r: r["pruned_fraction"])
     ax.plot([r["pruned_fraction"] for r in f], [r["metric"] for r in f], "r-o", label="Pareto front")
@@ -179,14 +342,51 @@ def plot_pareto(rows: list[dict], front: list[int], path: str, metric: str = "me
     return path
 
 
-def plot_pruned_per_epoch(per_epoch: dict[str, list[float]], path: str) -> str:
+def _series(rows: list[dict], key: str) -> dict:
+    """(method, budget) -> (epochs, the mean of `key` over the cell's trials at each epoch that has it)."""
+    acc: dict = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        for e in r.get("per_epoch") or []:
+            v = e.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                acc[(r["method"], r["budget"])][e["epoch"]].append(v)
+    return {k: (sorted(by), [sum(by[e]) / len(by[e]) for e in sorted(by)]) for k, by in acc.items()}
+
+
+def plot_pruned_per_epoch(rows: list[dict], path: str) -> str:
     from repb_ray.plots import pyplot
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, series in per_epoch.items():
-        ax.plot(range(1, len(series) + 1), series, marker=".", label=name)
-    ax.set(xlabel="epoch", ylabel="pruned fraction of the epoch")
+    for (m, b), (epochs, series) in sorted(_series(rows, "pruned_fraction").items(), key=str):
+        ax.plot(epochs, series, marker=".", label=f"{m} {b if b is not None else ''}".strip())
+    ax.set(xlabel="epoch", ylabel="pruned fraction of the epoch (mean over seeds)")
     ax.legend(fontsize=5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_knobs(rows: list[dict], path: str) -> str | None:
+    """Per method, the knob its policy set before each epoch (rho, r, subset size), one line per budget."""
+    knobs = {}
+    for r in rows:
+        for key in ("rho", "r", "size"):
+            if any(key in e for e in r.get("per_epoch") or []):
+                knobs.setdefault(r["method"], key)
+                break
+    if not knobs:
+        return None
+    from repb_ray.plots import pyplot
+    plt = pyplot()
+    methods = sorted(knobs)
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.2), squeeze=False)
+    for ax, m in zip(axes[0], methods):
+        key = knobs[m]
+        for (_, b), (epochs, series) in sorted(_series([r for r in rows if r["method"] == m], key).items(), key=str):
+            ax.plot(epochs, series, marker=".", label=f"{b:.0%}" if isinstance(b, float) else "fixed")
+        ax.set(title=m, xlabel="epoch", ylabel=f"{key} that chose the epoch's plan")
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

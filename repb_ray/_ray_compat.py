@@ -1,0 +1,86 @@
+"""Every private Ray API repb_ray uses, in one place, each with why (checked against Ray 2.60). When
+Ray changes one of these, this is the file to mend. Imported where Ray is in use."""
+
+from __future__ import annotations
+
+
+def data_config_execution_options(config, dataset_name: str):
+    """The ExecutionOptions Ray Train's DataConfig would give a dataset: PlanDataConfig overrides
+    `configure` to split the train set equally and the test set unequally, and must start from the
+    same options Ray would (DataConfig._resolve_execution_options)."""
+    return config._resolve_execution_options(dataset_name)
+
+
+def read_source(ds):
+    """The Datasource of `ds` when `ds` is one read and nothing after it (its logical plan's root is
+    the Read operator), else None."""
+    plan = getattr(ds, "_logical_plan", None)
+    return getattr(plan.dag, "datasource", None) if plan is not None else None
+
+
+def is_dataset(ds) -> bool:
+    return hasattr(ds, "_logical_plan")
+
+
+def own_context_copy(ds):
+    """A copy of `ds` with its own DataContext (Dataset.copy(_deep_copy=True)): the plan binding and
+    execution options set on it must not leak into the user's dataset or other pipelines."""
+    return ds.copy(ds, _deep_copy=True)
+
+
+def init_local(**kwargs) -> None:
+    """Start a private local Ray whose every component binds to 127.0.0.1 (ray.init's
+    `_node_ip_address`; the public `ray start --node-ip-address` has no ray.init twin)."""
+    import ray
+    ray.init(_node_ip_address="127.0.0.1", **kwargs)
+
+
+def actor_pid(handle) -> int:
+    """The process id of an actor (its built-in `__ray_call__`), for fault injection in tests."""
+    import ray
+    return ray.get(handle.__ray_call__.remote(lambda self: __import__("os").getpid()))
+
+
+# The quiet console's Ray Data logging config names Ray Data's own handler and filters by their
+# import paths (ray.data._internal.logging.SessionFileHandler / HiddenRecordFilter,
+# ray._common.filters.CoreContextFilter, ray._private.log.PlainRayHandler): the documented way to
+# configure Ray Data's logging is a YAML file of this shape (RAY_DATA_LOGGING_CONFIG).
+RAY_DATA_LOGGING_CONFIG = """\
+version: 1
+disable_existing_loggers: False
+formatters:
+  ray:
+    format: "%(asctime)s\\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"
+filters:
+  console_filter:
+    (): ray.data._internal.logging.HiddenRecordFilter
+  core_context_filter:
+    (): ray._common.filters.CoreContextFilter
+handlers:
+  file:
+    class: ray.data._internal.logging.SessionFileHandler
+    formatter: ray
+    filename: ray-data.log
+  console:
+    class: ray._private.log.PlainRayHandler
+    formatter: ray
+    level: ERROR
+    filters: [console_filter]
+loggers:
+  ray.data:
+    level: DEBUG
+    handlers: [file, console]
+    propagate: False
+"""
+
+
+def tune_trials(grid) -> tuple[dict, dict]:
+    """Tune's status and last result of each trial of a sweep, by its place in the sweep (the
+    `index` in its config): ResultGrid's Results carry no status, its ExperimentAnalysis's trials do."""
+    statuses, results = {}, {}
+    for trial in grid._experiment_analysis.trials:
+        index = (trial.config or {}).get("index")
+        if index is not None:
+            statuses[index] = trial.status
+            results[index] = dict(trial.last_result or {})
+    return statuses, results

@@ -1,0 +1,110 @@
+"""Pruning: a Lightning Callback that trains each epoch on a pruning policy's plan. It makes the train
+loader (this rank's batches of the plan, `dataloader`), weights each batch's per-sample loss in your
+training_step (`loss`, which also records the scores), decides the next plan when the epoch ends (every
+rank reaches the same one), and makes a step-wise LR scheduler follow the real (pruned) steps. Runs
+in each training process."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+
+from repb_ray.torch.dataset import IndexedDataset
+from repb_ray.torch.pruner import LocalPruner, RankBatchSampler
+from repb_ray.torch.schedule import RealStepLR
+
+
+class Pruning(pl.Callback):
+    """`Pruning("repb", {"rho": 0.5}, num_samples=len(train_set), epochs=max_epochs)`. In the module:
+    `loss = pruning.loss(per_sample, ids)` with the ids of the batch (`dataloader` yields (ids, item)
+    pairs, as repb_ray.torch.IndexedDataset does). Trainer: `callbacks=[pruning]`,
+    `use_distributed_sampler=False` (the plan decides each rank's samples)."""
+
+    def __init__(self, policy: str = "repb", policy_args: dict | None = None, *, num_samples: int, epochs: int,
+                 seed: int = 0, target_pruned: float | None = None):
+        super().__init__()
+        self.pruner = LocalPruner(policy, policy_args, num_samples=num_samples, epochs=epochs, seed=seed,
+                                  target_pruned=target_pruned)
+        self.batch_size: int | None = None
+        self.accumulate = 1
+        self._groups: list[int] = []
+        self._micro = 0
+        self._epoch = 0
+        self.epochs_log: list[dict] = []
+
+    # -- what the user's code calls -------------------------------------------------------------------
+    def dataloader(self, dataset, batch_size: int, **kwargs) -> torch.utils.data.DataLoader:
+        """The train loader: batches (ids, item) of the current plan for this rank (made at first use,
+        when Lightning has started its processes)."""
+        self.batch_size = batch_size
+        return torch.utils.data.DataLoader(IndexedDataset(dataset), batch_sampler=_LazyRankBatches(self), **kwargs)
+
+    def loss(self, per_sample: torch.Tensor, ids) -> torch.Tensor:
+        """The CTR-weighted loss of this batch, normalised so the optimizer step averages over its
+        whole (accumulated) batch; records the scores for the policy."""
+        if per_sample.ndim != 1 or per_sample.shape[0] != len(ids):
+            raise ValueError(f"loss(per_sample, ids) needs one loss per sample: got shape {list(per_sample.shape)} "
+                             f"for {len(ids)} ids (use reduction='none')")
+        step = self._micro // self.accumulate
+        weights = self.pruner.weights(ids, per_sample.device)
+        # Lightning divides the loss by accumulate_grad_batches: undo it, so each group is its own mean
+        loss = (weights * per_sample.float()).sum() * self.accumulate / self._groups[step]
+        self.pruner.observe(step, ids, per_sample)
+        self._micro += 1
+        return loss
+
+    # -- Lightning's hooks ---------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer._accelerator_connector.use_distributed_sampler and trainer.world_size > 1:
+            raise ValueError("repb_ray.lightning.Pruning decides each rank's samples: build the Trainer with "
+                             "use_distributed_sampler=False")
+        self.pruner._rank, self.pruner._world = trainer.global_rank, trainer.world_size
+        self.accumulate = int(trainer.accumulate_grad_batches)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        per_epoch = self.pruner.steps_in_epoch(self._batch(), self.accumulate)
+        for config in trainer.lr_scheduler_configs:
+            if config.interval == "step" and not isinstance(config.scheduler, RealStepLR):
+                config.scheduler = RealStepLR(config.scheduler, steps_per_epoch=per_epoch)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch += 1
+        self._groups = self.pruner.group_sizes(self._batch(), self.accumulate)
+        self._micro = 0
+        for config in trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, RealStepLR):
+                config.scheduler.start_epoch(self._epoch, len(self._groups))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        kept = len(self.pruner.plan)
+        self.pruner.end_epoch()
+        self.epochs_log.append({"epoch": self._epoch, "kept": kept,
+                                "pruned_fraction": 1.0 - kept / self.pruner.num_samples})
+        pl_module.log("pruned_fraction", 1.0 - kept / self.pruner.num_samples, rank_zero_only=True)
+
+    def _batch(self) -> int:
+        if self.batch_size is None:
+            raise RuntimeError("build the train loader with pruning.dataloader(dataset, batch_size)")
+        return self.batch_size
+
+    def state_dict(self) -> dict:
+        return {"policy": self.pruner.state_dict(), "epoch": self._epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pruner.load_state_dict(state["policy"])
+        self._epoch = int(state["epoch"])
+
+
+class _LazyRankBatches:
+    """RankBatchSampler of the callback's pruner and batch size, resolved at each epoch's iteration."""
+
+    def __init__(self, owner: Pruning):
+        self.owner = owner
+
+    def __iter__(self):
+        return iter(RankBatchSampler(self.owner.pruner, self.owner._batch()))
+
+    def __len__(self) -> int:
+        return len(RankBatchSampler(self.owner.pruner, self.owner._batch()))
+
+

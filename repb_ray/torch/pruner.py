@@ -1,0 +1,153 @@
+"""LocalPruner: a pruning policy driven from any PyTorch loop, one process per rank, no Ray. Every rank
+keeps the same policy; each epoch it serves this rank's batches of the plan (the same number on every
+rank), the CTR weights of a batch, keeps the batch's scores on the device, and at the epoch's end
+gathers every rank's scores and decides the next plan (the same on every rank: a plan is a pure
+function of the seed and the scores). The Hugging Face and Lightning adapters are built on it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from repb_ray.core.plan import EpochPlan
+from repb_ray.core.registry import make_policy, policy_class
+from repb_ray.torch.distributed import gather_observations
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class LocalPruner:
+    """`policy` and `policy_args` as in the config (`epochs` and `target_pruned` as the run's); rank and
+    world size default to torch.distributed's at first use (a framework may start the process group
+    after the pruner is made). Bad arguments fail here, at once."""
+
+    def __init__(self, policy: str = "repb", policy_args: dict | None = None, *, num_samples: int, epochs: int,
+                 seed: int = 0, target_pruned: float | None = None, rank: int | None = None,
+                 world_size: int | None = None):
+        self.seed, self.epochs, self.num_samples = seed, epochs, num_samples
+        self._rank, self._world = rank, world_size
+        self._args = (policy, policy_class(policy).run_params(policy_args or {}, epochs=epochs,
+                                                                target_pruned=target_pruned))
+        policy_class(policy)(num_samples=num_samples, seed=seed, local=False, **self._args[1])  # checks n, seed
+        self._policy = None
+        self._obs: list = []
+        self._order_of: tuple = (None, None)   # (epoch, the epoch's order): computed once per epoch
+
+    # -- the policy, made at first use ------------------------------------------------------------
+    @property
+    def policy(self):
+        if self._policy is None:
+            if self._rank is None or self._world is None:
+                self._rank, self._world = _rank_world()
+            name, params = self._args
+            self._policy = make_policy(name, num_samples=self.num_samples, seed=self.seed, world_size=self._world,
+                                       **params)
+        return self._policy
+
+    @property
+    def rank(self) -> int:
+        self.policy  # noqa: B018 - resolves rank and world size
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        self.policy  # noqa: B018 - resolves rank and world size
+        return self._world
+
+    # -- the epoch's plan -------------------------------------------------------------------------
+    @property
+    def plan(self) -> EpochPlan:
+        return self.policy.plan
+
+    @property
+    def epoch(self) -> int:
+        return self.policy.epoch
+
+    def order(self) -> np.ndarray:
+        """The plan's ids in this epoch's order (a pure function of seed and epoch, the same on every rank)."""
+        plan = self.policy.plan
+        if self._order_of[0] != plan.epoch:
+            self._order_of = (plan.epoch, np.random.default_rng([self.seed, plan.epoch]).permutation(plan.ids))
+        return self._order_of[1]
+
+    def rank_batches(self, batch_size: int, rank: int | None = None) -> list[np.ndarray]:
+        """The id batches of `rank` (default: this rank) in this epoch: positions rank, rank + W, ...
+        of the epoch's order, in batches of `batch_size` (the last one partial). Every rank has the
+        same number of batches of the same sizes, since the plan's size is a multiple of W."""
+        ids = self.order()[self.rank if rank is None else rank::self.world_size]
+        return [ids[a:a + batch_size] for a in range(0, ids.shape[0], batch_size)]
+
+    def steps_in_epoch(self, batch_size: int, grad_accum_steps: int = 1) -> int:
+        per_rank = len(self.policy.plan) // self.world_size
+        return math.ceil(math.ceil(per_rank / batch_size) / grad_accum_steps)
+
+    def group_sizes(self, batch_size: int, grad_accum_steps: int = 1) -> list[int]:
+        """Samples of this rank in each optimizer step of the epoch."""
+        from repb_ray.torch.step import group_sizes
+        return group_sizes(len(self.policy.plan) // self.world_size, batch_size, grad_accum_steps)
+
+    def weights(self, ids, device=None) -> torch.Tensor:
+        """The float32 CTR weights of `ids` (all in the current plan), as a tensor on `device`."""
+        ids = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids, np.int64)
+        return torch.from_numpy(self.policy.plan.weights_for(ids)).to(device)
+
+    # -- observations -----------------------------------------------------------------------------
+    def observe(self, step: int, ids, scores: torch.Tensor) -> None:
+        """A batch's scores at global step `step` of the epoch (kept on their device until the end)."""
+        ids = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids, np.int64)
+        self._obs.append((int(step), ids.astype(np.int64, copy=False), scores.detach().float()))
+
+    def end_epoch(self) -> EpochPlan:
+        """Gather every rank's observations of the epoch and decide the next plan (on every rank)."""
+        if self._obs:
+            steps = np.concatenate([np.full(len(i), s, np.int64) for s, i, _ in self._obs])
+            ids = np.concatenate([i for _, i, _ in self._obs])
+            scores = torch.cat([s.reshape(-1) for _, _, s in self._obs]).cpu().numpy().astype(np.float32)
+        else:
+            steps, ids, scores = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        self._obs = []
+        steps, ids, scores = gather_observations(steps, ids, scores)
+        self.policy.observe(steps, ids, scores)
+        return self.policy.finish_epoch(world_size=self.world_size)
+
+    def pruned_fraction(self, epochs: int | None = None) -> float:
+        """1 - trained / (epochs n) over the first `epochs` epochs (default: those trained so far)."""
+        sizes = self.policy.plan_sizes[: epochs or max(self.policy.epoch - 1, 1)]
+        return 1.0 - sum(sizes) / (len(sizes) * self.policy.num_samples)
+
+    # -- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return self.policy.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state)
+
+
+class RankBatchSampler:
+    """A DataLoader batch sampler over a LocalPruner's plan: this rank's batches of the epoch. With
+    `interleave=True` it yields every rank's batches, one round at a time (rank 0's first, rank 1's
+    first, ...), for loaders that a framework then shards round-robin across processes (accelerate).
+    It has no `batch_size` attribute on purpose: its last batches are shorter, and a sharding wrapper
+    must take them as they are (accelerate's dynamic-batch mode), not pad them to a full batch."""
+
+    def __init__(self, pruner: LocalPruner, size: int, interleave: bool = False):
+        self.pruner, self.size, self.interleave = pruner, size, interleave
+
+    def __iter__(self):
+        if not self.interleave:
+            yield from (b.tolist() for b in self.pruner.rank_batches(self.size))
+            return
+        per_rank = [self.pruner.rank_batches(self.size, r) for r in range(self.pruner.world_size)]
+        for round_ in zip(*per_rank):
+            yield from (b.tolist() for b in round_)
+
+    def __len__(self) -> int:
+        n = len(self.pruner.rank_batches(self.size))
+        return n * self.pruner.world_size if self.interleave else n

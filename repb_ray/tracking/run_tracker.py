@@ -1,0 +1,124 @@
+"""The MLflow run of one training job, seen from its driver: started (or reopened on resume) before
+the first epoch, fed each epoch's metrics as the driver learns them, finished with the summary,
+plots, selection counts and the model. A tracking failure never stops or stalls training: it is
+one warning line, the metrics wait and are retried, and the summary says what was not tracked.
+Runs in the driver (a Tune trial's driver in a sweep)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from repb_ray.config import Config
+from repb_ray.errors import ConfigError, first_line
+from repb_ray.redact import redact_text
+from repb_ray.tracking import mlflow_tracking as mt
+
+
+class RunTracker:
+    """tracking_uri='none' makes every method a no-op."""
+
+    def __init__(self, cfg: Config, *, parent_run_id: str | None = None, resume_run_id: str | None = None,
+                 uri: str | None = None, log=print):
+        self.cfg, self.log = cfg, log
+        self.uri = uri if uri is not None else mt.resolve_tracking_uri(cfg.tracking_uri, cfg.output_dir)
+        self.run_id = None
+        self.pending: list[dict] = []      # epoch metrics not logged yet
+        self.untracked: list[str] = []     # what could not be tracked, for the summary
+        self.logged_epochs: set[int] = set()
+        self._warned = False
+        self._lock = threading.Lock()
+        if not self.uri:
+            return
+        mt.prepare_client_env()
+        mt.check_reachable(self.uri)
+        try:
+            if resume_run_id and mt.reopen_run(self.uri, resume_run_id):
+                self.run_id = resume_run_id
+            else:
+                self.run_id = mt.start_run(self.uri, cfg.experiment, cfg.output_dir, run_name=cfg.name,
+                                           params=cfg.to_dict(), parent_run_id=parent_run_id,
+                                           tags={"policy": cfg.policy, "task": cfg.task, **cfg.tags})
+        except Exception as exc:
+            raise ConfigError(f"tracking_uri={redact_text(self.uri)!r} is not usable ({type(exc).__name__}: "
+                              f"{first_line(exc)[:200]}); pass a reachable MLflow server, a SQLite path in an "
+                              "existing directory, or tracking_uri=none") from None
+
+    @property
+    def safe_uri(self) -> str | None:
+        return redact_text(self.uri) if self.uri else None
+
+    def _warn(self, what: str, exc: BaseException) -> None:
+        if not self._warned:
+            self._warned = True
+            self.log(f"[repb_ray] warning: MLflow tracking failed ({what}: {type(exc).__name__}: "
+                     f"{first_line(exc)[:160]}); training goes on, metrics are retried")
+
+    def epoch(self, metrics: dict) -> None:
+        """An epoch's metrics (rank 0's), logged now or when the store answers again."""
+        if not self.run_id:
+            return
+        with self._lock:
+            if int(metrics["epoch"]) not in self.logged_epochs:
+                self.pending = [m for m in self.pending if m["epoch"] != metrics["epoch"]] + [dict(metrics)]
+            self.flush()
+
+    def flush(self) -> None:
+        while self.pending:
+            m = self.pending[0]
+            try:
+                mt.log_epoch_metrics(self.uri, self.run_id, m, step=int(m["epoch"]))
+            except Exception as exc:
+                self._warn(f"epoch {m['epoch']} metrics", exc)
+                return
+            self.logged_epochs.add(int(m["epoch"]))
+            self.pending.pop(0)
+
+    def _try(self, what: str, fn, *args) -> bool:
+        try:
+            fn(*args)
+            return True
+        except Exception as exc:
+            self._warn(what, exc)
+            self.untracked.append(what)
+            return False
+
+    def finish(self, summary_path: str, history: list, metric: str | None, *, model=None, example=None,
+               counts: np.ndarray | None = None) -> dict:
+        """Log whatever epochs are missing, the summary, plots, selection counts and the model, then
+        mark the run FINISHED. Returns what the summary records about tracking."""
+        if not self.run_id:
+            return {"uri": None}
+        from repb_ray.plots import run_curves
+        with self._lock:
+            for m in history:
+                if int(m["epoch"]) not in self.logged_epochs and m not in self.pending:
+                    self.pending.append(dict(m))
+            self.pending.sort(key=lambda m: m["epoch"])
+            self.flush()
+            if self.pending:
+                self.untracked.append(f"metrics of epochs {[m['epoch'] for m in self.pending]}")
+        self._try("summary.json", mt.log_artifact, self.uri, self.run_id, summary_path)
+        if history:
+            png = run_curves(history, os.path.join(self.cfg.run_dir, "curves.png"), self.cfg.name, metric)
+            self._try("curves.png", mt.log_artifact, self.uri, self.run_id, png, "plots")
+        if counts is not None:
+            path = os.path.join(self.cfg.run_dir, "selection_counts.npz")
+            np.savez_compressed(path, counts=counts, epochs=np.int64(len(history)))
+            self._try("selection_counts.npz", mt.log_artifact, self.uri, self.run_id, path)
+        model_format = None
+        if model is not None:
+            try:
+                model_format = mt.log_model(self.uri, self.run_id, model, example)
+            except Exception as exc:
+                self._warn("the model", exc)
+                self.untracked.append("model")
+        self._try("run status", mt.end_run, self.uri, self.run_id, "FINISHED")
+        return {"uri": self.safe_uri, "run_id": self.run_id, "model_format": model_format,
+                "untracked": list(self.untracked)}
+
+    def end(self, status: str) -> None:
+        if self.run_id:
+            self._try("run status", mt.end_run, self.uri, self.run_id, status)

@@ -1,0 +1,138 @@
+"""run_training: one training run from its config, in the driver: checks, the run's identity, the
+task's datasets, the coordinator, the TorchTrainer, the console and tracking, summary.json. Runs in
+the process that calls `repb-ray train` (or a Tune trial)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from repb_ray.config import Config
+from repb_ray.core.registry import policy_class
+from repb_ray.data.pipeline import eval_dataset
+from repb_ray.errors import DataError
+from repb_ray.tasks.loader import TaskRef, instantiate
+from repb_ray.tracking.run_tracker import RunTracker
+from repb_ray.train import runs
+from repb_ray.train.console import Console
+from repb_ray.train.loop import train_loop_per_worker
+from repb_ray.train.pruning import Pruning
+from repb_ray.train.ray_env import check_cluster_paths, check_shared_paths, ensure_ray, num_samples_of, task_runtime_env
+from repb_ray.train.summary import build_summary
+
+
+def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool = True,
+                 parent_run_id: str | None = None, resume: bool = False, overwrite: bool = False,
+                 verbose: bool = False, check_paths: bool = True) -> dict:
+    """Train per `cfg`; returns the summary (also written to run_dir/summary.json). The run is
+    tracked in MLflow (one run, nested under `parent_run_id` when given) unless tracking_uri='none'.
+    Everything a user can get wrong is checked before the first epoch (config, task, data, run
+    identity); a run that fails before its first checkpoint leaves no run behind but its error.log."""
+    if cfg.name is None:
+        cfg = cfg.replace(name=runs.default_name(None, cfg))
+    t_start = time.perf_counter()
+    check_cluster_paths(cfg)
+    task_ref = TaskRef(cfg.task, cfg.task_args)
+    instantiate(cfg.task, cfg.task_args)  # a bad task or task_args fails here, before Ray starts
+    claim = runs.claim(cfg, resume=resume, overwrite=overwrite)
+    root = runs.storage_root(cfg)
+    pruning = tracker = console = None
+    try:
+        ensure_ray(cfg, task_runtime_env(cfg.task), verbose)
+        if check_paths:
+            check_shared_paths(cfg)
+        task = task_ref.load()
+        train_ds = task.train_dataset()
+        n = num_samples_of(train_ds)
+        if cfg.world_size > n:
+            raise DataError(f"num_workers={cfg.num_workers} is larger than the {n} training samples; use fewer workers")
+        pruning = Pruning(cfg.policy, cfg.policy_params(), num_samples=n, num_workers=cfg.world_size, seed=cfg.seed,
+                          shards=cfg.coordinator_shards, storage_path=root, name=cfg.name,
+                          observe_every=cfg.observe_every, timeout_s=cfg.coordinator_timeout_s,
+                          shuffle_rows=cfg.shuffle_rows, prefetch_batches=cfg.prefetch_batches)
+        datasets = {"train": pruning.dataset(train_ds, task_ref)}
+        test_ds = eval_dataset(task.test_dataset(), task_ref)
+        if test_ds is not None:
+            datasets["test"] = test_ds
+        tracker = RunTracker(cfg, parent_run_id=parent_run_id, resume_run_id=claim.record.get("mlflow_run_id"))
+        if tracker.run_id:
+            claim.save_record(mlflow_run_id=tracker.run_id)
+        if progress:
+            print(f"[repb_ray] {'resuming' if claim.state == 'resume' else 'run'} {cfg.name}: {cfg.policy} on {cfg.task} "
+                  f"({n} samples), {cfg.num_workers} worker(s), {cfg.epochs} epochs; outputs in {cfg.run_dir}",
+                  flush=True)
+        console = Console(pruning.coordinator, cfg.epochs, show=progress, decisions=policy_class(cfg.policy).DECISIONS,
+                          on_epoch=tracker.epoch).start()
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"cfg": cfg.to_dict(), "pruning": pruning.handle, "has_test": test_ds is not None},
+            datasets=datasets,
+            dataset_config=pruning.data_config(),
+            scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                                   resources_per_worker={"CPU": cfg.cpus_per_worker,
+                                                                         **cfg.worker_resources}),
+            run_config=ray.train.RunConfig(
+                name=cfg.name, storage_path=root,
+                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                callbacks=list(callbacks or [])),
+        )
+        result = trainer.fit()
+        console.stop()
+        console = None
+        history = list(result.return_value or [])
+        summary = build_summary(cfg, task, history, num_samples=n, wall_time_s=time.perf_counter() - t_start)
+        path = os.path.join(cfg.run_dir, "summary.json")
+        summary["mlflow_run_id"] = tracker.run_id
+        _write_json(path, summary)
+        model = _final_model(task, result.checkpoint) if tracker.run_id else None
+        summary["tracking"] = tracker.finish(path, history, summary["metric"], model=model,
+                                             example=task.input_example(), counts=_selection_counts(pruning))
+        _write_json(path, summary)
+    except BaseException:
+        if console:
+            console.stop()
+        if tracker:
+            tracker.end("FAILED")
+        if not claim.has_checkpoint():
+            claim.abandon()
+        raise
+    finally:
+        if pruning:
+            pruning.shutdown()
+        claim.release()
+    if progress:
+        metric = summary.get("final_metric")
+        print(f"[repb_ray] done: final {task.metric} {metric if metric is None else round(metric, 4)}, pruned "
+              f"fraction {summary['pruned_fraction']:.3f}, {summary['wall_time_s']:.0f}s; summary: {path}"
+              + (f"; MLflow: {tracker.safe_uri}" if tracker.uri else ""), flush=True)
+    return summary
+
+
+def _write_json(path: str, data: dict) -> None:
+    from repb_ray import storage
+    storage.write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def _final_model(task, checkpoint):
+    """The task's model with the last checkpoint's weights (loaded as plain tensors)."""
+    if checkpoint is None:
+        return None
+    from repb_ray.train.checkpoint import MODEL, load_tensors
+    model = task.model()
+    with checkpoint.as_directory() as d:
+        model.load_state_dict(load_tensors(os.path.join(d, MODEL)))
+    return model
+
+
+def _selection_counts(pruning):
+    """N_i: how many epochs' plans held each sample (uint16, id order), from the coordinator."""
+    try:
+        return ray.get(pruning.coordinator.selection_counts.remote(), timeout=120)
+    except Exception:
+        return None

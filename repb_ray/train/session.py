@@ -1,0 +1,148 @@
+"""PruningSession: the worker side of a pruned run, inside train_loop_per_worker: the epochs once
+their plans are published, this rank's batches with their CTR weights, the observed scores, the
+coordinator's state saved beside each checkpoint. Runs in every Train worker."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import ray
+import ray.train
+
+from repb_ray.train.collate import TensorCollate
+from repb_ray.train.messages import PlanSummary
+from repb_ray.train.pruning import PruningHandle
+from repb_ray.train.sender import ObservationSender
+
+PROGRESS_EVERY_S = 1.0   # how often rank 0 tells the coordinator where the epoch is
+
+
+def nonfinite_score_error(ids: np.ndarray, scores: np.ndarray, epoch: int) -> Exception:
+    bad = int(np.argmax(~np.isfinite(scores)))
+    return ValueError(f"score {scores[bad]} for sample id {int(ids[bad])} in epoch {epoch}: scores must be finite")
+
+
+class PruningSession:
+    """Per rank: `start` (rank 0 resets the coordinator), then for each epoch `begin_epoch`,
+    `batches`, `observe` per batch, `end_epoch` (or `epochs`, which does both ends)."""
+
+    def __init__(self, handle: PruningHandle, *, rank: int | None = None, world_size: int | None = None):
+        self.handle = handle
+        self.coordinator = handle.coordinator
+        if rank is None or world_size is None:
+            ctx = ray.train.get_context()
+            rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.rank, self.world_size = rank, world_size
+        self.plan: PlanSummary | None = None   # the current epoch's published plan
+        self.step = 0                          # the global step within the epoch of the next batch
+        self.samples = 0
+        self.on_score_error = nonfinite_score_error
+        self._sender: ObservationSender | None = None
+        self._routing = None
+        self._progress_t = 0.0
+        self._epoch_start = time.time()
+
+    # -- start / save --------------------------------------------------------------------------------
+    def start(self, state: str | None = None) -> int:
+        """Rank 0 resets the coordinator (from the saved state named in a checkpoint, or afresh) and
+        every rank waits for it; returns the epoch the plan is for (1 on a fresh start)."""
+        if self.rank == 0:
+            ray.get(self.coordinator.reset.remote(state, self.world_size))
+        _barrier()
+        self._routing = ray.get(self.coordinator.routing.remote())
+        self.plan = ray.get(self.coordinator.summary.remote())
+        return self.plan.epoch
+
+    def save(self, epoch: int) -> str | None:
+        """Rank 0: save the coordinator's state for the checkpoint of `epoch` (each shard writes its
+        own file); returns the state's name, to keep in the checkpoint (None without storage)."""
+        if self.rank != 0 or not self.handle.stateful:
+            return None
+        return ray.get(self.coordinator.save.remote(f"epoch_{epoch:05d}"))
+
+    # -- the epochs ----------------------------------------------------------------------------------
+    def wait_plan(self, epoch: int) -> PlanSummary:
+        self.plan = ray.get(self.coordinator.wait_plan.remote(self._routing.generation, epoch, self.handle.timeout_s))
+        return self.plan
+
+    def epochs(self, num_epochs: int, start: int | None = None):
+        """Yield the epochs start..num_epochs, each once its plan is published; closing an epoch
+        sends the rest of the observations and waits for the next plan."""
+        first = start or self.plan.epoch
+        for epoch in range(first, num_epochs + 1):
+            self.begin_epoch(epoch)
+            yield epoch
+            self.end_epoch()
+
+    def begin_epoch(self, epoch: int) -> PlanSummary:
+        self.wait_plan(epoch)
+        self.step, self.samples = 0, 0
+        self._epoch_start = time.time()
+        self._sender = ObservationSender(self._routing, epoch, self.rank, self.handle.observe_every,
+                                         self.on_score_error)
+        return self.plan
+
+    def end_epoch(self) -> PlanSummary:
+        """Send this rank's last observations; returns the plan of the next epoch once decided."""
+        self._sender.close()
+        self._sender = None
+        return self.wait_plan(self.plan.epoch + 1)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """This rank's batches in the current epoch (every rank has the same number)."""
+        return math.ceil(self.plan.kept / self.world_size / batch_size)
+
+    def shuffle_seed(self) -> int:
+        """The local shuffle buffer's seed for this rank and epoch."""
+        return int(np.random.default_rng([self.handle.seed, self.plan.epoch, 0xB0F, self.rank]).integers(2**31))
+
+    def batches(self, shard, batch_size: int, device=None):
+        """This rank's batches of the epoch as dicts of tensors ("id" stays on the CPU), shuffled
+        across blocks by a buffer seeded by (seed, epoch, rank); checks they come from this plan."""
+        epoch = self.plan.epoch
+        shuffle = self.handle.shuffle_rows
+        for batch in shard.iter_torch_batches(batch_size=batch_size, collate_fn=TensorCollate(device),
+                                              prefetch_batches=self.handle.prefetch_batches,
+                                              local_shuffle_buffer_size=shuffle or None,
+                                              local_shuffle_seed=self.shuffle_seed() if shuffle else None):
+            got = int(batch["epoch"][0])
+            if got != epoch:
+                raise RuntimeError(f"rank {self.rank} got rows of plan {got} in epoch {epoch}")
+            yield batch
+
+    def observe(self, batch: dict, scores, step: int | None = None) -> None:
+        """Record the batch's per-sample scores (a tensor [B] or float32 numpy) at the current global
+        step (or `step`: with gradient accumulation, the optimizer step the batch belongs to); kept on
+        the device until `observe_every` steps are sent together (one host copy per chunk)."""
+        ids = batch["id"]
+        ids = ids.numpy() if hasattr(ids, "numpy") else np.asarray(ids)
+        if ids.dtype != np.int64:
+            raise TypeError(f"the batch's id column has dtype {ids.dtype}; ids must be int64 (0..n-1)")
+        if hasattr(scores, "detach"):
+            scores = scores.detach()
+        self._sender.add(self.step if step is None else step, ids, scores)
+        if step is None:
+            self.step += 1
+        else:
+            self.step = step + 1
+        self.samples += ids.shape[0]
+        if self.rank == 0:
+            now = time.monotonic()
+            if now - self._progress_t >= PROGRESS_EVERY_S:
+                self._progress_t = now
+                self.coordinator.report_progress.remote({"epoch": self.plan.epoch, "step": self.step,
+                                                         "samples": self.samples * self.world_size,
+                                                         "kept": self.plan.kept, "start": self._epoch_start})
+
+    def report_epoch(self, metrics: dict) -> None:
+        """Rank 0: the epoch's metrics, for the driver's console and tracking."""
+        if self.rank == 0:
+            self.coordinator.report_progress.remote({"done": dict(metrics)})
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

@@ -1,0 +1,33 @@
+"""summary.json of a run: the config (redacted), the task, the policy, the final and best metric, the
+pruned fraction, and a row per epoch. Runs in the driver."""
+
+from __future__ import annotations
+
+from repb_ray.config import Config
+from repb_ray.core.registry import policy_class
+from repb_ray.redact import redact
+
+PER_EPOCH = ("epoch", "kept", "pruned_fraction", "cum_pruned_fraction", "train_loss", "epoch_time_s", "train_time_s",
+             "data_wait_s", "weight_mean", "weight_max", "plan_digest", "lr")
+
+
+def build_summary(cfg: Config, task, history: list, *, num_samples: int, wall_time_s: float) -> dict:
+    key = f"test_{task.metric}"
+    values = [h[key] for h in history if key in h]
+    best = (max if task.mode == "max" else min)(values) if values else None
+    trained = sum(h["kept"] for h in history)
+    decisions = policy_class(cfg.policy).DECISIONS
+    out = {
+        "config": redact(cfg.to_dict()), "task": cfg.task, "task_args": redact(dict(cfg.task_args)),
+        "policy": cfg.policy, "policy_args": redact(dict(cfg.policy_args)), "target_pruned": cfg.target_pruned,
+        "seed": cfg.seed, "num_workers": cfg.num_workers, "epochs": len(history), "num_samples": num_samples,
+        "metric": key, "mode": task.mode, "final_metric": values[-1] if values else None, "best_metric": best,
+        "pruned_fraction": 1.0 - trained / (len(history) * num_samples) if history else None,
+        "samples_trained": trained, "wall_time_s": wall_time_s,
+        "per_epoch": [{k: v for k, v in h.items() if k in PER_EPOCH or k.startswith("test_") or k in decisions}
+                      for h in history],
+    }
+    if "test_accuracy" in (history[-1] if history else {}):
+        out["final_test_accuracy"] = history[-1]["test_accuracy"]
+        out["best_test_accuracy"] = max(h["test_accuracy"] for h in history)
+    return out

@@ -1,0 +1,65 @@
+"""A small image classifier trained with Lightning and repb_ray.lightning.Pruning (run by the adapter
+tests: in-process, and as 2 processes under torchrun)."""
+
+import json
+import math
+import os
+import sys
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from repb_ray.lightning import Pruning
+
+
+def images(n: int, seed: int = 0):
+    """8x8 one-channel images of 4 classes (a bright quadrant each), with noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, size=n)
+    x = rng.normal(0, 0.6, size=(n, 1, 8, 8)).astype(np.float32)
+    for i, c in enumerate(y):
+        r, q = divmod(int(c), 2)
+        x[i, 0, 4 * r:4 * r + 4, 4 * q:4 * q + 4] += 1.5
+    return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+
+class Classifier(pl.LightningModule):
+    def __init__(self, pruning: Pruning, steps_per_epoch: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                                       torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(32, 4))
+        self.pruning, self.steps_per_epoch = pruning, steps_per_epoch
+
+    def training_step(self, batch, batch_idx):
+        ids, (x, y) = batch
+        per_sample = F.cross_entropy(self.net(x), y, reduction="none")
+        return self.pruning.loss(per_sample, ids)
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.2, total_steps=3 * self.steps_per_epoch + 1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def train(n: int = 120, epochs: int = 3, batch: int = 16, accumulate: int = 1, pruning_cls=Pruning):
+    pruning = pruning_cls("repb", {"rho": 0.6}, num_samples=n, epochs=epochs)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps = math.ceil(math.ceil(n / world / batch) / accumulate)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=world, num_nodes=1,
+                         strategy="ddp" if world > 1 else "auto", use_distributed_sampler=False,
+                         accumulate_grad_batches=accumulate, callbacks=[pruning], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    x, y = images(n)
+    model = Classifier(pruning, steps)
+    trainer.fit(model, pruning.dataloader(torch.utils.data.TensorDataset(x, y), batch_size=batch))
+    return pruning, model, trainer
+
+
+if __name__ == "__main__":
+    p, _, trainer = train()
+    print(json.dumps({"rank": trainer.global_rank, "digest": p.pruner.policy.digest(),
+                      "kept": [e["kept"] for e in p.epochs_log]}), flush=True)
+    sys.exit(0)

@@ -1,0 +1,81 @@
+"""RePB in PyTorch Lightning: the Pruning callback on a small image classifier: pruning happens, the
+plans are those of the core policy fed the same scores, the LR schedule follows the real steps, and 2
+processes (torchrun, Lightning's DDP) reach the same plans."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("lightning")
+
+from lightning_script import train  # noqa: E402
+
+from repb_ray.core import make_policy  # noqa: E402
+from repb_ray.lightning import Pruning  # noqa: E402
+from repb_ray.torch import RealStepLR  # noqa: E402
+
+pytestmark = [pytest.mark.slow]
+
+
+class Recording(Pruning):
+    """Pruning that keeps every epoch's observations, to replay them into a plain policy."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.recorded = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        obs = self.pruner._obs
+        self.recorded.append((np.concatenate([np.full(len(i), s, np.int64) for s, i, _ in obs]),
+                              np.concatenate([i for _, i, _ in obs]),
+                              torch.cat([s for _, _, s in obs]).numpy()))
+        super().on_train_epoch_end(trainer, pl_module)
+
+
+def test_callback_prunes_with_the_core_policys_plans_and_real_step_schedule():
+    pruning, model, trainer = train(pruning_cls=Recording)
+    kept = [e["kept"] for e in pruning.epochs_log]
+    assert kept[0] == 120 and kept[1] < 120 and len(kept) == 3
+    p = make_policy("repb", num_samples=120, seed=0, rho=0.6)
+    for steps, ids, scores in pruning.recorded:
+        assert np.unique(ids).size == ids.size
+        p.observe(steps, ids, scores)
+        p.finish_epoch()
+    assert p.digest() == pruning.pruner.policy.digest()
+    sched = trainer.lr_scheduler_configs[0].scheduler
+    assert isinstance(sched, RealStepLR) and sched.nominal == 3 * 8  # 3 epochs x 8 full-data steps
+
+
+def test_gradient_accumulation_keeps_every_group_a_mean():
+    pruning, _, trainer = train(accumulate=2, batch=8)
+    assert [e["kept"] for e in pruning.epochs_log][0] == 120 and trainer.global_step >= 8
+
+
+def test_distributed_sampler_must_be_off():
+    import lightning.pytorch as pl
+    pruning = Pruning("repb", {}, num_samples=8, epochs=1)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, callbacks=[pruning], logger=False)
+    assert trainer._accelerator_connector.use_distributed_sampler  # the default; refused only with several ranks
+
+
+def test_two_processes_reach_the_same_plans(tmp_path):
+    from helpers import ROOT
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                        os.path.join(here, "lightning_script.py")], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    results = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in results) == [0, 1]
+    assert results[0]["digest"] == results[1]["digest"] and results[0]["kept"] == results[1]["kept"]
+    assert results[0]["kept"][1] < 120

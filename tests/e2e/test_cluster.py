@@ -1,0 +1,240 @@
+"""End to end on a real multi-node Ray cluster on this machine: a head and two worker nodes on
+127.0.0.1 with token auth, the Train workers placed on the worker nodes (custom resource
+`trainer`), jobs submitted with `ray job submit`: a training run with a worker process killed
+mid-epoch, a task module from the submitted working directory, and a small sweep. Outputs,
+checkpoints, coordinator states and the MLflow store land under the shared --output-dir."""
+
+import glob
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import numpy as np
+import pytest
+from helpers import ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+BIN = os.path.dirname(sys.executable)
+RAY = os.path.join(BIN, "ray")
+
+
+# Every port a node is given lies below Linux's ephemeral range (32768-60999), so no connection made
+# after it was chosen can take it: the named ports from 20000 up, each node's worker ports from 29000.
+WORKER_PORTS = [(29000 + 1000 * i, 29999 + 1000 * i) for i in range(3)]
+
+
+def _free_ports(k):
+    """k distinct ports in 20000-28999 that are free right now (Ray refuses a node whose named ports
+    overlap its worker port range; connections never pick ports outside the ephemeral range)."""
+    ports = []
+    for port in range(20000 + 100 * (os.getpid() % 80), 29000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == k:
+            return ports
+    raise RuntimeError(f"fewer than {k} free ports in 20000-28999")
+
+
+def _start(args, env, log):
+    with open(log, "w") as fh:
+        return subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args],
+                                env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Three `ray start` processes, every port explicit (another Ray on this machine holds the defaults)."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    token = tmp / "token"
+    token.write_text(secrets.token_hex(32))
+    os.chmod(token, 0o600)
+    home = tmp / "home"  # an empty HOME: no ~/.ray/auth_token to fall back on
+    home.mkdir()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "PYTHONPATH"}
+    base.update(HOME=str(home), PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
+    env = dict(base, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2")
+    gcs, dash, *p = _free_ports(21)
+    temp_dir = f"/tmp/rmn{os.getpid()}"
+    procs = [_start(["--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                     "--include-dashboard=true", "--num-cpus=1", f"--temp-dir={temp_dir}",
+                     f"--dashboard-agent-listen-port={p[0]}", f"--dashboard-agent-grpc-port={p[1]}",
+                     f"--metrics-export-port={p[2]}", f"--runtime-env-agent-port={p[3]}",
+                     f"--ray-client-server-port={p[4]}", f"--object-manager-port={p[5]}",
+                     f"--node-manager-port={p[6]}", f"--min-worker-port={WORKER_PORTS[0][0]}",
+                     f"--max-worker-port={WORKER_PORTS[0][1]}"], env,
+                   tmp / "head.log")]
+    url = f"http://127.0.0.1:{dash}"
+    try:
+        _wait(url, procs[0])
+        for i in (1, 2):
+            q = p[7 + 6 * (i - 1): 13 + 6 * (i - 1)]
+            procs.append(_start([f"--address=127.0.0.1:{gcs}", "--num-cpus=2", '--resources={"trainer": 1}',
+                                 f"--temp-dir={temp_dir}-w{i}",  # each node its own disk, as on separate machines
+                                 f"--dashboard-agent-listen-port={q[0]}", f"--dashboard-agent-grpc-port={q[1]}",
+                                 f"--metrics-export-port={q[2]}", f"--runtime-env-agent-port={q[3]}",
+                                 f"--object-manager-port={q[4]}", f"--node-manager-port={q[5]}",
+                                 f"--min-worker-port={WORKER_PORTS[i][0]}",
+                                 f"--max-worker-port={WORKER_PORTS[i][1]}"], env,
+                                tmp / f"worker{i}.log"))
+            time.sleep(3)
+        nodes = []
+        for _ in range(120):
+            nodes = _nodes(url, token.read_text().strip())
+            if len([n for n in nodes if n.get("state") == "ALIVE"]) == 3:
+                break
+            time.sleep(1)
+        assert len(nodes) == 3, [open(tmp / f).read()[-2000:] for f in ("worker1.log", "worker2.log")]
+        shared = tmp / "shared"
+        yield {"url": url, "env": env, "no_token_env": base, "token": token.read_text().strip(), "shared": shared,
+               "head": next(n["node_id"] for n in nodes if n["is_head_node"])}
+    finally:
+        for proc in reversed(procs):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for d in (temp_dir, f"{temp_dir}-w1", f"{temp_dir}-w2"):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _wait(url, proc):
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url + "/api/version", timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return  # answering (401 without a token): it is up
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError("the Ray head did not come up") from None
+            time.sleep(1)
+
+
+def _nodes(url, token):
+    req = urllib.request.Request(url + "/api/v0/nodes?limit=10", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.load(r)["data"]["result"]["result"]
+    except (OSError, KeyError, ValueError):
+        return []
+
+
+def _working_dir(tmp_path, *, with_repo=True):
+    """A copy of the project without the bulk (.git, .venv, tests, benchmarks) for `--working-dir`."""
+    wd = tmp_path / f"wd-{uuid.uuid4().hex[:8]}"
+    if with_repo:
+        shutil.copytree(ROOT, wd, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "__pycache__", "*.db",
+                                                                ".pytest_cache", "benchmarks", "tests"))
+    else:
+        wd.mkdir()
+    return wd
+
+
+def _submit(cluster, wd, *cmd, env=None):
+    p = subprocess.run([RAY, "job", "submit", "--address", cluster["url"], "--working-dir", str(wd), "--", *cmd],
+                       env=env or cluster["env"], capture_output=True, text=True, timeout=900)
+    return p
+
+
+def test_submission_without_token_is_refused(cluster):
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(cluster["url"] + "/api/jobs/", timeout=10)
+    assert e.value.code == 401
+    p = subprocess.run([RAY, "job", "submit", "--address", cluster["url"], "--", "python", "-c", "print(1)"],
+                       env=cluster["no_token_env"], capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "auth" in (p.stdout + p.stderr).lower()
+
+
+def test_training_on_worker_nodes_survives_a_killed_worker(cluster, tmp_path):
+    out = cluster["shared"]
+    p = _submit(cluster, _working_dir(tmp_path), "python", "-m", "jobs.train", "--config", "jobs/configs/smoke.yaml",
+                "--output-dir", str(out), "--set", "name=multinode", "--set", "worker_resources={trainer: 1}",
+                "--set", "epochs=3", "--set", "max_failures=1", "--set", "audit=true",
+                "--set", "fail_at={epoch: 2, step: 1, rank: 1, kind: kill}")
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    assert "succeeded" in (p.stdout + p.stderr).lower() and cluster["token"] not in p.stdout + p.stderr
+    assert "[repb_ray] epoch 3/3:" in p.stdout  # the console's epoch lines reach the job log
+    with open(out / "multinode" / "summary.json") as fh:
+        s = json.load(fh)
+    assert s["epochs"] == 3 and s["num_workers"] == 2 and s["per_epoch"][1]["kept"] < 256
+    assert (out / "multinode" / ".injected_kill_e2_s1_r1").exists()            # the worker process was killed
+    nodes = {str(np.load(f)["node"]) for f in glob.glob(str(out / "multinode" / "audit" / "epoch*_rank*.npz"))}
+    assert len(nodes) == 2 and cluster["head"] not in nodes                    # Train workers on the worker nodes
+    assert sorted(d for d in os.listdir(out / "ray_results" / "multinode") if d.startswith("epoch_")) == \
+        ["epoch_002", "epoch_003"]
+    assert (out / "ray_results" / "multinode" / "repb_run.json").exists()  # the identity beside the checkpoints
+    states = sorted(os.listdir(out / "ray_results" / "multinode" / "coordinator"))
+    assert states[-1] == "epoch_00003"
+    assert os.listdir(out / "ray_results" / "multinode" / "coordinator" / states[-1]) == ["shard_000.npz", "global.npz"] \
+        or sorted(os.listdir(out / "ray_results" / "multinode" / "coordinator" / states[-1])) == ["global.npz", "shard_000.npz"]
+    from mlflow.tracking import MlflowClient
+    run = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db").get_run(s["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+
+
+MY_TASK = '''
+import numpy as np
+import torch.nn as nn
+import torch.nn.functional as F
+from repb_ray import Task
+from repb_ray.data import from_numpy
+
+
+class SubmittedTask(Task):
+    def train_dataset(self):
+        x = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
+        return from_numpy({"x": x, "y": (x[:, 1] > 0).astype(np.int64)})
+
+    def model(self):
+        return nn.Linear(6, 2)
+
+    def loss(self, model, batch):
+        return F.cross_entropy(model(batch["x"]), batch["y"], reduction="none")
+'''
+
+
+def test_a_task_module_in_the_submitted_working_dir(cluster, tmp_path):
+    wd = _working_dir(tmp_path, with_repo=False)
+    (wd / "submitted_task.py").write_text(MY_TASK)
+    (wd / "job.yaml").write_text("task: submitted_task:SubmittedTask\nepochs: 2\nbatch_size: 16\nnum_workers: 2\n"
+                                 "worker_resources: {trainer: 1}\n")
+    p = _submit(cluster, wd, "python", "-m", "repb_ray.cli", "train", "--config", "job.yaml", "--output-dir",
+                str(cluster["shared"]), "--set", "name=submitted")
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    with open(cluster["shared"] / "submitted" / "summary.json") as fh:
+        s = json.load(fh)
+    assert s["task"] == "submitted_task:SubmittedTask" and s["epochs"] == 2
+
+
+def test_a_sweep_through_ray_job_submit(cluster, tmp_path):
+    out = cluster["shared"]
+    p = _submit(cluster, _working_dir(tmp_path), "python", "-m", "jobs.sweep", "--config",
+                "jobs/configs/sweep_smoke.yaml", "--output-dir", str(out), "--set", "num_workers=1",
+                "--set", "worker_resources={trainer: 1}", "--set", "sweep.search={policy_args.rho: {grid: [0.5]}}")
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    assert "2 trial(s) at once" in p.stdout  # two nodes hold the `trainer` resource
+    with open(out / "sweep_smoke" / "sweep_summary.json") as fh:
+        s = json.load(fh)
+    assert [t["status"] for t in s["trials"]] == ["FINISHED"] * 2
+    assert (out / "sweep_smoke" / "paper_table.md").exists() and (out / "mlflow.db").exists()
+
+
+def test_a_relative_output_dir_is_refused_on_the_cluster(cluster, tmp_path):
+    p = _submit(cluster, _working_dir(tmp_path), "python", "-m", "jobs.train", "--config", "jobs/configs/smoke.yaml")
+    assert p.returncode != 0
+    assert "output_dir='runs' is relative, and this run is on a Ray cluster" in p.stdout + p.stderr

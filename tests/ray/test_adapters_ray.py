@@ -1,0 +1,56 @@
+"""The Hugging Face adapter inside Ray Train with Ray's own HF integration: 2 workers, the run's shared
+coordinator and pruned Ray Data epochs; the plans are the core policy's for the same scores."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+from repb_ray.core import make_policy  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "adapters")
+
+
+def test_hf_trainer_on_two_ray_workers_with_the_coordinator(ray_session, tmp_path):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    sys.path.insert(0, HERE)
+    try:
+        from hf_fixtures import token_data
+        from hf_ray_loop import loop
+    finally:
+        sys.path.remove(HERE)
+    from repb_ray.data import from_numpy
+    from repb_ray.train import Pruning
+    n = 96
+    ids, mask, labels = token_data(n)
+    pruning = Pruning("repb", {"rho": 0.6, "window": 1}, num_samples=n, num_workers=2, shuffle_rows=0)
+    try:
+        result = TorchTrainer(
+            loop, train_loop_config={"pruning": pruning.handle, "out": str(tmp_path)},
+            datasets={"train": pruning.dataset(from_numpy({"input_ids": ids, "attention_mask": mask, "labels": labels},
+                                                          block_rows=16))},
+            dataset_config=pruning.data_config(),
+            scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+            run_config=ray.train.RunConfig(name="hf-ray", storage_path=str(tmp_path)),
+        ).fit()
+    finally:
+        pruning.shutdown()
+    out = result.return_value
+    assert out["kept"][0] == n and out["kept"][1] < n
+    # the coordinator's plans are those of a plain policy fed both ranks' scores
+    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
+    p = make_policy("repb", num_samples=n, seed=0, world_size=2, rho=0.6, window=1)
+    for epoch, k in zip((1, 2, 3), out["kept"]):
+        parts = [(r["step"][r["epoch"] == epoch], r["ids"][r["epoch"] == epoch], r["scores"][r["epoch"] == epoch])
+                 for r in ranks]
+        assert [x[1].size for x in parts] == [k // 2, k // 2]                 # equal, disjoint halves
+        assert not np.intersect1d(parts[0][1], parts[1][1]).size
+        for steps, ids, scores in parts:
+            p.observe(steps.astype(np.int64), ids.astype(np.int64), scores.astype(np.float32))
+        p.finish_epoch()
+    assert p.plan.digest == out["digest"]

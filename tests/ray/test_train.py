@@ -1,0 +1,163 @@
+"""Integration on local Ray: 2 DDP workers on exact plans, CTR weights as decided, exact resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import ROOT
+
+from repb_ray.cli import main as cli_main
+from repb_ray.config import Config
+from repb_ray.core import plan_digest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def reference_run(ray_session, smoke_config, tmp_path_factory):
+    """The smoke config through the CLI: 2 workers x 3 epochs, audited, tracked in SQLite MLflow."""
+    out = tmp_path_factory.mktemp("ref")
+    rc = cli_main(["train", "--config", smoke_config, "--output-dir", str(out),
+                   "--set", "epochs=3", "--set", "audit=true", "--set", "name=ref"])
+    assert rc == 0
+    with open(out / "ref" / "summary.json") as fh:
+        return out, json.load(fh)
+
+
+def test_summary_has_every_field(reference_run):
+    _, s = reference_run
+    for key in ("config", "task", "task_args", "policy", "seed", "num_workers", "epochs", "final_test_accuracy",
+                "best_test_accuracy", "metric", "final_metric", "pruned_fraction", "samples_trained", "wall_time_s",
+                "per_epoch"):
+        assert key in s, key
+    assert s["epochs"] == 3 and s["num_workers"] == 2 and s["policy"] == "repb"
+    assert s["task"] == "synthetic" and s["task_args"] == {"size": 256} and s["metric"] == "test_accuracy"
+    assert {"epoch", "kept", "pruned_fraction", "train_loss", "test_accuracy", "test_loss", "epoch_time_s",
+            "train_time_s", "data_wait_s", "weight_mean", "weight_max", "plan_digest"} <= set(s["per_epoch"][0])
+    kept = [e["kept"] for e in s["per_epoch"]]
+    assert s["samples_trained"] == sum(kept)
+    assert s["pruned_fraction"] == pytest.approx(1 - sum(kept) / (3 * 256))
+    assert kept[0] == 256 and kept[1] < 256  # D_1 = D, then pruning
+
+
+def test_ranks_see_disjoint_equal_shares_whose_union_is_the_plan(reference_run):
+    out, s = reference_run
+    audit = out / "ref" / "audit"
+    for e in s["per_epoch"]:
+        ep = e["epoch"]
+        plan = np.load(audit / f"plan{ep:03d}.npz")
+        ranks = [np.load(audit / f"epoch{ep:03d}_rank{r}.npz") for r in (0, 1)]
+        ids = [r["ids"] for r in ranks]
+        assert len(ids[0]) == len(ids[1])                                   # equal rows per rank
+        assert ranks[0]["steps"].max() == ranks[1]["steps"].max()           # equal DDP steps
+        assert not np.intersect1d(ids[0], ids[1]).size                      # disjoint
+        union = np.sort(np.concatenate(ids))
+        np.testing.assert_array_equal(union, plan["ids"])                   # exactly the plan
+        assert plan_digest(union) == e["plan_digest"]
+        weight_of = dict(zip(plan["ids"].tolist(), plan["weights"].tolist()))
+        applied = [weight_of[i] == w for r in ranks for i, w in zip(r["ids"].tolist(), r["weights"].tolist())]
+        assert all(applied)                                                 # the coordinator's CTR weights
+
+
+def test_training_run_is_tracked_in_mlflow(reference_run):
+    from mlflow.tracking import MlflowClient
+    out, s = reference_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
+    run = client.get_run(s["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["policy"] == "repb"
+    assert run.data.params["task"] == "synthetic" and run.data.params["task_args"] == '{"size": 256}'
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy")] == [1, 2, 3]
+    names = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert {"summary.json", "plots", "selection_counts.npz"} <= set(names)
+    counts = np.load(client.download_artifacts(run.info.run_id, "selection_counts.npz", str(out)))["counts"]
+    # N_i over the plans so far (the 4th epoch's, decided after epoch 3, included)
+    assert counts.shape == (256,) and counts.min() >= 1 and counts.max() <= 4
+    assert int(counts.sum()) > s["samples_trained"]
+    import mlflow.pytorch
+    import torch
+    logged = [m for m in client.search_logged_models([run.info.experiment_id]) if m.source_run_id == run.info.run_id]
+    mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
+    model = mlflow.pytorch.load_model(f"models:/{logged[0].model_id}")
+    assert model(torch.zeros(2, 16)).shape == (2, 4)
+    assert logged[0].name == "model"
+
+
+@pytest.mark.parametrize("fail_at", [{"epoch": 2, "step": 3, "rank": 1},
+                                     {"epoch": 2, "step": 2, "rank": 0, "kind": "coordinator"}],
+                         ids=["worker-failure", "coordinator-killed"])
+def test_resume_gives_the_uninterrupted_plans(reference_run, smoke_config, tmp_path, fail_at):
+    from repb_ray.train.run import run_training
+    _, ref = reference_run
+    cfg = Config.from_yaml(smoke_config, ["epochs=3", f"output_dir={tmp_path}", "tracking_uri=none"])
+    s = run_training(cfg.replace(name="resumed", fail_at=fail_at, max_failures=2), progress=False)
+    assert os.path.exists(tmp_path / "resumed" / f".injected_{fail_at.get('kind', 'worker')}_e2_s{fail_at['step']}_r{fail_at['rank']}")
+    assert [e["plan_digest"] for e in s["per_epoch"]] == [e["plan_digest"] for e in ref["per_epoch"]]
+    assert [e["train_loss"] for e in s["per_epoch"]] == [e["train_loss"] for e in ref["per_epoch"]]
+
+
+def test_local_mode_runs_every_policy_in_one_harness(ray_session, smoke_config, tmp_path):
+    from repb_ray.train.run import run_training
+    cfg = Config.from_yaml(smoke_config, [f"output_dir={tmp_path}", "tracking_uri=none", "num_workers=0"])
+    pruned = {}
+    for policy in ("infobatch", "random", "full", "egreedy", "ucb"):
+        s = run_training(cfg.replace(name=policy, policy=policy, policy_args={}), progress=False)
+        assert s["epochs"] == 2 and s["policy"] == policy
+        pruned[policy] = s["pruned_fraction"]
+    assert pruned["full"] == 0.0 and pruned["random"] == pytest.approx(0.5) and pruned["ucb"] == 0.25
+
+
+def test_cli_rejects_bad_config_with_exit_code_2(smoke_config, tmp_path):
+    cases = [(["--set", "policy_args.rh=0.3"], "unknown parameter 'rh' for policy 'repb' (did you mean 'rho'?)"),
+             (["--set", "policy_args.rho=1.5"], "rho must be in [0, 1], got rho=1.5"),
+             (["--set", "policy=infobach"], "did you mean 'infobatch'?"),
+             (["--set", "epochs=0"], "epochs must be >= 1, got epochs=0")]
+    for extra, msg in cases:
+        p = subprocess.run([sys.executable, "-m", "jobs.train", "--config", smoke_config, *extra],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2, p.stderr
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and msg in lines[0], p.stderr
+    assert cli_main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_rerun_with_the_same_name_resumes_from_the_last_checkpoint(reference_run, smoke_config, capsys):
+    """A driver that died is recovered by running again with the same name: Train finds the run's
+    checkpoints and the coordinator is restored from the last one. Asking for more epochs changes
+    the config: refused up front, then continued with --resume."""
+    out, ref = reference_run
+    argv = ["train", "--config", smoke_config, "--output-dir", str(out), "--set", "epochs=4", "--set", "name=ref",
+            "--set", "tracking_uri=none"]
+    assert cli_main(argv) == 2
+    assert "was started with another config (epochs: 3 -> 4)" in capsys.readouterr().err
+    rc = cli_main(argv + ["--resume"])
+    assert rc == 0
+    with open(out / "ref" / "summary.json") as fh:
+        s = json.load(fh)
+    assert [e["epoch"] for e in s["per_epoch"]] == [1, 2, 3, 4]
+    assert [e["plan_digest"] for e in s["per_epoch"][:3]] == [e["plan_digest"] for e in ref["per_epoch"]]
+    assert s["per_epoch"][3]["kept"] > 0
+
+
+def test_resume_on_another_worker_count_retrims_the_plan(ray_session, smoke_config, tmp_path, capsys):
+    """1 worker for 2 epochs, then --resume with 2 workers and a third epoch: the restored plan is
+    re-trimmed to an even size, the first epochs stay as they were, run.json records the change."""
+    base = ["train", "--config", smoke_config, "--output-dir", str(tmp_path), "--set", "name=grow",
+            "--set", "tracking_uri=none", "--set", "task_args.size=203"]
+    assert cli_main(base + ["--set", "num_workers=1"]) == 0
+    with open(tmp_path / "grow" / "summary.json") as fh:
+        first = json.load(fh)
+    from repb_ray import storage
+    saved = tmp_path / "ray_results" / "grow" / "coordinator" / "epoch_00002" / "global.npz"
+    assert storage.load_npz(str(saved))[1]["plan_sizes"][-1] % 2 == 1  # the case needs the re-trim
+    assert cli_main(base + ["--set", "num_workers=2", "--set", "epochs=3"]) == 2
+    assert "num_workers: 1 -> 2" in capsys.readouterr().err
+    assert cli_main(base + ["--set", "num_workers=2", "--set", "epochs=3", "--resume"]) == 0
+    with open(tmp_path / "grow" / "summary.json") as fh:
+        s = json.load(fh)
+    assert [e["plan_digest"] for e in s["per_epoch"][:2]] == [e["plan_digest"] for e in first["per_epoch"]]
+    assert s["per_epoch"][2]["kept"] % 2 == 0 and s["num_workers"] == 2
+    with open(tmp_path / "grow" / "run.json") as fh:
+        assert any("num_workers: 1 -> 2" in c for r in json.load(fh)["resumed_with"] for c in r["changes"])

@@ -1,0 +1,163 @@
+"""repb_ray.torch: weighted loss, plan sampler, scores, schedule, augmentation, DDP-safe gathering."""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from repb_ray.core import EpochPlan
+from repb_ray.torch import IndexedDataset, PlanCosineLR, PlanSampler, Scorer, gather_observations, weighted_loss
+from repb_ray.torch.scores import grad_norm_of_logits
+
+
+def test_weighted_loss_is_mean_of_w_times_l_and_rejects_reduced_loss():
+    losses = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    w = torch.tensor([1.0, 1.0, 2.0, 4.0])
+    assert weighted_loss(losses, w).item() == pytest.approx((1 + 2 + 6 + 16) / 4)
+    assert weighted_loss(losses, w, normalize=True).item() == pytest.approx((1 + 2 + 6 + 16) / 4 / 2)
+    with pytest.raises(ValueError, match="already reduced.*reduction='none'"):
+        weighted_loss(losses.mean(), w)
+    with pytest.raises(ValueError, match="shape"):
+        weighted_loss(losses, w[:3])
+
+
+def test_plan_sampler_splits_the_plan_into_equal_disjoint_shards():
+    plan = EpochPlan(2, np.arange(0, 40, 2, dtype=np.int64), np.ones(20, np.float32))
+    shards = [list(PlanSampler(plan, rank=r, world_size=4, seed=3)) for r in range(4)]
+    assert all(len(s) == 5 for s in shards)
+    assert sorted(sum(shards, [])) == plan.ids.tolist()
+    assert shards[0] == list(PlanSampler(plan, rank=0, world_size=4, seed=3))  # same order on every call
+    with pytest.raises(ValueError, match="not divisible by world_size=3"):
+        PlanSampler(plan, world_size=3)
+
+
+def test_indexed_dataset_yields_ids():
+    ds = IndexedDataset(torch.utils.data.TensorDataset(torch.arange(5.0)))
+    i, (x,) = ds[3]
+    assert i.dtype == torch.int64 and i.item() == 3 and x.item() == 3.0
+
+
+def test_scores_loss_and_grad_norm_at_the_model_output():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    loss_score, grad_score = Scorer("loss", model), Scorer("grad_norm", model)
+    logits = model(x)
+    per = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    assert torch.equal(loss_score(per), per.detach())
+    g = grad_score(per)  # generic: d sum(loss) / d output, per sample
+    np.testing.assert_allclose(g.numpy(), grad_norm_of_logits(logits, y), rtol=1e-6)
+    per.mean().backward()  # the parameters' backward still works after the output gradient
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match="score must be one of loss, grad_norm"):
+        Scorer("entropy")
+
+
+def test_grad_norm_needs_one_output_tensor():
+    from repb_ray.task import TaskError
+
+    class TwoHeads(torch.nn.Module):
+        def forward(self, x):
+            return x, x
+    m = TwoHeads()
+    s = Scorer("grad_norm", m, task="my:Task")
+    m(torch.zeros(2, requires_grad=True))
+    with pytest.raises(TaskError, match="task 'my:Task': score=grad_norm needs the model's forward to return one tensor"):
+        s(torch.zeros(2, requires_grad=True))
+
+
+def test_schedule_follows_real_epoch_lengths():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = PlanCosineLR(opt, 1.0, epochs=2)
+    sched.start_epoch(2, steps_in_epoch=3)   # a pruned epoch of 3 steps: lr reaches 0 at its end
+    for _ in range(3):
+        sched.step()
+    assert sched.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+    sched.start_epoch(1, 10)
+    assert sched.get_last_lr()[0] == pytest.approx(1.0)
+
+
+def _gather_worker(rank, port, out_dir):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    n = 3 + rank  # ranks hold different counts
+    ids = np.arange(n, dtype=np.int64) + 2**40 + 10 * rank  # far beyond float32's exact range
+    steps, ids, scores = gather_observations(np.full(n, rank, np.int64), ids, np.full(n, 0.5 + rank, np.float32))
+    np.savez(os.path.join(out_dir, f"r{rank}.npz"), steps=steps, ids=ids, scores=scores)
+    dist.destroy_process_group()
+
+
+def test_gather_observations_across_two_gloo_ranks(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_gather_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    r0, r1 = (np.load(tmp_path / f"r{r}.npz") for r in (0, 1))
+    for k in ("steps", "ids", "scores"):
+        np.testing.assert_array_equal(r0[k], r1[k])
+    assert r0["ids"].dtype == np.int64 and r0["ids"].tolist() == [2**40 + i for i in (0, 1, 2, 10, 11, 12, 13)]
+    assert r0["scores"].tolist() == [0.5] * 3 + [1.5] * 4 and r0["steps"].tolist() == [0] * 3 + [1] * 4
+
+
+def test_plain_loop_example_runs(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import ROOT as root
+    p = subprocess.run([sys.executable, "examples/plain_pytorch.py", "--task", "synthetic", "--epochs", "3"],
+                       cwd=root, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "epoch 3:" in p.stdout and "pruned fraction over 3 epochs" in p.stdout
+
+
+def test_builtin_resnet18_takes_the_task_input_channels():
+    from repb_ray.tasks.models import build_model
+    for shape in [(1, 28, 28), (3, 32, 32)]:
+        out = build_model("resnet18", shape, 10).eval()(torch.zeros(2, *shape))
+        assert tuple(out.shape) == (2, 10)
+
+
+def test_any_scheduler_follows_real_steps_when_epochs_get_shorter():
+    """OneCycleLR built for 3 epochs of 10 steps: with pruned epochs of 10, 4 and 5 real steps, the
+    learning rate at each epoch's end is the unpruned schedule's, and the schedule ends where it should."""
+    from repb_ray.torch import RealStepLR
+
+    def build():
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=31)
+    ref_opt, ref = build()
+    at_end = []
+    for _ in range(3):
+        for _ in range(10):
+            ref_opt.step()
+            ref.step()
+        at_end.append(ref.get_last_lr()[0])
+    opt, sched = build()
+    wrapped = RealStepLR(sched, steps_per_epoch=10)
+    lrs = []
+    for epoch, real in ((1, 10), (2, 4), (3, 5)):
+        wrapped.start_epoch(epoch, real)
+        for _ in range(real):
+            opt.step()
+            wrapped.step()
+            lrs.append(wrapped.get_last_lr()[0])
+        assert wrapped.get_last_lr()[0] == pytest.approx(at_end[epoch - 1])
+    assert sched.last_epoch == 30 and lrs == sorted(lrs[:lrs.index(max(lrs)) + 1]) + lrs[lrs.index(max(lrs)) + 1:]
+    state = wrapped.state_dict()
+    _, sched2 = build()
+    again = RealStepLR(sched2, steps_per_epoch=10)
+    again.load_state_dict(state)
+    assert again.get_last_lr() == wrapped.get_last_lr() and again.nominal == wrapped.nominal
+
+
+def test_total_steps_of_a_budget():
+    from repb_ray.core import total_steps
+    assert total_steps(1000, 4, 100) == 40
+    assert total_steps(1000, 4, 100, world_size=2) == 20
+    assert total_steps(1000, 4, 100, grad_accum_steps=3) == 16                # 10 batches -> 4 steps per epoch
+    # 50% of 4000 sample-steps: epoch 1 full (1000), the other 1000 spread over 3 epochs (334 each)
+    assert total_steps(1000, 4, 100, target_pruned=0.5) == 10 + 3 * 4
+    assert total_steps(1000, 4, 100, target_pruned=0.5, first_epoch_full=False) == 4 * 5
