@@ -75,12 +75,30 @@ loggers:
 
 
 def tune_trials(grid) -> tuple[dict, dict]:
-    """Tune's status and last result of each trial of a sweep, by its place in the sweep (the
-    `index` in its config): ResultGrid's Results carry no status, its ExperimentAnalysis's trials do."""
+    """Tune's status and last result of each trial of a sweep, by its place in the sweep (the `index`
+    in its config, or for trials a searcher drew, their order): ResultGrid's Results carry no status,
+    its ExperimentAnalysis's trials do."""
     statuses, results = {}, {}
-    for trial in grid._experiment_analysis.trials:
-        index = (trial.config or {}).get("index")
-        if index is not None:
-            statuses[index] = trial.status
-            results[index] = dict(trial.last_result or {})
+    trials = grid._experiment_analysis.trials
+    for order, trial in enumerate(sorted(trials, key=_made_at)):
+        index = (trial.config or {}).get("index", order)
+        statuses[index] = trial.status
+        results[index] = dict(trial.last_result or {})
     return statuses, results
+
+
+def tune_trial_configs(grid) -> list[tuple[str, dict]]:
+    """(trial id, config) of each trial of a sweep, in the order Tune made them."""
+    return [(t.trial_id, dict(t.config)) for t in sorted(grid._experiment_analysis.trials, key=_made_at)]
+
+
+def _made_at(trial):
+    """Tune numbers the trials it makes (the suffix of their ids)."""
+    suffix = trial.trial_id.rsplit("_", 1)[-1]
+    return int(suffix) if suffix.isdigit() else 0
+
+
+def session_dir() -> str:
+    """The folder of this process's Ray session (logs included): Ray exposes it only on its node object."""
+    import ray._private.worker
+    return ray._private.worker._global_node.get_session_dir_path()

@@ -83,12 +83,13 @@ def _prepare(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from repb_ray.redact import redact_text
+    sys.argv = [redact_text(a) for a in sys.argv]  # Ray records the driver's command line
     from repb_ray.logs import mask_secrets, quiet
     mask_secrets()
     if not args.verbose:
         quiet()  # before anything imports Ray Data or MLflow
     from repb_ray.errors import describe
-    from repb_ray.redact import redact_text
     log_dir = None
     try:
         if args.command == "train":

@@ -17,6 +17,7 @@ SCORES = ("loss", "grad_norm")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
+EVAL_MODES = ("async", "sync")
 FAIL_KINDS = ("worker", "kill", "coordinator", "shard")  # raise in a worker, SIGKILL a worker / the front / a shard
 MOVED_TO_TASK_ARGS = {"dataset": "task", "data_dir": "task_args.data_dir", "download": "task_args.download",
                       "train_subset": "task_args.train_subset", "test_subset": "task_args.test_subset",
@@ -80,6 +81,7 @@ class Config:
     schedule: str = "cosine"              # cosine over the real (pruned) steps, or constant
     warmup_epochs: float = 0.0
     eval_batch_size: int = 1000
+    eval_mode: str = "async"              # async: epoch E is evaluated while E+1 trains; sync: before it starts
     precision: str = "fp32"               # fp32 | bf16 | fp16 (autocast; fp16 with a grad scaler)
     grad_accum_steps: int = 1             # batches per optimizer step (a window counts optimizer steps)
     grad_clip: float | None = None     # clip the gradient norm to this value
@@ -223,6 +225,7 @@ def _validate(c: Config) -> None:
         _choice("optimizer", c.optimizer, OPTIMIZERS)
         _choice("schedule", c.schedule, SCHEDULES)
         _choice("precision", c.precision, PRECISIONS)
+        _choice("eval_mode", c.eval_mode, EVAL_MODES)
         check_int("seed", c.seed, minimum=0)
         check_int("epochs", c.epochs, minimum=1)
         check_int("batch_size", c.batch_size, minimum=1)

@@ -11,11 +11,12 @@ adapters call the same hooks in their own process):
 | `test_dataset()` | train.run.run_training | the driver |
 | `preprocess(batch)` | data.pipeline.apply_preprocess | Ray Data task processes, after the plan's pruning |
 | `eval_preprocess(batch)` | data.pipeline.apply_preprocess | Ray Data task processes (the test set) |
-| `model()` | train.loop.train_loop_per_worker, tracking.run_tracker (to log the model) | every Train worker; the driver at the end |
+| `model()` | train.loop.train_loop_per_worker, train.run._final_model (the MLflow model) | every Train worker; the driver at the end |
 | `loss(model, batch)` | torch.step.train_step | every Train worker, each step |
 | `metrics(model, batch)` | torch.step.evaluate | every Train worker, after each epoch |
 | `summarize(sums)` | torch.step.evaluate | every Train worker |
-| `input_example()` | tracking.run_tracker | the driver, at the end |
+| `input_example()` | train.run.run_training (the MLflow model) | the driver, at the end |
+| `summary_info(num_samples)` | train.summary.build_summary | the driver, at the end |
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Task:
       metrics(model, batch) -> dict            per-batch sums, e.g. {"correct": c, "count": n}
       summarize(sums) -> dict                  metrics from the summed sums (default: each sum / count)
       input_example() -> array | None          a model input, to log the trained model's signature
+      summary_info(num_samples) -> dict        extra facts about the data for summary.json (optional)
 
     `metric` and `mode` name the test metric that sweeps optimise ("accuracy", "max" by default).
     """
@@ -81,6 +83,11 @@ class Task:
     def input_example(self):
         """A model input (numpy array or dict of arrays) for the MLflow model's signature; optional."""
         return None
+
+    def summary_info(self, num_samples: int) -> dict:
+        """What summary.json records about this task's data beyond its task_args (e.g. how many labels
+        a noise regime flipped); optional."""
+        return {}
 
     def summarize(self, sums: dict) -> dict:
         """Test metrics from the sums of `metrics` over the whole test set."""

@@ -21,8 +21,9 @@ class _CIFAR(ClassificationTask):
     torchvision_name = ""
 
     def __init__(self, data_dir: str | None = None, download: bool = False, train_subset: int | None = None,
-                 test_subset: int | None = None, model: str | None = None, augment: bool = True):
-        super().__init__(model, augment)
+                 test_subset: int | None = None, model: str | None = None, augment: bool = True,
+                 label_noise: float = 0.0, noise_seed: int = 0):
+        super().__init__(model, augment, label_noise, noise_seed)
         if data_dir is not None and not os.path.isdir(data_dir):
             raise TaskError(f"task_args.data_dir={data_dir!r} does not exist; point it at the folder that holds "
                             f"torchvision's {self.torchvision_name} data, or set download=true")

@@ -49,13 +49,40 @@ class ClassificationTask(Task):
     mean: tuple | None = None   # per-channel normalisation of uint8 images
     std: tuple | None = None
 
-    def __init__(self, model: str | None = None, augment: bool = False):
+    def __init__(self, model: str | None = None, augment: bool = False, label_noise: float = 0.0,
+                 noise_seed: int = 0):
         model = model or self.default_model
         if model not in MODELS:
             raise TaskError(f"task_args.model must be one of {', '.join(MODELS)}, got model={model!r}{suggest(str(model), MODELS)}")
         if not isinstance(augment, bool):
             raise TaskError(f"task_args.augment must be true or false, got augment={augment!r}")
+        if isinstance(label_noise, bool) or not isinstance(label_noise, (int, float)) or not 0.0 <= label_noise < 1.0:
+            raise TaskError(f"task_args.label_noise must be a fraction in [0, 1), got label_noise={label_noise!r}")
+        if isinstance(noise_seed, bool) or not isinstance(noise_seed, int) or noise_seed < 0:
+            raise TaskError(f"task_args.noise_seed must be an integer >= 0, got noise_seed={noise_seed!r}")
         self.model_name, self.augment = model, augment
+        self.label_noise, self.noise_seed = float(label_noise), noise_seed
+
+    def noisy_labels(self, ids: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The training labels with a fraction `label_noise` flipped to another class: sample id i is
+        flipped iff its draw from (noise_seed, i) is below label_noise, to a class drawn the same way
+        (a pure function of the id: any batching, any run, any method sees the same noisy labels).
+        The test set is never touched."""
+        if not self.label_noise:
+            return y
+        r = row_randoms(np.full(ids.shape, self.noise_seed, np.int64), ids, 0x1ABE1)
+        flip = (r >> np.uint64(11)).astype(np.float64) * 2.0 ** -53 < self.label_noise
+        shift = 1 + ((r & np.uint64(0xFFFF)) % np.uint64(self.num_classes - 1)).astype(np.int64)
+        return np.where(flip, (y + shift) % self.num_classes, y).astype(y.dtype)
+
+    def summary_info(self, num_samples: int) -> dict:
+        """The label noise of the training set: its fraction, seed, and how many labels were flipped."""
+        if not self.label_noise:
+            return {}
+        ids = np.arange(num_samples, dtype=np.int64)
+        zeros = np.zeros(num_samples, np.int64)
+        flipped = int(np.count_nonzero(self.noisy_labels(ids, zeros) != zeros))
+        return {"label_noise": self.label_noise, "noise_seed": self.noise_seed, "labels_flipped": flipped}
 
     def model(self):
         return build_model(self.model_name, self.input_shape, self.num_classes)
@@ -72,6 +99,8 @@ class ClassificationTask(Task):
         return out
 
     def preprocess(self, batch: dict) -> dict:
+        if self.label_noise:
+            batch = {**batch, "y": self.noisy_labels(np.asarray(batch["id"], np.int64), np.asarray(batch["y"]))}
         x = batch["x"]
         if self.augment and x.ndim == 4:
             x = crop_flip(x, batch["epoch"], batch["id"])

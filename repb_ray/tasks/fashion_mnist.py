@@ -46,15 +46,17 @@ def idx_paths(directory: str, split: str) -> list[str] | None:
 class FashionMNIST(ClassificationTask):
     """task_args: data_dir (the four idx files; default: the system copy), download (torchvision, needs
     network), train_subset / test_subset (first N samples), model (cnn | mlp | resnet18), augment,
-    source (parquet | memory), prepared_dir (where the Parquet shards go; shared storage on a cluster)."""
+    source (parquet | memory), prepared_dir (where the Parquet shards go; shared storage on a cluster),
+    label_noise (the fraction of training labels flipped to another class, seeded by noise_seed)."""
 
     num_classes, input_shape = 10, (1, 28, 28)
     mean, std = (0.2860,), (0.3530,)
 
     def __init__(self, data_dir: str | None = None, download: bool = False, train_subset: int | None = None,
                  test_subset: int | None = None, model: str | None = None, augment: bool = False,
-                 source: str = "parquet", prepared_dir: str | None = None):
-        super().__init__(model, augment)
+                 source: str = "parquet", prepared_dir: str | None = None, label_noise: float = 0.0,
+                 noise_seed: int = 0):
+        super().__init__(model, augment, label_noise, noise_seed)
         if data_dir is not None and not os.path.isdir(data_dir):
             raise TaskError(f"task_args.data_dir={data_dir!r} does not exist; point it at the folder with the four "
                             "Fashion-MNIST idx files, or leave it out to use the system copy")

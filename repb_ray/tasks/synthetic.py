@@ -23,8 +23,8 @@ class Synthetic(ClassificationTask):
     default_model = "mlp"
 
     def __init__(self, size: int = 512, num_classes: int = 4, dim: int = 16, noise: float = 2.5, seed: int = 0,
-                 model: str | None = None):
-        super().__init__(model, False)
+                 model: str | None = None, label_noise: float = 0.0, noise_seed: int = 0):
+        super().__init__(model, False, label_noise, noise_seed)
         for name, v, lo in (("size", size, 2), ("num_classes", num_classes, 2), ("dim", dim, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise TaskError(f"task_args.{name} must be an integer >= {lo}, got {name}={v!r}")

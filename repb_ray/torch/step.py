@@ -106,20 +106,28 @@ def train_step(task, task_path: str, model, optimizer, batch: dict, scorer, *, n
 
 
 @torch.no_grad()
-def evaluate(task, model, batches, device, precision: str = "fp32") -> dict[str, float]:
-    """Sum task.metrics over this rank's test batches, all-reduce the sums across ranks (every rank
-    takes part, with or without batches), and summarize them."""
-    from repb_ray.task import summarize_metrics
+def metric_sums(task, model, batches, device, precision: str = "fp32") -> dict:
+    """task.metrics summed over this rank's batches (float64 tensors on `device`); no collective."""
     was_training = model.training
     model.eval()
     device_type = torch.device(device).type
     sums: dict = {}
-    for batch in batches:
-        with autocast(precision, device_type):
-            metrics = task.metrics(model, batch)
-        for k, v in metrics.items():
-            v = v.detach().double() if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64)
-            sums[k] = sums[k] + v.to(device) if k in sums else v.to(device)
+    try:
+        for batch in batches:
+            with autocast(precision, device_type):
+                metrics = task.metrics(model, batch)
+            for k, v in metrics.items():
+                v = v.detach().double() if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64)
+                sums[k] = sums[k] + v.to(device) if k in sums else v.to(device)
+    finally:
+        model.train(was_training)
+    return sums
+
+
+def reduce_metric_sums(task, sums: dict, device) -> dict[str, float]:
+    """All-reduce the per-rank sums of `metric_sums` (every rank takes part, with or without batches)
+    and summarize them through the task."""
+    from repb_ray.task import summarize_metrics
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         keys: list = [None] * dist.get_world_size()
         dist.all_gather_object(keys, sorted(sums))
@@ -127,8 +135,12 @@ def evaluate(task, model, batches, device, precision: str = "fp32") -> dict[str,
         vec = torch.stack([sums.get(k, torch.zeros((), dtype=torch.float64, device=device)).reshape(()).to(device)
                            for k in names]) if names else torch.zeros(0, dtype=torch.float64, device=device)
         dist.all_reduce(vec)
-        sums = dict(zip(names, vec.tolist()))
+        out = dict(zip(names, vec.tolist()))
     else:
-        sums = {k: float(v) for k, v in sums.items()}
-    model.train(was_training)
-    return summarize_metrics(task, sums) if sums else {}
+        out = {k: float(v) for k, v in sums.items()}
+    return summarize_metrics(task, out) if out else {}
+
+
+def evaluate(task, model, batches, device, precision: str = "fp32") -> dict[str, float]:
+    """Sum task.metrics over this rank's test batches, all-reduce the sums across ranks, and summarize them."""
+    return reduce_metric_sums(task, metric_sums(task, model, batches, device, precision), device)

@@ -44,9 +44,17 @@ def prepare_client_env() -> None:
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """One line within seconds when the tracking store cannot be used, instead of minutes of retries."""
     if uri.startswith(HTTP_SCHEMES):
-        url = uri.rstrip("/") + "/health"
+        import base64
+        from urllib.parse import unquote, urlsplit, urlunsplit
+        parts = urlsplit(uri.rstrip("/"))
+        headers = {}
+        if parts.username is not None:  # credentials go in a header, as MLflow's client sends them
+            token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
+            parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
+        url = urlunsplit(parts._replace(path=parts.path + "/health"))
         try:
-            urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout_s).read()
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers, method="GET"), timeout=timeout_s).read()
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
                 raise ConfigError(f"tracking_uri={redact_text(uri)!r} refused the credentials (HTTP {exc.code}); "
@@ -158,6 +166,11 @@ def reopen_run(uri: str, run_id: str) -> bool:
     return True
 
 
+def logged_steps(uri: str, run_id: str, key: str = "train_loss") -> set[int]:
+    """The epochs whose metrics a run holds (by a key every epoch logs)."""
+    return {int(m.step) for m in client(uri).get_metric_history(run_id, key)}
+
+
 def log_params(uri: str, run_id: str, params: dict) -> None:
     from mlflow.entities import Param
     flat = [Param(k, v) for k, v in sorted(flat_params(params).items())]
@@ -171,7 +184,8 @@ def log_epoch_metrics(uri: str, run_id: str, metrics: dict, step: int) -> None:
     ts = int(time.time() * 1000)
     batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()
              if k not in NON_METRIC_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)]
-    client(uri).log_batch(run_id, metrics=batch)
+    if batch:
+        client(uri).log_batch(run_id, metrics=batch)
 
 
 def log_artifact(uri: str, run_id: str, path: str, artifact_path: str | None = None) -> None:

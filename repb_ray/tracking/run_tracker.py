@@ -24,10 +24,12 @@ class RunTracker:
                  uri: str | None = None, log=print):
         self.cfg, self.log = cfg, log
         self.uri = uri if uri is not None else mt.resolve_tracking_uri(cfg.tracking_uri, cfg.output_dir)
+        self.uri = self.uri or None
         self.run_id = None
         self.pending: list[dict] = []      # epoch metrics not logged yet
         self.untracked: list[str] = []     # what could not be tracked, for the summary
-        self.logged_epochs: set[int] = set()
+        self.logged: dict[int, set] = {}   # epoch -> the metrics of it logged so far
+        self.closed: set[int] = set()      # epochs a resumed run had logged before this process
         self._warned = False
         self._lock = threading.Lock()
         if not self.uri:
@@ -37,6 +39,7 @@ class RunTracker:
         try:
             if resume_run_id and mt.reopen_run(self.uri, resume_run_id):
                 self.run_id = resume_run_id
+                self.closed = mt.logged_steps(self.uri, resume_run_id)  # a resumed run logs each epoch once
             else:
                 self.run_id = mt.start_run(self.uri, cfg.experiment, cfg.output_dir, run_name=cfg.name,
                                            params=cfg.to_dict(), parent_run_id=parent_run_id,
@@ -56,24 +59,37 @@ class RunTracker:
             self.log(f"[repb_ray] warning: MLflow tracking failed ({what}: {type(exc).__name__}: "
                      f"{first_line(exc)[:160]}); training goes on, metrics are retried")
 
+    @property
+    def logged_epochs(self) -> set[int]:
+        return set(self.logged) | self.closed
+
     def epoch(self, metrics: dict) -> None:
-        """An epoch's metrics (rank 0's), logged now or when the store answers again."""
+        """An epoch's metrics (rank 0's), logged now or when the store answers again; a later report of
+        the same epoch (its test metrics, evaluated asynchronously) adds only what was not logged."""
         if not self.run_id:
             return
         with self._lock:
-            if int(metrics["epoch"]) not in self.logged_epochs:
-                self.pending = [m for m in self.pending if m["epoch"] != metrics["epoch"]] + [dict(metrics)]
+            self._enqueue(metrics)
             self.flush()
+
+    def _enqueue(self, metrics: dict) -> None:
+        e = int(metrics["epoch"])
+        if e in self.closed:
+            return
+        merged = {**next((m for m in self.pending if int(m["epoch"]) == e), {}), **metrics}
+        self.pending = sorted([m for m in self.pending if int(m["epoch"]) != e] + [merged], key=lambda m: m["epoch"])
 
     def flush(self) -> None:
         while self.pending:
             m = self.pending[0]
+            e = int(m["epoch"])
+            new = {k: v for k, v in m.items() if k not in self.logged.get(e, ())}
             try:
-                mt.log_epoch_metrics(self.uri, self.run_id, m, step=int(m["epoch"]))
+                mt.log_epoch_metrics(self.uri, self.run_id, new, step=e)
             except Exception as exc:
-                self._warn(f"epoch {m['epoch']} metrics", exc)
+                self._warn(f"epoch {e} metrics", exc)
                 return
-            self.logged_epochs.add(int(m["epoch"]))
+            self.logged.setdefault(e, set()).update(new)
             self.pending.pop(0)
 
     def _try(self, what: str, fn, *args) -> bool:
@@ -93,10 +109,8 @@ class RunTracker:
             return {"uri": None}
         from repb_ray.plots import run_curves
         with self._lock:
-            for m in history:
-                if int(m["epoch"]) not in self.logged_epochs and m not in self.pending:
-                    self.pending.append(dict(m))
-            self.pending.sort(key=lambda m: m["epoch"])
+            for m in history:  # the full history completes what the feed had of each epoch
+                self._enqueue(m)
             self.flush()
             if self.pending:
                 self.untracked.append(f"metrics of epochs {[m['epoch'] for m in self.pending]}")

@@ -10,6 +10,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from repb_ray.train.messages import EVAL_PENDING
+
 
 def epoch_line(m: dict, epochs: int, decisions: tuple = ()) -> str:
     tests = " ".join(f"{k[5:]} {v:.4f}" for k, v in m.items() if k.startswith("test_"))
@@ -31,7 +33,8 @@ def bar(p: dict, epochs: int, width: int = 24) -> str:
 
 
 class Console:
-    """Polls the coordinator; prints (unless `show` is False) and calls `on_epoch(metrics)` once per epoch."""
+    """Polls the coordinator; prints (unless `show` is False) a line per epoch once its metrics are complete
+    and calls `on_epoch(metrics)` for each report of an epoch (twice when evaluated asynchronously)."""
 
     def __init__(self, coordinator, epochs: int, stream=None, interactive: bool | None = None,
                  every_s: float = 30.0, poll_s: float = 0.5, show: bool = True, decisions: tuple = (),
@@ -42,7 +45,8 @@ class Console:
         self.on_epoch = on_epoch
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="repb-ray-console")
-        self._printed = 0
+        self._printed = 0   # the last epoch printed
+        self._seen = 0      # the last report handled
         self._last_plain = 0.0
         self._bar_shown = False
 
@@ -64,14 +68,16 @@ class Console:
     def _poll(self) -> None:
         import ray
         try:
-            state = ray.get(self.coord.progress.remote(self._printed), timeout=5)
+            state = ray.get(self.coord.progress.remote(self._seen), timeout=5)
         except Exception:  # the coordinator is restarting: try again on the next poll
             return
-        for m in state["epochs"]:
-            if self.show:
-                self._clear()
-                self.stream.write(epoch_line(m, self.epochs, self.decisions) + "\n")
-            self._printed = max(self._printed, int(m["epoch"]))
+        for seq, m in state["epochs"]:
+            self._seen = max(self._seen, seq)
+            if not m.get(EVAL_PENDING) and int(m["epoch"]) > self._printed:
+                if self.show:
+                    self._clear()
+                    self.stream.write(epoch_line(m, self.epochs, self.decisions) + "\n")
+                self._printed = int(m["epoch"])
             if self.on_epoch is not None:
                 self.on_epoch(m)
         p = state["now"]

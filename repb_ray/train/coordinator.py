@@ -57,7 +57,8 @@ class Coordinator:
         self._lock = threading.Lock()
         self._waiters: list = []
         self._progress: dict = {}
-        self._epochs: list = []
+        self._epochs: list = []   # (seq, metrics) of the epochs reported so far, in epoch order
+        self._seq = 0
         self._published = None
         self._error = None
         self._ready: set = set()
@@ -272,17 +273,20 @@ class Coordinator:
     # -- progress, for the driver's console and tracking ---------------------------------------------------
     @ray.method(concurrency_group=WAIT_GROUP)
     def report_progress(self, progress: dict) -> None:
-        """Rank 0: where the epoch is (epoch, samples, kept, start) or an epoch's metrics (`done`)."""
+        """Rank 0: where the epoch is (epoch, samples, kept, start) or an epoch's metrics (`done`; an epoch
+        evaluated asynchronously comes twice, the second time with its test metrics). A report of epoch E
+        replaces those of E and later (a resumed run trains them again)."""
         if "done" in progress:
             done = progress["done"]
-            self._epochs = [m for m in self._epochs if m["epoch"] < done["epoch"]] + [done]  # a resumed epoch replaces
+            self._seq += 1
+            self._epochs = [(s, m) for s, m in self._epochs if m["epoch"] < done["epoch"]] + [(self._seq, done)]
         else:
             self._progress = progress
 
     @ray.method(concurrency_group=WAIT_GROUP)
     def progress(self, since: int = 0) -> dict:
-        """The epoch metrics after the first `since`, and where the current epoch is."""
-        return {"epochs": [m for m in self._epochs if m["epoch"] > since], "now": self._progress}
+        """The epoch reports numbered after `since`, as (number, metrics), and where the current epoch is."""
+        return {"epochs": [(s, m) for s, m in self._epochs if s > since], "now": self._progress}
 
     # -- reading the state (driver, audits, benchmarks) -------------------------------------------------
     async def selection_counts(self) -> np.ndarray:
@@ -305,9 +309,11 @@ class Coordinator:
 
 
 def create(policy: str, num_samples: int, seed: int, world_size: int, params: dict, *, shards: int = 1,
-           chunk: int | None = None, state_root: str | None = None):
+           chunk: int | None = None, state_root=None):
     """The coordinator actor: num_cpus=0, memory for the state it holds itself, restarted with a fresh
-    state if its process dies (the next reset restores it from the last saved state)."""
+    state if its process dies (the next reset restores it from the last saved state). `state_root` is
+    a path or URI, or an object-store reference to one (then the actor's creation record, which Ray
+    keeps, holds the reference and not a location that may carry a credential)."""
     actor = ray.remote(concurrency_groups={WAIT_GROUP: 100_000})(Coordinator).options(
         num_cpus=0, max_restarts=-1, max_task_retries=0, memory=memory_request(num_samples if shards == 1 else 0),
         scheduling_strategy="DEFAULT")  # its own memory, outside a Tune trial's placement group

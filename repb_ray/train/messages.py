@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# The metric keys of an asynchronously evaluated epoch: its report says its test metrics are pending; the next
+# report carries the completed row of that epoch.
+EVAL_PENDING = "eval_pending"
+EVAL_RESULT = "eval_result"
+
 
 @dataclass(frozen=True)
 class Observations:

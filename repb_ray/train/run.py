@@ -16,7 +16,9 @@ from repb_ray.config import Config
 from repb_ray.core.registry import policy_class
 from repb_ray.data.pipeline import eval_dataset
 from repb_ray.errors import DataError
+from repb_ray.redact import redact
 from repb_ray.tasks.loader import TaskRef, instantiate
+from repb_ray.tracking import mlflow_tracking as mt
 from repb_ray.tracking.run_tracker import RunTracker
 from repb_ray.train import runs
 from repb_ray.train.console import Console
@@ -39,6 +41,10 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
     check_cluster_paths(cfg)
     task_ref = TaskRef(cfg.task, cfg.task_args)
     instantiate(cfg.task, cfg.task_args)  # a bad task or task_args fails here, before Ray starts
+    tracking_uri = mt.resolve_tracking_uri(cfg.tracking_uri, cfg.output_dir)
+    if tracking_uri:
+        mt.prepare_client_env()
+        mt.check_reachable(tracking_uri)  # one line within seconds, before Ray starts
     claim = runs.claim(cfg, resume=resume, overwrite=overwrite)
     root = runs.storage_root(cfg)
     pruning = tracker = console = None
@@ -59,7 +65,8 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
         test_ds = eval_dataset(task.test_dataset(), task_ref)
         if test_ds is not None:
             datasets["test"] = test_ds
-        tracker = RunTracker(cfg, parent_run_id=parent_run_id, resume_run_id=claim.record.get("mlflow_run_id"))
+        tracker = RunTracker(cfg, parent_run_id=parent_run_id, resume_run_id=claim.record.get("mlflow_run_id"),
+                             uri=tracking_uri or "")
         if tracker.run_id:
             claim.save_record(mlflow_run_id=tracker.run_id)
         if progress:
@@ -70,7 +77,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
                           on_epoch=tracker.epoch).start()
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"cfg": cfg.to_dict(), "pruning": pruning.handle, "has_test": test_ds is not None},
+            train_loop_config={"cfg": worker_config(cfg), "pruning": pruning.handle, "has_test": test_ds is not None},
             datasets=datasets,
             dataset_config=pruning.data_config(),
             scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
@@ -112,6 +119,12 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
               f"fraction {summary['pruned_fraction']:.3f}, {summary['wall_time_s']:.0f}s; summary: {path}"
               + (f"; MLflow: {tracker.safe_uri}" if tracker.uri else ""), flush=True)
     return summary
+
+
+def worker_config(cfg: Config) -> dict:
+    """The config the Train workers get: no tracking URI, no storage location (the workers use
+    neither; the coordinator alone knows where its states go), anything else redacted."""
+    return redact({**cfg.to_dict(), "tracking_uri": None, "storage_path": None})
 
 
 def _write_json(path: str, data: dict) -> None:

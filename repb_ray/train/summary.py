@@ -23,10 +23,14 @@ def build_summary(cfg: Config, task, history: list, *, num_samples: int, wall_ti
         "seed": cfg.seed, "num_workers": cfg.num_workers, "epochs": len(history), "num_samples": num_samples,
         "metric": key, "mode": task.mode, "final_metric": values[-1] if values else None, "best_metric": best,
         "pruned_fraction": 1.0 - trained / (len(history) * num_samples) if history else None,
-        "samples_trained": trained, "wall_time_s": wall_time_s,
-        "per_epoch": [{k: v for k, v in h.items() if k in PER_EPOCH or k.startswith("test_") or k in decisions}
+        "samples_trained": trained, "wall_time_s": wall_time_s, "data": task.summary_info(num_samples),
+        "per_epoch": [{k: v for k, v in h.items() if k in PER_EPOCH or k.startswith(("test_", "boundary_"))
+                       or k in decisions}
                       for h in history],
     }
+    stalls = [h["boundary_stall_s"] for h in history if "boundary_stall_s" in h]
+    if stalls:  # last step of an epoch to the first step of the next, slowest rank
+        out["boundary_stall_s"] = {"mean": sum(stalls) / len(stalls), "max": max(stalls)}
     if "test_accuracy" in (history[-1] if history else {}):
         out["final_test_accuracy"] = history[-1]["test_accuracy"]
         out["best_test_accuracy"] = max(h["test_accuracy"] for h in history)

@@ -125,7 +125,10 @@ class SweepSpec:
         if self.search_alg == "optuna" and not any("grid" not in d for d in self.search.values()):
             raise ConfigError("search_alg=optuna needs at least one search key with a distribution (uniform, "
                               "loguniform, randint or choice) to draw from")
-        if not self.trials():
+        if self.search_alg == "optuna" and (self.asha or self.grids or self.baselines or self.seeds is not None):
+            raise ConfigError("search_alg=optuna draws every trial from `search`: drop asha, grids, baselines and "
+                              "seeds (or use search_alg=grid)")
+        if self.search_alg == "grid" and not self.trials():
             raise ConfigError("the sweep has no trial: give search, grids or baselines")
 
     @classmethod

@@ -28,6 +28,17 @@ REPORTS = ("sweep_summary.json", "sweep_table.txt", "paper_table.md", "metric_vs
            "pruned_per_epoch.png", "knobs.png")
 
 
+class SweepLog:
+    """The sweep's console lines. A small object, not a closure: Tune pickles its searcher (which logs)
+    into the sweep's state on disk, and a closure would carry the whole sweep spec, credentials included."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, text: str) -> None:
+        print(f"[repb_ray] sweep {self.name}: {redact_text(text)}", flush=True)
+
+
 class SweepInterrupted(KeyboardInterrupt):
     """The sweep stopped before every trial ended (Ctrl-C): the same command continues it."""
 
@@ -35,6 +46,11 @@ class SweepInterrupted(KeyboardInterrupt):
 def trial_names(trials: list[dict], base: Config) -> list[str]:
     """Each trial's run name: its place in the sweep and its seed (stable across restarts)."""
     return [f"t{i:03d}-s{t.get('seed', base.seed)}" for i, t in enumerate(trials)]
+
+
+def optuna_name(trial_id: str) -> str:
+    """An Optuna trial's run name: Tune's trial id, which a restored sweep keeps."""
+    return f"optuna-{trial_id}"
 
 
 def describe_trials(trials: list[dict], labels: list, names: list[str]) -> list[str]:
@@ -61,14 +77,14 @@ class TrialContext:
 
 def run_trial(config: dict, context: TrialContext) -> None:
     """One trial (in its Tune actor): the run of its overrides, named by its place in the sweep."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     from repb_ray.train.run import run_training
-    name = context.names[config["index"]]
+    from repb_ray.tune.reporter import EpochReporter
+    index = config.get("index")
+    name = context.names[index] if index is not None else optuna_name(tune.get_context().get_trial_id())
     cfg = Config.from_dict({**apply_overrides(context.base, config["trial"]), "name": name,
                             "output_dir": context.trials_dir, "tracking_uri": context.tracking_uri or "none",
                             "tags": {**context.base.get("tags", {}), "sweep_trial": name}})
-    run_training(cfg, callbacks=[TuneReportCallback()], progress=False, parent_run_id=context.parent_run_id,
+    run_training(cfg, callbacks=[EpochReporter()], progress=False, parent_run_id=context.parent_run_id,
                  check_paths=False)
 
 
@@ -127,8 +143,7 @@ def run_sweep(spec: SweepSpec, verbose: bool = False, overwrite: bool = False) -
     claim = SweepClaim(spec, out, overwrite)
     t0 = time.perf_counter()
 
-    def log(text):
-        print(f"[repb_ray] sweep {spec.name}: {text}", flush=True)
+    log = SweepLog(spec.name)
     try:
         ensure_ray(base, task_runtime_env(base.task), verbose)
         check_shared_paths(base)
@@ -142,11 +157,18 @@ def run_sweep(spec: SweepSpec, verbose: bool = False, overwrite: bool = False) -
         context = TrialContext({**base.to_dict(), "tracking_uri": None}, uri, parent, os.path.join(out, TRIALS_DIR),
                                tuple(names))
         trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), TRIAL_RESOURCES)
-        grid = _fit(trainable, spec, base, trials, demand, metric, mode, labels, names, out, log)
+        if spec.search_alg == "optuna":
+            grid = _fit_optuna(trainable, spec, base, concurrent, metric, mode, out, log)
+            trials, names = _optuna_trials(grid)
+            configs = [spec.config_of(t) for t in trials]
+            labels = label_trials(configs)
+        else:
+            grid = _fit(trainable, spec, base, trials, demand, metric, mode, labels, names, out, log)
         statuses = _statuses(grid)
-        if len(statuses) < len(trials) or any(s not in TERMINAL for s in statuses.values()):
+        expected = spec.num_samples if spec.search_alg == "optuna" else len(trials)
+        if len(statuses) < expected or any(s not in TERMINAL for s in statuses.values()):
             raise SweepInterrupted(f"sweep {spec.name} interrupted with {sum(s in TERMINAL for s in statuses.values())} "
-                                   f"of {len(trials)} trials ended; run the same command to continue it")
+                                   f"of {expected} trials ended; run the same command to continue it")
         report = build_report(spec, configs, labels, names, grid, metric, mode, os.path.join(out, TRIALS_DIR))
         print(report.text, flush=True)
         summary = report.summary(sweep=spec.name, mlflow_tracking_uri=redact_text(uri), mlflow_parent_run_id=parent,
@@ -205,13 +227,51 @@ def _fit(trainable, spec: SweepSpec, base: Config, trials: list[dict], demand: T
 
 
 def _statuses(grid) -> dict:
-    """Tune's status of each trial of the sweep, by its place in the sweep."""
-    out = {}
-    for trial in grid._experiment_analysis.trials:  # noqa: SLF001 - Tune's ResultGrid exposes no trial status
-        index = (trial.config or {}).get("index")
-        if index is not None:
-            out[index] = trial.status
-    return out
+    """Tune's status of each trial of the sweep, by its place in it."""
+    from repb_ray import _ray_compat
+    return _ray_compat.tune_trials(grid)[0]
+
+
+def _fit_optuna(trainable, spec: SweepSpec, base: Config, concurrent: int, metric: str, mode: str, out: str, log):
+    """Optuna's sampler over the search distributions, two objectives: the test metric and the pruned
+    fraction (their Pareto front is what a budget choice needs)."""
+    from ray.tune.search import ConcurrencyLimiter
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError as exc:  # optuna is an optional dependency
+        raise ConfigError(f"search_alg=optuna needs optuna: pip install 'repb-ray[optuna]' ({exc})") from None
+    path = os.path.join(out, TUNE_DIR, spec.name)
+    if tune.Tuner.can_restore(path):
+        log("continuing from its last saved state (finished trials are kept)")
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True).fit()
+    space = {"trial": {key: _domain(dist) for key, dist in spec.search.items()}}
+    searcher = OptunaSearch(metric=[metric, "cum_pruned_fraction"], mode=[mode, "max"], seed=spec.sweep_seed)
+    tuner = tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(num_samples=spec.num_samples,
+                                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent)),
+        run_config=tune.RunConfig(name=spec.name, storage_path=os.path.join(out, TUNE_DIR), verbose=0,
+                                  callbacks=[Progress(spec.name, [], metric, spec.num_samples)]),
+    )
+    return tuner.fit()
+
+
+def _domain(dist: dict):
+    kind, values = next(iter(dist.items()))
+    if kind in ("grid", "choice"):
+        return tune.choice(values)
+    if kind == "uniform":
+        return tune.uniform(*values)
+    if kind == "loguniform":
+        return tune.loguniform(*values)
+    return tune.randint(*values)
+
+
+def _optuna_trials(grid) -> tuple[list[dict], list[str]]:
+    """The overrides and run names of an Optuna sweep's trials, in the order Tune made them."""
+    from repb_ray import _ray_compat
+    made = _ray_compat.tune_trial_configs(grid)
+    return [config["trial"] for _, config in made], [optuna_name(trial_id) for trial_id, _ in made]
 
 
 def _finish_tracking(mt, uri: str, parent: str, rows: list[dict], out: str, files: list[str], log) -> None:

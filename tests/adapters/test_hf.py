@@ -132,3 +132,11 @@ def test_two_ddp_processes_reach_the_same_plans(tmp_path):
     r0, r1 = sorted(results, key=lambda r: r["rank"])
     assert r0["digest"] == r1["digest"] and r0["kept"] == r1["kept"] and r0["kept"][1] < 100
     assert len(r0["ids"]) == len(r1["ids"]) == sum(r0["kept"]) // 2
+
+
+def test_the_example_script_runs():
+    from helpers import ROOT
+    p = subprocess.run([sys.executable, "examples/hf_trainer.py", "--epochs", "2", "--samples", "300",
+                        "--out", "/tmp/repb_hf_example_test"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "epoch 2: trained" in p.stdout and "pruned fraction over 2 epochs" in p.stdout

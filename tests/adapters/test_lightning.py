@@ -79,3 +79,11 @@ def test_two_processes_reach_the_same_plans(tmp_path):
     assert sorted(r["rank"] for r in results) == [0, 1]
     assert results[0]["digest"] == results[1]["digest"] and results[0]["kept"] == results[1]["kept"]
     assert results[0]["kept"][1] < 120
+
+
+def test_the_example_script_runs():
+    from helpers import ROOT
+    p = subprocess.run([sys.executable, "examples/lightning_callback.py", "--epochs", "2", "--subset", "600",
+                        "--synthetic"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "epoch 2: trained" in p.stdout and "pruned)" in p.stdout

@@ -159,3 +159,36 @@ def test_many_plan_chunks_serve_exactly_the_plan_and_its_weights(ray_session, tm
         assert len(set(plan_w.tolist())) > 1 and len(plan_ids) < n  # real pruning, CTR weights that differ
     finally:
         pruning.shutdown()
+
+
+def test_broken_id_columns_stop_at_the_first_read_not_after_an_epoch(ray_session, tmp_path):
+    """int32 ids are refused from the footers; ids that repeat inside a file (its row count still
+    matching its min..max) stop the first read task that meets them, naming the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from repb_ray.errors import DataError
+    (tmp_path / "i32").mkdir()
+    pq.write_table(pa.table({"id": pa.array(np.arange(8), pa.int32()), "x": np.zeros(8)}), tmp_path / "i32" / "a.parquet")
+    with pytest.raises(DataError, match="the id column has type int32; ids must be int64"):
+        read_parquet(str(tmp_path / "i32"))
+    (tmp_path / "dup").mkdir()
+    pq.write_table(pa.table({"id": np.array([0, 1, 1, 3], np.int64), "x": np.zeros(4)}), tmp_path / "dup" / "a.parquet")
+    ds = read_parquet(str(tmp_path / "dup"))  # the footer's min, max and count look right
+    pruning = Pruning("full", {}, num_samples=4, num_workers=1)
+    try:
+        session = PruningSession(pruning.handle, rank=0, world_size=1)
+        session.start(None)
+        session.begin_epoch(1)
+        with pytest.raises(Exception, match=r"a\.parquet: its 4 ids are not 0\.\.3 once each"):
+            list(session.batches(pruning.dataset(ds), 4))
+    finally:
+        pruning.shutdown()
+
+
+def test_a_folder_name_is_a_name_not_a_pattern(tmp_path):
+    from repb_ray.data.sources import parquet_files
+    prepare_arrays({"x": np.zeros(4, np.float32)}, str(tmp_path / "set[1]"), rows_per_file=2)
+    prepare_arrays({"x": np.zeros(6, np.float32)}, str(tmp_path / "set1"), rows_per_file=2)
+    files = parquet_files(str(tmp_path / "set[1]"))
+    assert len(files) == 2 and all("set[1]" in f for f in files)

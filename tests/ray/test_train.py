@@ -41,6 +41,22 @@ def test_summary_has_every_field(reference_run):
     assert s["samples_trained"] == sum(kept)
     assert s["pruned_fraction"] == pytest.approx(1 - sum(kept) / (3 * 256))
     assert kept[0] == 256 and kept[1] < 256  # D_1 = D, then pruning
+    # every boundary is measured (last step of an epoch to the first of the next, slowest rank)
+    assert "boundary_stall_s" not in s["per_epoch"][0]
+    assert all(e["boundary_stall_s"] >= 0 and "boundary_decision_s" in e for e in s["per_epoch"][1:])
+    assert s["boundary_stall_s"]["max"] == max(e["boundary_stall_s"] for e in s["per_epoch"][1:])
+    assert not any("eval_pending" in e for e in s["per_epoch"])
+
+
+def test_async_evaluation_reports_what_the_synchronous_path_does(reference_run, smoke_config, tmp_path):
+    """Evaluating epoch E while E+1 trains changes nothing but when the metrics arrive: the same plans,
+    losses and test metrics, each for its own epoch."""
+    from repb_ray.train.run import run_training
+    _, ref = reference_run  # eval_mode async (the default)
+    cfg = Config.from_yaml(smoke_config, ["epochs=3", f"output_dir={tmp_path}", "tracking_uri=none"])
+    s = run_training(cfg.replace(name="sync", eval_mode="sync"), progress=False)
+    for key in ("plan_digest", "train_loss", "test_accuracy", "test_loss"):
+        assert [e[key] for e in s["per_epoch"]] == [e[key] for e in ref["per_epoch"]], key
 
 
 def test_ranks_see_disjoint_equal_shares_whose_union_is_the_plan(reference_run):
@@ -69,7 +85,8 @@ def test_training_run_is_tracked_in_mlflow(reference_run):
     run = client.get_run(s["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.params["policy"] == "repb"
     assert run.data.params["task"] == "synthetic" and run.data.params["task_args"] == '{"size": 256}'
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy")] == [1, 2, 3]
+    for key in ("test_accuracy", "train_loss"):  # each epoch once (an async epoch is reported twice)
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3], key
     names = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert {"summary.json", "plots", "selection_counts.npz"} <= set(names)
     counts = np.load(client.download_artifacts(run.info.run_id, "selection_counts.npz", str(out)))["counts"]
@@ -85,17 +102,24 @@ def test_training_run_is_tracked_in_mlflow(reference_run):
     assert logged[0].name == "model"
 
 
-@pytest.mark.parametrize("fail_at", [{"epoch": 2, "step": 3, "rank": 1},
-                                     {"epoch": 2, "step": 2, "rank": 0, "kind": "coordinator"}],
-                         ids=["worker-failure", "coordinator-killed"])
-def test_resume_gives_the_uninterrupted_plans(reference_run, smoke_config, tmp_path, fail_at):
+@pytest.mark.parametrize("fail_at,shards", [({"epoch": 2, "step": 3, "rank": 1}, 1),
+                                            ({"epoch": 2, "step": 2, "rank": 0, "kind": "coordinator"}, 1),
+                                            ({"epoch": 2, "step": 2, "rank": 0, "kind": "shard"}, 2)],
+                         ids=["worker-failure", "coordinator-killed", "shard-process-killed"])
+def test_resume_gives_the_uninterrupted_plans(reference_run, smoke_config, tmp_path, fail_at, shards):
+    """A crashed worker, or the coordinator's or one shard actor's process killed by pid mid-epoch: the
+    run resumes from its last checkpoint and ends with the clean run's plans and losses, bit for bit
+    (plans do not depend on the number of shards)."""
     from repb_ray.train.run import run_training
     _, ref = reference_run
     cfg = Config.from_yaml(smoke_config, ["epochs=3", f"output_dir={tmp_path}", "tracking_uri=none"])
-    s = run_training(cfg.replace(name="resumed", fail_at=fail_at, max_failures=2), progress=False)
+    s = run_training(cfg.replace(name="resumed", fail_at=fail_at, max_failures=2, coordinator_shards=shards),
+                     progress=False)
     assert os.path.exists(tmp_path / "resumed" / f".injected_{fail_at.get('kind', 'worker')}_e2_s{fail_at['step']}_r{fail_at['rank']}")
     assert [e["plan_digest"] for e in s["per_epoch"]] == [e["plan_digest"] for e in ref["per_epoch"]]
     assert [e["train_loss"] for e in s["per_epoch"]] == [e["train_loss"] for e in ref["per_epoch"]]
+    # epoch 1's evaluation was pending in the checkpoint resumed from: completed from its weights
+    assert [e["test_loss"] for e in s["per_epoch"]] == [e["test_loss"] for e in ref["per_epoch"]]
 
 
 def test_local_mode_runs_every_policy_in_one_harness(ray_session, smoke_config, tmp_path):

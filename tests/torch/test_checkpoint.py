@@ -67,3 +67,17 @@ def test_a_checkpoint_cannot_point_the_coordinator_elsewhere(tmp_path):
     o2 = torch.optim.SGD(m2.parameters(), lr=0.1)
     with pytest.raises(RunError, match="not a state of this run"):
         checkpoint.load(str(tmp_path), model=m2, optimizer=o2, schedule=PlanCosineLR(o2, 0.1, 3))
+
+
+def test_a_resumed_run_applies_the_optimizer_settings_it_records():
+    """--resume with another weight_decay or momentum: the restored optimizer takes the config's values
+    (run.json records them as applied), not the checkpoint's."""
+    from repb_ray.config import Config
+    from repb_ray.train.loop import apply_optimizer_settings
+    model = torch.nn.Linear(3, 2)
+    old = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    new = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    new.load_state_dict(old.state_dict())
+    apply_optimizer_settings(new, Config(weight_decay=0.01, momentum=0.0))
+    group = new.param_groups[0]
+    assert (group["weight_decay"], group["momentum"], group["nesterov"]) == (0.01, 0.0, False)

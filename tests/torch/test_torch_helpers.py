@@ -161,3 +161,80 @@ def test_total_steps_of_a_budget():
     # 50% of 4000 sample-steps: epoch 1 full (1000), the other 1000 spread over 3 epochs (334 each)
     assert total_steps(1000, 4, 100, target_pruned=0.5) == 10 + 3 * 4
     assert total_steps(1000, 4, 100, target_pruned=0.5, first_epoch_full=False) == 4 * 5
+
+
+def test_label_noise_flips_a_seeded_fraction_of_training_labels_only():
+    import numpy as np
+
+    from repb_ray.tasks.synthetic import Synthetic
+    task = Synthetic(size=4000, num_classes=4, label_noise=0.3, noise_seed=5)
+    ids = np.arange(4000, dtype=np.int64)
+    x, y = task.arrays("train")
+    batch = task.preprocess({"id": ids, "x": x, "y": y, "epoch": np.ones(4000, np.int64)})
+    flipped = batch["y"] != y
+    assert abs(flipped.mean() - 0.3) < 0.03 and (batch["y"][flipped] != y[flipped]).all()   # to another class
+    again = task.preprocess({"id": ids[::-1].copy(), "x": x[::-1], "y": y[::-1], "epoch": np.ones(4000, np.int64)})
+    assert np.array_equal(again["y"][::-1], batch["y"])                                      # a function of the id
+    assert task.summary_info(4000)["labels_flipped"] == int(flipped.sum())
+    assert np.array_equal(task.eval_preprocess({"id": ids, "x": x, "y": y})["y"], y)          # the test set: never
+    assert not np.array_equal(Synthetic(size=4000, label_noise=0.3, noise_seed=6).noisy_labels(ids, y), batch["y"])
+    assert Synthetic(size=10).summary_info(10) == {}
+
+
+def _step_setup(precision="fp32", grad_clip=None):
+    from repb_ray.tasks.synthetic import Synthetic
+    from repb_ray.torch.scores import Scorer
+    from repb_ray.torch.step import TrainStep
+    task = Synthetic(size=64, dim=8)
+    torch.manual_seed(0)
+    model = task.model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return task, model, TrainStep(task, "synthetic", model, opt, Scorer("loss"), precision=precision,
+                                  grad_clip=grad_clip)
+
+
+def _batch(task, lo, hi):
+    import numpy as np
+    x, y = task.arrays("train")
+    w = np.linspace(0.5, 2.0, 64).astype(np.float32)
+    return {"x": torch.from_numpy(x[lo:hi]), "y": torch.from_numpy(y[lo:hi]), "id": torch.arange(lo, hi),
+            "weight": torch.from_numpy(w[lo:hi])}
+
+
+def test_two_accumulated_batches_step_as_one_of_twice_the_size():
+    task, whole, one = _step_setup()
+    loss_whole, scores_whole = one.batch(_batch(task, 0, 32))
+    one.step()
+    task, split, two = _step_setup()
+    l1, s1 = two.batch(_batch(task, 0, 16), group_size=32)
+    l2, s2 = two.batch(_batch(task, 16, 32), group_size=32)
+    two.step()
+    for a, b in zip(whole.parameters(), split.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose((l1 + l2) / 2, loss_whole, atol=1e-6)          # the same weighted mean
+    assert torch.allclose(torch.cat([s1, s2]), scores_whole, atol=1e-6)   # the same pre-update scores
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_steps_keep_scores_and_weights_in_fp32(precision):
+    task, model, step = _step_setup(precision, grad_clip=1.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss, scores = step.batch(_batch(task, 0, 32))
+    step.step()
+    assert scores.dtype == torch.float32 and loss.dtype == torch.float32 and torch.isfinite(scores).all()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert (step.scaler is not None) == (precision == "fp16") and step.state_dict().keys() <= {"scaler"}
+
+
+def test_compiled_model_steps_where_the_machine_can():
+    task, model, _ = _step_setup()
+    from repb_ray.torch.scores import Scorer
+    from repb_ray.torch.step import TrainStep
+    try:
+        compiled = torch.compile(model)
+        step = TrainStep(task, "synthetic", compiled, torch.optim.SGD(model.parameters(), lr=0.1), Scorer("loss"))
+        loss, _ = step.batch(_batch(task, 0, 32))
+    except Exception as exc:  # no working C++ toolchain for inductor here
+        pytest.skip(f"torch.compile cannot run on this machine: {type(exc).__name__}")
+    step.step()
+    assert torch.isfinite(loss)

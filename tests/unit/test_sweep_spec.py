@@ -3,10 +3,10 @@
 import pytest
 
 from repb_ray.config import Config, ConfigError
-from repb_ray.tune.report import aggregate, format_table, label_trials, paper_table, pareto_front
-from repb_ray.tune.spec import SweepSpec
 from repb_ray.tune.admission import TrialDemand, capacity
 from repb_ray.tune.progress import progress_line
+from repb_ray.tune.report import aggregate, format_table, label_trials, paper_table, pareto_front
+from repb_ray.tune.spec import SweepSpec
 
 
 def test_trials_are_grid_then_grids_then_baselines_times_seeds():

@@ -1,0 +1,63 @@
+"""repb_ray.torch.evaluation: async evaluation sees the weights of the epoch it was started for."""
+
+import pytest
+import torch
+
+from repb_ray.torch.evaluation import Evaluator
+
+
+class _Task:
+    metric, mode = "accuracy", "max"
+
+    def metrics(self, model, batch):
+        logits = model(batch["x"])
+        return {"correct": (logits.argmax(1) == batch["y"]).sum(), "loss_sum": torch.nn.functional.cross_entropy(
+            logits, batch["y"], reduction="sum"), "count": batch["y"].shape[0]}
+
+    def summarize(self, sums):
+        return {"accuracy": sums["correct"] / sums["count"], "loss": sums["loss_sum"] / sums["count"]}
+
+
+def _batches():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    y = torch.randint(0, 3, (64,), generator=g)
+    return [{"x": x[a:a + 16], "y": y[a:a + 16]} for a in range(0, 64, 16)]
+
+
+def _model(seed):
+    torch.manual_seed(seed)
+    return torch.nn.Linear(8, 3)
+
+
+def test_async_evaluation_sees_the_weights_it_was_started_with():
+    batches = _batches()
+    model = _model(1)
+    sync = Evaluator(_Task(), lambda: batches, "cpu", mode="sync")
+    sync.start(1, model)
+    expected = sync.result()
+    ev = Evaluator(_Task(), lambda: batches, "cpu", mode="async")
+    ev.start(1, model)
+    with torch.no_grad():  # the next epoch trains on: the evaluation must not see it
+        for p in model.parameters():
+            p.add_(10.0)
+    assert ev.pending == 1
+    assert ev.result() == expected and ev.pending is None
+    ev.start(2, model)     # the copy takes the new weights
+    sync.start(2, model)
+    assert ev.result() == sync.result()
+
+
+def test_a_failed_evaluation_raises_on_the_training_thread_with_its_epoch():
+    def broken():
+        raise OSError("test shard gone")
+        yield
+    ev = Evaluator(_Task(), broken, "cpu", mode="async")
+    ev.start(3, _model(0))
+    with pytest.raises(RuntimeError, match="evaluation of epoch 3 failed: test shard gone"):
+        ev.result()
+
+
+def test_eval_mode_is_checked():
+    with pytest.raises(ValueError, match="eval_mode must be one of async, sync, got eval_mode='later'"):
+        Evaluator(_Task(), list, "cpu", mode="later")
