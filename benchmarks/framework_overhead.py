@@ -4,16 +4,20 @@ Parquet shards, coordinator actor) vs a plain PyTorch loop, same task, model, da
     python benchmarks/framework_overhead.py [--subset 10000] [--epochs 4] [--rounds 2] [--threads 1]
 
 The plain loop is what a PyTorch user writes for Fashion-MNIST: the images normalised once into a
-float tensor, a shuffling DataLoader, the task's model and loss, SGD. Runs alternate (plain, repb_ray,
-plain, ...) so that machine load hits both alike; Ray is started once beforehand. Reported: the
-ratio of the mean training time per epoch (epochs 2.., epoch 1 holds start-up; evaluation excluded
-on both sides) and of the whole run (worker-group start-up, evaluation and checkpoints included).
+float tensor, a shuffling DataLoader, the task's model and loss, SGD. Runs alternate (plain, repb_ray
+with eval_mode sync, with eval_mode async, plain, ...) so that machine load hits all alike; Ray is
+started once beforehand. Reported per mode: the ratio of the mean training time per epoch (epochs 2..,
+epoch 1 holds start-up; with sync evaluation it is outside the epoch on both sides, with async it runs
+in a thread during the next epoch), of the whole run (start-up, evaluation and checkpoints included),
+where each step's milliseconds went (waiting for data, the step, observing, the rest), and the epoch
+boundary stall (the last step of an epoch to the first of the next).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -72,12 +76,16 @@ def main():
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--shuffle-rows", type=int, default=Config.shuffle_rows,
                     help="repb_ray's local shuffle buffer (0: block order and in-block shuffle only)")
+    ap.add_argument("--eval-modes", default="sync,async",
+                    help="repb_ray runs per round, one per evaluation mode (sync: evaluation outside the epoch's "
+                         "training time, as on the plain side; async: evaluated while the next epoch trains)")
     ap.add_argument("--json", default=OUT)
     args = ap.parse_args()
     import ray
 
     from repb_ray.train.ray_env import ensure_ray
     from repb_ray.train.run import run_training
+    modes = args.eval_modes.split(",")
     out = tempfile.mkdtemp(prefix="repb_overhead_")
     cfg = Config(task="fashion_mnist", task_args={"train_subset": args.subset}, epochs=args.epochs, policy="full",
                  batch_size=args.batch_size, num_workers=1, cpus_per_worker=1, torch_threads=args.threads,
@@ -90,27 +98,42 @@ def main():
     for r in range(args.rounds):
         p = plain_loop(task, args.subset, args.epochs, args.batch_size, cfg.lr, cfg.seed, args.threads)
         rows.append({"round": r, "kind": "plain", **p})
-        t = time.perf_counter()
-        s = run_training(cfg.replace(name=f"overhead-{r}"), progress=False)
-        rows.append({"round": r, "kind": "repb_ray", "wall_s": time.perf_counter() - t,
-                     "train_time_s": [e["train_time_s"] for e in s["per_epoch"]],
-                     "data_wait_s": [e["data_wait_s"] for e in s["per_epoch"]],
-                     "accuracy": s["final_test_accuracy"]})
-        print(f"round {r}: plain {rows[-2]['wall_s']:.1f}s (epochs {np.round(rows[-2]['train_time_s'], 2).tolist()}), "
-              f"repb_ray {rows[-1]['wall_s']:.1f}s (epochs {np.round(rows[-1]['train_time_s'], 2).tolist()}, of which "
-              f"waiting for data {np.round(rows[-1]['data_wait_s'], 2).tolist()})", flush=True)
+        print(f"round {r}: plain {p['wall_s']:.1f}s (epochs {np.round(p['train_time_s'], 2).tolist()})", flush=True)
+        for mode in modes:
+            t = time.perf_counter()
+            s = run_training(cfg.replace(name=f"overhead-{r}-{mode}", eval_mode=mode), progress=False)
+            row = {"round": r, "kind": mode, "wall_s": time.perf_counter() - t, "accuracy": s["final_test_accuracy"],
+                   **{k: [e[k] for e in s["per_epoch"]] for k in ("train_time_s", "data_wait_s", "compute_s",
+                                                                  "observe_s")},
+                   "boundary": [{k[9:]: round(v, 3) for k, v in e.items() if k.startswith("boundary_")}
+                                for e in s["per_epoch"][1:]]}
+            rows.append(row)
+            print(f"round {r}: repb_ray eval {mode} {row['wall_s']:.1f}s (epochs "
+                  f"{np.round(row['train_time_s'], 2).tolist()}, waiting for data "
+                  f"{np.round(row['data_wait_s'], 2).tolist()}); boundaries {row['boundary']}", flush=True)
 
     def mean(kind, key):
-        vals = [np.mean(x["train_time_s"][1:]) if key == "epoch" else x["wall_s"] for x in rows if x["kind"] == kind]
+        vals = [np.mean(x[key][1:]) if key != "wall_s" else x["wall_s"] for x in rows if x["kind"] == kind]
         return float(np.mean(vals))
-    res = {"subset": args.subset, "shuffle_rows": args.shuffle_rows, "epochs": args.epochs, "threads": args.threads, "batch_size": args.batch_size,
-           "rounds": rows, "loadavg_at_start": load, "loadavg_at_end": os.getloadavg(),
-           "epoch_ratio": mean("repb_ray", "epoch") / mean("plain", "epoch"),
-           "wall_ratio": mean("repb_ray", "wall") / mean("plain", "wall")}
-    print(f"training time per epoch (epochs 2..{args.epochs}): repb_ray {mean('repb_ray', 'epoch'):.2f}s vs plain "
-          f"{mean('plain', 'epoch'):.2f}s -> ratio {res['epoch_ratio']:.3f}")
-    print(f"whole run: repb_ray {mean('repb_ray', 'wall'):.1f}s vs plain {mean('plain', 'wall'):.1f}s -> ratio "
-          f"{res['wall_ratio']:.2f}; load average {load[0]:.2f} at start, {res['loadavg_at_end'][0]:.2f} at end")
+    steps = math.ceil(args.subset / args.batch_size)
+    plain_epoch = mean("plain", "train_time_s")
+    res = {"subset": args.subset, "shuffle_rows": args.shuffle_rows, "epochs": args.epochs, "threads": args.threads,
+           "batch_size": args.batch_size, "rounds": rows, "loadavg_at_start": load, "modes": {}}
+    print(f"plain loop: {plain_epoch:.2f}s per epoch (epochs 2..{args.epochs}), {1000 * plain_epoch / steps:.2f} ms "
+          f"per step, whole run {mean('plain', 'wall_s'):.1f}s")
+    for mode in modes:
+        ms = {k: 1000 * mean(mode, k) / steps for k in ("train_time_s", "data_wait_s", "compute_s", "observe_s")}
+        ms["other"] = ms["train_time_s"] - ms["data_wait_s"] - ms["compute_s"] - ms["observe_s"]
+        stalls = [b["stall_s"] for x in rows if x["kind"] == mode for b in x["boundary"]]
+        m = res["modes"][mode] = {
+            "epoch_ratio": mean(mode, "train_time_s") / plain_epoch, "wall_ratio": mean(mode, "wall_s") / mean("plain", "wall_s"),
+            "per_step_ms": ms, "boundary_stall_s": {"mean": float(np.mean(stalls)), "max": float(np.max(stalls))}}
+        print(f"eval {mode}: per epoch {mean(mode, 'train_time_s'):.2f}s -> ratio {m['epoch_ratio']:.3f}; whole run "
+              f"{mean(mode, 'wall_s'):.1f}s -> ratio {m['wall_ratio']:.2f}; per step {ms['train_time_s']:.2f} ms = "
+              f"data {ms['data_wait_s']:.2f} + step {ms['compute_s']:.2f} + observe {ms['observe_s']:.2f} + other "
+              f"{ms['other']:.2f}; boundary stall mean {np.mean(stalls):.2f}s, max {np.max(stalls):.2f}s")
+    res["loadavg_at_end"] = os.getloadavg()
+    print(f"load average {load[0]:.2f} at start, {res['loadavg_at_end'][0]:.2f} at end")
     with open(args.json, "w") as fh:
         json.dump(res, fh, indent=2)
     ray.shutdown()

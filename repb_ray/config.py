@@ -80,8 +80,9 @@ class Config:
     weight_decay: float = 5e-4
     schedule: str = "cosine"              # cosine over the real (pruned) steps, or constant
     warmup_epochs: float = 0.0
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 256             # per rank (on a CPU, batches of 1000 evaluate 1.7x slower than of 256)
     eval_mode: str = "async"              # async: epoch E is evaluated while E+1 trains; sync: before it starts
+    eval_cache_mb: int = 256              # each rank keeps its test batches (on its device) when every share fits; 0: read each time
     precision: str = "fp32"               # fp32 | bf16 | fp16 (autocast; fp16 with a grad scaler)
     grad_accum_steps: int = 1             # batches per optimizer step (a window counts optimizer steps)
     grad_clip: float | None = None     # clip the gradient norm to this value
@@ -230,6 +231,7 @@ def _validate(c: Config) -> None:
         check_int("epochs", c.epochs, minimum=1)
         check_int("batch_size", c.batch_size, minimum=1)
         check_int("eval_batch_size", c.eval_batch_size, minimum=1)
+        check_int("eval_cache_mb", c.eval_cache_mb, minimum=0)
         check_int("grad_accum_steps", c.grad_accum_steps, minimum=1)
         check_int("num_workers", c.num_workers, minimum=0)
         check_int("torch_threads", c.torch_threads, minimum=0)

@@ -8,7 +8,7 @@ import numpy as np
 
 from repb_ray import _ray_compat
 from repb_ray.data.plan_index import LOOKUP, PlanIndex
-from repb_ray.data.sources import RESERVED, id_block_source
+from repb_ray.data.sources import RESERVED, id_block_source, read_blocks
 from repb_ray.errors import DataError
 
 _INDEX_CACHE: dict = {}  # per process: the coordinator's (generation, epoch) -> PlanIndex
@@ -63,10 +63,9 @@ def pruned_dataset(ds, source, task_ref=None):
     """The train pipeline of a run: `ds` bound to the coordinator `source`, then preprocess. A read of
     an id-block source is re-read through a copy of the source bound to the plans (pruned at the
     read); any other dataset is filtered by its id column."""
-    import ray.data
     blocks = id_block_source(ds)
     if blocks is not None:  # (id-block sources checked their columns when they were built)
-        ds = ray.data.read_datasource(blocks.bound_to(source))
+        ds = read_blocks(blocks.bound_to(source))
     else:
         schema = ds.schema()
         names = schema.names if schema is not None else []

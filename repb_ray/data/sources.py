@@ -130,6 +130,14 @@ class IdBlockSource(Datasource):
         return tasks
 
 
+def read_blocks(source: IdBlockSource):
+    """A dataset reading `source` as one task and one block per file (or array block): Ray Data's default
+    would split each read's output into many small blocks to reach its target parallelism (~200), which
+    keeps the read and the task's preprocess from fusing into one task and multiplies the tasks per epoch."""
+    import ray.data
+    return ray.data.read_datasource(source, override_num_blocks=max(1, len(source.blocks)))
+
+
 def _slice(index: PlanIndex, lo: int, hi: int) -> PlanIndex:
     """The entries of `index` that cover [lo, hi): what one read task carries."""
     js = index.entries(lo, hi)
@@ -178,7 +186,7 @@ def from_numpy(columns: dict, *, block_rows: int = 2048, name: str = "arrays"):
         hi = min(lo + block_rows, n)
         table = BlockAccessor.batch_to_block({k: v[lo:hi] for k, v in cols.items()})
         blocks.append(IdBlock(lo, hi, hi - lo, int(table.nbytes), ref=ray.put(table)))
-    return ray.data.read_datasource(IdBlockSource(blocks, n, name))
+    return read_blocks(IdBlockSource(blocks, n, name))
 
 
 def parquet_files(path) -> list[str]:
@@ -207,7 +215,6 @@ def read_parquet(path, *, limit: int | None = None, name: str = "parquet"):
     (as `repb-ray prepare` writes them). Only the footers are read here; the ids must cover 0..n-1
     once each (checked from the row-group statistics: min, max, count). `limit` keeps ids < limit."""
     import pyarrow.parquet as pq
-    import ray.data
     blocks = []
     for f in parquet_files(path):
         fs, p = _filesystem(f)
@@ -246,4 +253,4 @@ def read_parquet(path, *, limit: int | None = None, name: str = "parquet"):
         blocks = [IdBlock(b.lo, min(b.hi, limit), min(b.hi, limit) - b.lo, b.nbytes, path=b.path)
                   for b in blocks if b.lo < limit]
         n = min(n, limit)
-    return ray.data.read_datasource(IdBlockSource(blocks, n, name))
+    return read_blocks(IdBlockSource(blocks, n, name))

@@ -1,6 +1,7 @@
 """Evaluator: the test-set evaluation of an epoch, either at once (sync) or on a snapshot of the weights in
 a thread while the next epoch trains (async); the per-rank sums are reduced across ranks on the calling
-thread (collectives never run in the thread). Runs in every Train worker, and in the plain loop."""
+thread (collectives never run in the thread); each rank keeps the test batches it read the first time
+when every rank's share fits the cache. Runs in every Train worker."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import threading
 import torch
 
 from repb_ray.config import EVAL_MODES
-from repb_ray.torch.step import metric_sums, reduce_metric_sums
+from repb_ray.task import summarize_metrics
+from repb_ray.torch.step import metric_sums, reduce_metric_sums, reduce_sums
+
+_CACHE_OK = "__repb_cache_ok"  # reduced with the sums: how many ranks could keep their share
+
+
+def _nbytes(batch: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in batch.values() if isinstance(v, torch.Tensor))
 
 
 class Evaluator:
@@ -19,15 +27,36 @@ class Evaluator:
     Async: the weights are copied into a second model (on the device, ordered before the next update)
     and evaluated in one background thread with one CPU thread of torch; the training thread goes on."""
 
-    def __init__(self, task, batches_fn, device, *, precision: str = "fp32", mode: str = "async"):
+    def __init__(self, task, batches_fn, device, *, precision: str = "fp32", mode: str = "async",
+                 cache_bytes: int = 0, world_size: int = 1):
         if mode not in EVAL_MODES:
             raise ValueError(f"eval_mode must be one of {', '.join(EVAL_MODES)}, got eval_mode={mode!r}")
-        self.task, self.batches_fn, self.device, self.precision, self.mode = task, batches_fn, torch.device(device), precision, mode
+        self.task, self.make_batches, self.device, self.precision, self.mode = task, batches_fn, torch.device(device), precision, mode
+        self.cache_bytes, self.world_size = cache_bytes, world_size
+        self.cached: list | None = None   # this rank's test batches, once every rank's share is known to fit
+        self._filling: list | None = None
         self._copy = None
         self._thread: threading.Thread | None = None
         self._epoch: int | None = None
         self._sums: dict | None = None
         self._error: BaseException | None = None
+
+    def _batches(self):
+        """The cached share, or the test shard read again (kept while it fits, for result() to decide)."""
+        if self.cached is not None:
+            yield from self.cached
+            return
+        keep: list | None = [] if self.cache_bytes > 0 else None
+        size = 0
+        for batch in self.make_batches():
+            if keep is not None:
+                size += _nbytes(batch)
+                if size <= self.cache_bytes:
+                    keep.append(batch)
+                else:
+                    keep = None
+            yield batch
+        self._filling = keep
 
     @property
     def pending(self) -> int | None:
@@ -38,7 +67,7 @@ class Evaluator:
         assert self._epoch is None, f"the evaluation of epoch {self._epoch} was not collected"
         self._epoch, self._sums, self._error = epoch, None, None
         if self.mode == "sync":
-            self._sums = metric_sums(self.task, model, self.batches_fn(), self.device, self.precision)
+            self._sums = metric_sums(self.task, model, self._batches(), self.device, self.precision)
             return
         if self._copy is None:
             self._copy = copy.deepcopy(model)
@@ -57,10 +86,10 @@ class Evaluator:
             torch.set_num_threads(1)  # this thread only: the training thread keeps its own
             if stream is not None:
                 with torch.cuda.stream(stream):
-                    self._sums = metric_sums(self.task, self._copy, self.batches_fn(), self.device, self.precision)
+                    self._sums = metric_sums(self.task, self._copy, self._batches(), self.device, self.precision)
                 stream.synchronize()
             else:
-                self._sums = metric_sums(self.task, self._copy, self.batches_fn(), self.device, self.precision)
+                self._sums = metric_sums(self.task, self._copy, self._batches(), self.device, self.precision)
         except BaseException as exc:  # re-raised on the training thread by result()
             self._error = exc
 
@@ -74,7 +103,16 @@ class Evaluator:
         self._epoch = self._sums = self._error = None
         if error is not None:
             raise RuntimeError(f"the evaluation of epoch {epoch} failed: {error}") from error
-        return epoch, reduce_metric_sums(self.task, sums, self.device)
+        filled, self._filling = self._filling, None
+        if self.cached is not None or self.cache_bytes <= 0:
+            return epoch, reduce_metric_sums(self.task, sums, self.device)
+        # every rank keeps its share only if every rank's fits (a rank that read again alone would wait forever
+        # for the others in the test split's next epoch)
+        ok = torch.tensor(1.0 if filled is not None else 0.0, dtype=torch.float64, device=self.device)
+        totals = reduce_sums({**sums, _CACHE_OK: ok}, self.device)
+        if round(totals.pop(_CACHE_OK)) == self.world_size:
+            self.cached = filled
+        return epoch, summarize_metrics(self.task, totals) if totals else {}
 
     def close(self) -> None:
         """Wait for a running evaluation (its result is dropped)."""

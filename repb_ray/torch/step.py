@@ -125,9 +125,14 @@ def metric_sums(task, model, batches, device, precision: str = "fp32") -> dict:
 
 
 def reduce_metric_sums(task, sums: dict, device) -> dict[str, float]:
-    """All-reduce the per-rank sums of `metric_sums` (every rank takes part, with or without batches)
-    and summarize them through the task."""
+    """All-reduce the per-rank sums of `metric_sums` and summarize them through the task."""
     from repb_ray.task import summarize_metrics
+    out = reduce_sums(sums, device)
+    return summarize_metrics(task, out) if out else {}
+
+
+def reduce_sums(sums: dict, device) -> dict[str, float]:
+    """Sum each key over the ranks (every rank takes part, with or without batches)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         keys: list = [None] * dist.get_world_size()
         dist.all_gather_object(keys, sorted(sums))
@@ -138,7 +143,7 @@ def reduce_metric_sums(task, sums: dict, device) -> dict[str, float]:
         out = dict(zip(names, vec.tolist()))
     else:
         out = {k: float(v) for k, v in sums.items()}
-    return summarize_metrics(task, out) if out else {}
+    return out
 
 
 def evaluate(task, model, batches, device, precision: str = "fp32") -> dict[str, float]:

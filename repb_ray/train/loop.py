@@ -89,7 +89,8 @@ def train_loop_per_worker(config: dict) -> list:
     shard = ray.train.get_dataset_shard("train")
     test = ray.train.get_dataset_shard("test") if config.get("has_test") else None
     evaluator = (Evaluator(task, lambda: _test_batches(test, cfg, device), device, precision=cfg.precision,
-                           mode=cfg.eval_mode) if test is not None else None)
+                           mode=cfg.eval_mode, cache_bytes=cfg.eval_cache_mb * 2**20, world_size=world)
+                 if test is not None else None)
     done = None  # an earlier epoch's metrics completed by its evaluation, sent with the next report
     if evaluator is not None and history and history[-1].get(EVAL_PENDING):
         # resumed from the checkpoint of an epoch whose evaluation had not finished: its weights are loaded
@@ -133,7 +134,7 @@ def _epochs(cfg, task, session, shard, evaluator, history, stepper, schedule, ra
         audit = []
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         batches_done = 0
-        data_wait = 0.0  # time this rank waited for its next batch (the data plane's share of the epoch)
+        data_wait = compute = observing = 0.0  # this rank's time waiting for batches, in the steps, observing
         batches = iter(ahead if ahead is not None else Ahead(session.batches(shard, cfg.batch_size, device)))
         ahead, first_step = None, None
         while True:
@@ -147,14 +148,18 @@ def _epochs(cfg, task, session, shard, evaluator, history, stepper, schedule, ra
                 boundary["first_batch_s"] = first_step - t_wait
             step, within = divmod(batches_done, cfg.grad_accum_steps)
             maybe_fail(cfg.fail_at, cfg.run_dir, epoch, step, rank, session)
+            t_step = time.perf_counter()
             loss, scores = stepper.batch(batch, groups[step] if cfg.grad_accum_steps > 1 else None)
             if within == cfg.grad_accum_steps - 1 or batches_done == last_batch:
                 stepper.step()
                 schedule.step()
+            t_observe = time.perf_counter()
+            compute += t_observe - t_step
             if cfg.audit:
                 audit.append((np.full(len(batch["id"]), step), batch["id"].numpy().copy(),
                               batch["weight"].cpu().numpy().copy()))
             session.observe(batch, scores, step if cfg.grad_accum_steps > 1 else None)
+            observing += time.perf_counter() - t_observe
             loss_sum += loss
             batches_done += 1
         stall = first_step - last_step_end if first_step is not None and last_step_end is not None else -1.0
@@ -184,6 +189,7 @@ def _epochs(cfg, task, session, shard, evaluator, history, stepper, schedule, ra
             "pruned_fraction": 1.0 - info.kept / n, "cum_pruned_fraction": 1.0 - sum(sizes) / (epoch * n),
             "samples_trained": int(sum(sizes)), "train_loss": loss_total / max(batches_all, 1),
             "epoch_time_s": time.perf_counter() - t0, "train_time_s": train_time, "data_wait_s": data_wait,
+            "compute_s": compute, "observe_s": observing,
             "weight_mean": info.weight_mean, "weight_max": info.weight_max,
             "plan_digest": info.digest, "lr": schedule.get_last_lr()[0],
             **{k: v for k, v in info.decision.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},

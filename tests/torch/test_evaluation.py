@@ -61,3 +61,26 @@ def test_a_failed_evaluation_raises_on_the_training_thread_with_its_epoch():
 def test_eval_mode_is_checked():
     with pytest.raises(ValueError, match="eval_mode must be one of async, sync, got eval_mode='later'"):
         Evaluator(_Task(), list, "cpu", mode="later")
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_the_test_batches_are_read_once_when_they_fit_the_cache(mode):
+    batches = _batches()
+    reads = []
+
+    def read():
+        reads.append(1)
+        return iter(batches)
+    model = _model(2)
+    fits = Evaluator(_Task(), read, "cpu", mode=mode, cache_bytes=1 << 20)
+    results = []
+    for epoch in (1, 2, 3):
+        fits.start(epoch, model)
+        results.append(fits.result())
+    assert len(reads) == 1 and [r[1] for r in results] == [results[0][1]] * 3
+    reads.clear()
+    small = Evaluator(_Task(), read, "cpu", mode=mode, cache_bytes=100)  # 4 batches of 16 x 8 floats do not fit
+    for epoch in (1, 2):
+        small.start(epoch, model)
+        assert small.result()[1] == results[0][1]
+    assert len(reads) == 2
