@@ -10,7 +10,9 @@ How one loss becomes the next epoch's plan (file:function, in which process):
                                                   one per shard (numbered), fire-and-forget
     rank r, end of epoch E
       train/sender.py   ObservationSender.close   EpochDone(chunks sent) to every shard
-      train/session.py  PruningSession.end_epoch  wait_plan(E + 1)
+      train/session.py  PruningSession.end_epoch  wait_plan(E + 1); then (train/loop.py) the next epoch's
+                                                  first batch is fetched (train/prefetch.py) while epoch E
+                                                  is evaluated in a thread (torch/evaluation.py)
     coordinator                                               (coordinator actor; shard actors)
       train/shards.py   ShardHost.observe/finish  store the scores; ready once every rank's chunks are in
       train/coordinator.py Coordinator._decide    core.protocol.drive(policy.conduct_next) over the shards:

@@ -1,5 +1,6 @@
 """A small image classifier trained with Lightning and repb_ray.lightning.Pruning (run by the adapter
-tests: in-process, and as 2 processes under torchrun)."""
+tests: in-process, as 2 processes under torchrun, and as 2 Ray Train workers through Ray's Lightning
+integration)."""
 
 import json
 import math
@@ -44,18 +45,34 @@ class Classifier(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def train(n: int = 120, epochs: int = 3, batch: int = 16, accumulate: int = 1, pruning_cls=Pruning):
+def train(n: int = 120, epochs: int = 3, batch: int = 16, accumulate: int = 1, pruning_cls=Pruning, on_ray=False):
     pruning = pruning_cls("repb", {"rho": 0.6}, num_samples=n, epochs=epochs)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps = math.ceil(math.ceil(n / world / batch) / accumulate)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=world, num_nodes=1,
-                         strategy="ddp" if world > 1 else "auto", use_distributed_sampler=False,
-                         accumulate_grad_batches=accumulate, callbacks=[pruning], logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    common = dict(max_epochs=epochs, accelerator="cpu", use_distributed_sampler=False, accumulate_grad_batches=accumulate,
+                  callbacks=[pruning], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False)
+    if on_ray:  # inside a Ray Train worker: Ray's Lightning integration, unchanged for the callback
+        from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
+        trainer = prepare_trainer(pl.Trainer(devices="auto", strategy=RayDDPStrategy(),
+                                             plugins=[RayLightningEnvironment()], **common))
+    else:
+        trainer = pl.Trainer(devices=world, num_nodes=1, strategy="ddp" if world > 1 else "auto", **common)
     x, y = images(n)
     model = Classifier(pruning, steps)
     trainer.fit(model, pruning.dataloader(torch.utils.data.TensorDataset(x, y), batch_size=batch))
     return pruning, model, trainer
+
+
+def ray_loop(config: dict) -> dict:
+    """The Ray Train worker function: the same training, through RayDDPStrategy; each rank writes what it
+    decided to config["out"]/rank<r>.json."""
+    torch.set_num_threads(1)
+    p, _, trainer = train(on_ray=True)
+    out = {"rank": trainer.global_rank, "digest": p.pruner.policy.digest(), "kept": [e["kept"] for e in p.epochs_log]}
+    with open(os.path.join(config["out"], f"rank{trainer.global_rank}.json"), "w") as fh:
+        json.dump(out, fh)
+    return out
 
 
 if __name__ == "__main__":

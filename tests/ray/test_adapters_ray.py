@@ -1,13 +1,13 @@
-"""The Hugging Face adapter inside Ray Train with Ray's own HF integration: 2 workers, the run's shared
-coordinator and pruned Ray Data epochs; the plans are the core policy's for the same scores."""
+"""The adapters inside Ray Train: the Hugging Face Trainer with Ray's own HF integration (2 workers, the
+run's shared coordinator and pruned Ray Data epochs; the plans are the core policy's for the same scores)
+and the Lightning callback with Ray's Lightning integration (2 workers reach the same plans)."""
 
+import json
 import os
 import sys
 
 import numpy as np
 import pytest
-
-pytest.importorskip("transformers")
 
 from repb_ray.core import make_policy  # noqa: E402
 
@@ -16,6 +16,7 @@ HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 
 def test_hf_trainer_on_two_ray_workers_with_the_coordinator(ray_session, tmp_path):
+    pytest.importorskip("transformers")
     import ray.train
     from ray.train.torch import TorchTrainer
     sys.path.insert(0, HERE)
@@ -54,3 +55,20 @@ def test_hf_trainer_on_two_ray_workers_with_the_coordinator(ray_session, tmp_pat
             p.observe(steps.astype(np.int64), ids.astype(np.int64), scores.astype(np.float32))
         p.finish_epoch()
     assert p.plan.digest == out["digest"]
+
+
+def test_lightning_callback_on_two_ray_workers(ray_session, tmp_path):
+    pytest.importorskip("lightning")
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    sys.path.insert(0, HERE)
+    try:
+        from lightning_script import ray_loop
+    finally:
+        sys.path.remove(HERE)
+    TorchTrainer(ray_loop, train_loop_config={"out": str(tmp_path)},
+                 scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+                 run_config=ray.train.RunConfig(name="lightning-ray", storage_path=str(tmp_path))).fit()
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["digest"] == ranks[1]["digest"] and ranks[0]["kept"] == ranks[1]["kept"]  # the same plans
+    assert ranks[0]["kept"][0] == 120 and ranks[0]["kept"][1] < 120                             # pruning happened
