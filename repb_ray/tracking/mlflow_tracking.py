@@ -217,8 +217,10 @@ def log_model(uri: str, run_id: str, model, example) -> str:
         quiet.setLevel(logging.ERROR)
         try:
             with mlflow.start_run(run_id=run_id):
+                # the requirements named, not inferred: inference imports the model in a subprocess (8 s)
                 mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
-                                         serialization_format="pt2")
+                                         serialization_format="pt2",
+                                         pip_requirements=mlflow.pytorch.get_default_pip_requirements())
             return "pt2"
         except Exception as exc:  # a model torch.export cannot trace: keep the weights
             print(f"[repb_ray] MLflow: the model does not export ({type(exc).__name__}: {first_line(exc)[:120]}); "

@@ -30,6 +30,7 @@ def test_a_second_driver_is_refused_and_a_dead_drivers_run_is_taken_over(address
     first = cli_popen(argv, address, ROOT)
     try:
         read_until(first, "epoch 1/4:", timeout=300)
+        os.killpg(first.pid, signal.SIGSTOP)  # the first driver stays alive (holding its lease) however slow the second
         second = cli(argv, address, ROOT, timeout=120)
         err = second.stderr.strip().splitlines()
         assert second.returncode == 2 and len(err) == 1, second.stderr[-2000:]
