@@ -12,9 +12,11 @@ TERMINAL = ("TERMINATED", "ERROR")
 
 
 def progress_line(done: int, total: int, elapsed_s: float, what: str, status: str, metric: str,
-                  value, pruned) -> str:
-    """One plain line per ended trial: count, what it was, its result, and the time left at this pace."""
-    left = (total - done) * elapsed_s / done if done else float("nan")
+                  value, pruned, ended_here: int | None = None) -> str:
+    """One plain line per ended trial: count, what it was, its result, and the time left at this pace
+    (the pace of the `ended_here` trials this invocation ended in `elapsed_s`; all `done` by default)."""
+    ended_here = done if ended_here is None else ended_here
+    left = (total - done) * elapsed_s / ended_here if ended_here else float("nan")
     result = f"{metric} {value:.4f}" if isinstance(value, (int, float)) else f"no {metric}"
     if isinstance(pruned, (int, float)):
         result += f", {100 * pruned:.1f}% pruned"
@@ -32,7 +34,8 @@ class Progress(tune.Callback):
         self.ended: set = set()
 
     def setup(self, **info):
-        self.t0 = time.perf_counter()  # a resumed sweep counts its pace from its own start
+        self.t0 = time.perf_counter()  # a resumed sweep counts its pace from its own start and its own trials
+        self.ended = set()
 
     def _ended(self, trials, trial, status: str) -> None:
         self.ended.add(trial.trial_id)
@@ -41,7 +44,7 @@ class Progress(tune.Callback):
         what = self.names[index] if index is not None and index < len(self.names) else trial.trial_id
         r = trial.last_result or {}
         line = progress_line(done, self.total, time.perf_counter() - self.t0, what, status, self.metric,
-                             r.get(self.metric), r.get("cum_pruned_fraction"))
+                             r.get(self.metric), r.get("cum_pruned_fraction"), ended_here=len(self.ended))
         print(f"[repb_ray] sweep {self.sweep}: {line}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):  # Tune passes these by keyword

@@ -138,3 +138,9 @@ def test_progress_line_counts_results_and_time_left():
                     "(3.0 min so far, about 9 min left)")
     assert progress_line(1, 2, 60.0, "Full data", "FAILED", "test_accuracy", None, None) == \
         "trial 1/2 failed: Full data: no test_accuracy (1.0 min so far, about 1 min left)"
+
+
+def test_a_resumed_sweep_paces_the_time_left_by_its_own_trials():
+    """19 of 95 done, but only 1 of them in this invocation's 0.8 min: 76 left at 0.8 min each."""
+    line = progress_line(19, 95, 48.0, "RePB", "FINISHED", "test_accuracy", 0.85, 0.3, ended_here=1)
+    assert line.endswith("(0.8 min so far, about 61 min left)")
