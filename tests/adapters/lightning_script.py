@@ -75,8 +75,9 @@ def ray_loop(config: dict) -> dict:
     return out
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # under torchrun: each rank writes its own file (the ranks share stdout)
     p, _, trainer = train()
-    print(json.dumps({"rank": trainer.global_rank, "digest": p.pruner.policy.digest(),
-                      "kept": [e["kept"] for e in p.epochs_log]}), flush=True)
+    with open(os.path.join(sys.argv[1], f"rank{trainer.global_rank}.json"), "w") as fh:
+        json.dump({"rank": trainer.global_rank, "digest": p.pruner.policy.digest(),
+                   "kept": [e["kept"] for e in p.epochs_log]}, fh)
     sys.exit(0)
