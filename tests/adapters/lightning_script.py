@@ -64,20 +64,24 @@ def train(n: int = 120, epochs: int = 3, batch: int = 16, accumulate: int = 1, p
     return pruning, model, trainer
 
 
+def write_decisions(pruning, trainer, folder: str) -> dict:
+    """What this rank decided (plan digest, kept per epoch), written to folder/rank<r>.json."""
+    out = {"rank": trainer.global_rank, "digest": pruning.pruner.policy.digest(),
+           "kept": [e["kept"] for e in pruning.epochs_log]}
+    with open(os.path.join(folder, f"rank{trainer.global_rank}.json"), "w") as fh:
+        json.dump(out, fh)
+    return out
+
+
 def ray_loop(config: dict) -> dict:
     """The Ray Train worker function: the same training, through RayDDPStrategy; each rank writes what it
     decided to config["out"]/rank<r>.json."""
     torch.set_num_threads(1)
     p, _, trainer = train(on_ray=True)
-    out = {"rank": trainer.global_rank, "digest": p.pruner.policy.digest(), "kept": [e["kept"] for e in p.epochs_log]}
-    with open(os.path.join(config["out"], f"rank{trainer.global_rank}.json"), "w") as fh:
-        json.dump(out, fh)
-    return out
+    return write_decisions(p, trainer, config["out"])
 
 
 if __name__ == "__main__":  # under torchrun: each rank writes its own file (the ranks share stdout)
     p, _, trainer = train()
-    with open(os.path.join(sys.argv[1], f"rank{trainer.global_rank}.json"), "w") as fh:
-        json.dump({"rank": trainer.global_rank, "digest": p.pruner.policy.digest(),
-                   "kept": [e["kept"] for e in p.epochs_log]}, fh)
+    write_decisions(p, trainer, sys.argv[1])
     sys.exit(0)

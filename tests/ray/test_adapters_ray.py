@@ -2,6 +2,7 @@
 run's shared coordinator and pruned Ray Data epochs; the plans are the core policy's for the same scores)
 and the Lightning callback with Ray's Lightning integration (2 workers reach the same plans)."""
 
+import importlib
 import json
 import os
 import sys
@@ -15,16 +16,21 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "adapters")
 
 
+def adapters_module(name: str):
+    """A helper module of tests/adapters (imported with that folder on the path for the import only)."""
+    sys.path.insert(0, HERE)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(HERE)
+
+
 def test_hf_trainer_on_two_ray_workers_with_the_coordinator(ray_session, tmp_path):
     pytest.importorskip("transformers")
     import ray.train
     from ray.train.torch import TorchTrainer
-    sys.path.insert(0, HERE)
-    try:
-        from hf_fixtures import token_data
-        from hf_ray_loop import loop
-    finally:
-        sys.path.remove(HERE)
+    token_data = adapters_module("hf_fixtures").token_data
+    loop = adapters_module("hf_ray_loop").loop
     from repb_ray.data import from_numpy
     from repb_ray.train import Pruning
     n = 96
@@ -61,11 +67,7 @@ def test_lightning_callback_on_two_ray_workers(ray_session, tmp_path):
     pytest.importorskip("lightning")
     import ray.train
     from ray.train.torch import TorchTrainer
-    sys.path.insert(0, HERE)
-    try:
-        from lightning_script import ray_loop
-    finally:
-        sys.path.remove(HERE)
+    ray_loop = adapters_module("lightning_script").ray_loop
     TorchTrainer(ray_loop, train_loop_config={"out": str(tmp_path)},
                  scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
                  run_config=ray.train.RunConfig(name="lightning-ray", storage_path=str(tmp_path))).fit()
