@@ -97,6 +97,10 @@ def train_loop_per_worker(config: dict) -> list:
         evaluator.start(history[-1]["epoch"], raw_model)
         done = _complete(history, *evaluator.result())
         session.report_epoch(done)
+    if history and start > cfg.epochs:
+        # resumed from the last epoch's checkpoint, nothing left to train: the final epoch is reported
+        # again, so whatever follows this run's reports (a restarted Tune trial) has its final metrics
+        ray.train.report(dict(history[-1]))
 
     try:
         _epochs(cfg, task, session, shard, evaluator, history, stepper, schedule, raw_model, optimizer, device, start,

@@ -101,6 +101,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
         summary["tracking"] = tracker.finish(path, history, summary["metric"], model=model,
                                              example=task.input_example(), counts=_selection_counts(pruning))
         _write_json(path, summary)
+        claim.finish()
     except BaseException:
         if console:
             console.stop()

@@ -31,6 +31,7 @@ SWEEP_FILE = "sweep.json"            # marks a sweep's folder
 # what a run writes in OUTPUT/NAME: --overwrite and cleanup touch nothing else there
 OUTPUTS = (RUN_FILE, "summary.json", "curves.png", "selection_counts.npz", "error.log", "audit")
 MARKER_PREFIX = ".injected_"         # fault-injection markers of the tests (fail_at)
+FINISHED = "finished_at"             # in run.json once summary.json and tracking are complete
 
 
 def identity(cfg: Config) -> dict:
@@ -118,6 +119,10 @@ class RunClaim:
         self.record.update(fields)
         storage.write_json(os.path.join(self.run_dir, RUN_FILE), self.record)
 
+    def finish(self) -> None:
+        """Record that the run ended: its summary and tracking are complete (finished_summary reads this)."""
+        self.save_record(**{FINISHED: time.time()})
+
     def abandon(self) -> None:
         """A run that failed before its first checkpoint: remove what this invocation created (its run
         record and outputs, its folders), nothing else."""
@@ -136,6 +141,16 @@ class RunClaim:
                 os.rmdir(self.run_dir)
             except OSError:
                 pass
+
+
+def finished_summary(cfg: Config) -> dict | None:
+    """The summary of run `cfg.name` when it already ended with this config (run.json says so and its
+    summary.json is there), else None. Reads only; takes no lease."""
+    record = _read_record(os.path.join(cfg.run_dir, RUN_FILE))
+    path = os.path.join(cfg.run_dir, "summary.json")
+    if record is None or record["fingerprint"] != fingerprint(cfg) or FINISHED not in record or not os.path.exists(path):
+        return None
+    return storage.read_json(path)
 
 
 def _remove(path: str) -> None:
@@ -213,6 +228,7 @@ def _claim_held(cfg: Config, lease: Lease, resume: bool, overwrite: bool, existe
     if mismatched:
         record.setdefault("resumed_with", []).append(
             {"at": time.time(), "changes": _diff(mismatched[0].get("identity", {}), ident)})
+    record.pop(FINISHED, None)  # a claimed run is running until this invocation finishes it
     record.update(name=cfg.name, fingerprint=fp, identity=ident, config=redact(cfg.to_dict()),
                   storage=redact(sdir), created=record.get("created", time.time()))
     storage.write_json(run_file, record)

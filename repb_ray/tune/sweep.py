@@ -14,9 +14,10 @@ from ray import tune
 
 from repb_ray import storage
 from repb_ray.config import Config, ConfigError, apply_overrides
+from repb_ray.errors import RunError
 from repb_ray.redact import redact, redact_text
+from repb_ray.train import runs
 from repb_ray.train.lease import Lease
-from repb_ray.train.runs import SWEEP_FILE
 from repb_ray.tune.admission import Admission, TrialDemand, capacity
 from repb_ray.tune.progress import TERMINAL, Progress
 from repb_ray.tune.report import build_report, label_trials
@@ -76,7 +77,11 @@ class TrialContext:
 
 
 def run_trial(config: dict, context: TrialContext) -> None:
-    """One trial (in its Tune actor): the run of its overrides, named by its place in the sweep."""
+    """One trial (in its Tune actor): the run of its overrides, named by its place in the sweep. A
+    restored sweep restarts the trials its saved state still had running; one whose run had already
+    ended (the driver died between the run's end and Tune's next save) is not trained again: Tune gets
+    its final epoch from summary.json. (A run resumed from its last checkpoint reports its final epoch
+    again itself: train/loop.py.)"""
     from repb_ray.train.run import run_training
     from repb_ray.tune.reporter import EpochReporter
     index = config.get("index")
@@ -84,22 +89,33 @@ def run_trial(config: dict, context: TrialContext) -> None:
     cfg = Config.from_dict({**apply_overrides(context.base, config["trial"]), "name": name,
                             "output_dir": context.trials_dir, "tracking_uri": context.tracking_uri or "none",
                             "tags": {**context.base.get("tags", {}), "sweep_trial": name}})
+    summary = runs.finished_summary(cfg)
+    if summary is not None:
+        tune.report(final_epoch(summary))
+        return
     run_training(cfg, callbacks=[EpochReporter()], progress=False, parent_run_id=context.parent_run_id,
                  check_paths=False)
+
+
+def final_epoch(summary: dict) -> dict:
+    """A run's last epoch as Tune gets each epoch (its row of summary.json: metrics, pruned fraction)."""
+    if not summary.get("per_epoch"):
+        raise RunError(f"run {summary.get('config', {}).get('name')!r} ended without an epoch to report")
+    return dict(summary["per_epoch"][-1])
 
 
 class SweepClaim:
     """The sweep's folder for this invocation: its lease and its identity (sweep.json)."""
 
     def __init__(self, spec: SweepSpec, out: str, overwrite: bool):
-        self.out, self.record_path = out, os.path.join(out, SWEEP_FILE)
+        self.out, self.record_path = out, os.path.join(out, runs.SWEEP_FILE)
         if os.path.exists(os.path.join(out, "run.json")):
             raise ConfigError(f"{out} is the folder of a training run; give the sweep another name (--set sweep.name=...)")
         os.makedirs(out, exist_ok=True)
         self.lease = Lease(out, spec.name, what="sweep").acquire()
         try:
             if overwrite:
-                for entry in (SWEEP_FILE, TUNE_DIR, TRIALS_DIR, *REPORTS):
+                for entry in (runs.SWEEP_FILE, TUNE_DIR, TRIALS_DIR, *REPORTS):
                     path = os.path.join(out, entry)
                     if os.path.isdir(path):
                         storage.remove_tree(path)

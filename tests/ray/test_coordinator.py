@@ -2,8 +2,6 @@
 waits never starve observations (100 ranks), late and duplicate chunks, K shards vs one, and
 state saved by every shard and restored."""
 
-import glob
-import json
 import os
 
 import numpy as np
@@ -179,29 +177,3 @@ def test_plan_chunks_grow_with_the_dataset_within_bounds():
     assert plan_chunk_size(60_000) == 1 << 16 and plan_chunk_size(1 << 24) == 1 << 16   # 256 chunks
     assert plan_chunk_size((1 << 24) + 1) == 1 << 17
     assert plan_chunk_size(100_000_000) == 1 << 19 and plan_chunk_size(10**9) == 1 << 19  # capped: 2 MiB
-
-
-@pytest.mark.slow
-def test_an_optuna_sweep_finds_a_pareto_front(ray_session, tmp_path):
-    """Search beyond grids: Optuna draws rho and W (two objectives), every trial is reported once."""
-    pytest.importorskip("optuna")
-    from helpers import ROOT
-
-    from repb_ray.tune.spec import SweepSpec
-    from repb_ray.tune.sweep import run_sweep
-    spec = SweepSpec.from_yaml(os.path.join(ROOT, "jobs", "configs", "optuna_smoke.yaml"),
-                               [f"output_dir={tmp_path}", "tracking_uri=none", "sweep.num_samples=2"])
-    summary = run_sweep(spec)
-    assert [t["status"] for t in summary["trials"]] == ["FINISHED"] * 2
-    drawn = [t["method"] for t in summary["trials"]]
-    assert len(set(drawn)) == 2 and all(m.startswith("RePB (") for m in drawn)
-    assert summary["pareto_front"] and set(summary["pareto_front"]) <= {t["trial"] for t in summary["trials"]}
-    # Tune (and so its searchers and schedulers) saw every epoch once, in order, with its own test metrics
-    # (the workers evaluate epoch E while E+1 trains)
-    results = glob.glob(str(tmp_path / "optuna_smoke" / "**" / "result.json"), recursive=True)
-    assert len(results) == 2
-    for path in results:
-        with open(path) as fh:
-            rows = [json.loads(line) for line in fh if line.strip()]
-        assert [r["epoch"] for r in rows] == [1, 2] and all("test_accuracy" in r for r in rows)
-        assert not any("eval_pending" in r or "eval_result" in r for r in rows)

@@ -35,6 +35,22 @@ def test_a_new_run_records_its_identity_in_both_folders_and_releases_its_lease(t
     again.release()
 
 
+def test_a_run_is_finished_only_once_it_recorded_so_with_this_config(tmp_path):
+    """A restored sweep asks whether a trial's run already ended: only a finish recorded under the same
+    config counts, and a claim (a run going again) withdraws it until that invocation finishes."""
+    cfg = _cfg(tmp_path)
+    claim = runs.claim(cfg)
+    (tmp_path / "r1" / "summary.json").write_text(json.dumps({"per_epoch": [{"epoch": 1}]}))
+    assert runs.finished_summary(cfg) is None  # the summary alone is not the end (tracking may be due)
+    claim.finish()
+    claim.release()
+    assert runs.finished_summary(cfg) == {"per_epoch": [{"epoch": 1}]}
+    assert runs.finished_summary(cfg.replace(epochs=cfg.epochs + 1)) is None
+    again = runs.claim(cfg)
+    assert runs.finished_summary(cfg) is None
+    again.release()
+
+
 def test_failure_before_the_first_checkpoint_removes_only_this_invocations_files(tmp_path):
     (tmp_path / "other-run").mkdir()
     (tmp_path / "other-run" / "summary.json").write_text("{}")

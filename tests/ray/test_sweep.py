@@ -1,0 +1,78 @@
+"""Sweeps on local Ray: a restarted trial whose run had ended, Optuna beyond grids."""
+
+import glob
+import json
+import os
+
+import pytest
+from helpers import ROOT
+
+from repb_ray.config import Config
+from repb_ray.tune.spec import SweepSpec
+from repb_ray.tune.sweep import TRIAL_RESOURCES, TrialContext, run_sweep, run_trial
+
+pytestmark = [pytest.mark.ray]
+
+
+def _tune_once(context, tmp_path, name):
+    """A one-trial Tune experiment of run_trial (trial t000-s0): its last result and the epochs Tune got."""
+    from ray import tune
+    tuner = tune.Tuner(tune.with_resources(tune.with_parameters(run_trial, context=context), TRIAL_RESOURCES),
+                       param_space={"index": 0, "trial": {}},
+                       tune_config=tune.TuneConfig(metric="test_accuracy", mode="max"),
+                       run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name=name))
+    result = tuner.fit()[0]
+    assert result.error is None, result.error
+    return result.metrics, result.metrics_dataframe["epoch"].tolist()
+
+
+@pytest.mark.slow
+def test_a_restarted_trial_whose_run_had_ended_reports_its_last_epoch(ray_session, smoke_config, tmp_path):
+    """A sweep's driver killed between a trial's end and Tune's next save: the restored sweep runs the
+    trial again. A run that had ended is not trained again; one that had only reached its last
+    checkpoint resumes with no epoch left. Tune gets the final epoch either way (else the sweep fails:
+    no metric)."""
+    base = Config.from_yaml(smoke_config, ["epochs=2", "tracking_uri=none", f"output_dir={tmp_path}"]).to_dict()
+    context = TrialContext(base, None, None, str(tmp_path / "trials"), ("t000-s0",))
+    first, epochs = _tune_once(context, tmp_path, "first")
+    assert epochs == [1, 2]
+    run_dir = tmp_path / "trials" / "t000-s0"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    stamp = os.stat(run_dir / "summary.json").st_mtime_ns
+    assert first["epoch"] == 2 and first["test_accuracy"] == summary["final_metric"]
+    again, epochs = _tune_once(context, tmp_path, "again")
+    assert epochs == [2]
+    assert again["epoch"] == 2 and again["test_accuracy"] == summary["final_metric"]
+    assert os.stat(run_dir / "summary.json").st_mtime_ns == stamp  # not trained again
+    # the run's last checkpoint saved, its summary not yet written
+    record = json.loads((run_dir / "run.json").read_text())
+    del record["finished_at"]
+    (run_dir / "run.json").write_text(json.dumps(record))
+    os.unlink(run_dir / "summary.json")
+    last, epochs = _tune_once(context, tmp_path, "last")
+    assert epochs == [2]
+    assert last["epoch"] == 2 and last["test_accuracy"] == summary["final_metric"]
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert [e["plan_digest"] for e in resumed["per_epoch"]] == [e["plan_digest"] for e in summary["per_epoch"]]
+
+
+@pytest.mark.slow
+def test_an_optuna_sweep_finds_a_pareto_front(ray_session, tmp_path):
+    """Search beyond grids: Optuna draws rho and W (two objectives), every trial is reported once."""
+    pytest.importorskip("optuna")
+    spec = SweepSpec.from_yaml(os.path.join(ROOT, "jobs", "configs", "optuna_smoke.yaml"),
+                               [f"output_dir={tmp_path}", "tracking_uri=none", "sweep.num_samples=2"])
+    summary = run_sweep(spec)
+    assert [t["status"] for t in summary["trials"]] == ["FINISHED"] * 2
+    drawn = [t["method"] for t in summary["trials"]]
+    assert len(set(drawn)) == 2 and all(m.startswith("RePB (") for m in drawn)
+    assert summary["pareto_front"] and set(summary["pareto_front"]) <= {t["trial"] for t in summary["trials"]}
+    # Tune (and so its searchers and schedulers) saw every epoch once, in order, with its own test metrics
+    # (the workers evaluate epoch E while E+1 trains)
+    results = glob.glob(str(tmp_path / "optuna_smoke" / "**" / "result.json"), recursive=True)
+    assert len(results) == 2
+    for path in results:
+        with open(path) as fh:
+            rows = [json.loads(line) for line in fh if line.strip()]
+        assert [r["epoch"] for r in rows] == [1, 2] and all("test_accuracy" in r for r in rows)
+        assert not any("eval_pending" in r or "eval_result" in r for r in rows)
