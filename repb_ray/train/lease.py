@@ -57,19 +57,33 @@ class Lease:
         self._thread: threading.Thread | None = None
 
     # -- taking it --------------------------------------------------------------------------------
-    def acquire(self) -> Lease:
-        for _ in range(3):
+    def acquire(self, wait_s: float = 0.0) -> Lease:
+        """Take the lease. A holder that is not gone refuses it at once, or, with wait_s, once it has
+        stayed alive that long (a restarted sweep trial waits for its earlier driver's heartbeat to
+        go stale: on another host nothing else tells that it died)."""
+        if wait_s < 0:
+            raise ValueError(f"wait_s must be >= 0, got wait_s={wait_s}")
+        deadline, told, races = time.monotonic() + wait_s, False, 0
+        while True:
             if self._create():
                 self._start_heartbeat()
                 return self
             holder = self.holder()
-            if holder is None:  # released between our attempt and the read: try again
+            if holder is None or self._gone(holder):  # released since our attempt, or its holder is gone
+                races += 1
+                if races > 3:
+                    raise RunError(f"{self.what} {self.name!r}: could not take its lease in {self.folder} (another "
+                                   "driver keeps taking it); stop the other drivers of this run first")
+                if holder is not None:
+                    self._take_over()
                 continue
-            if not self._gone(holder):
+            if time.monotonic() >= deadline:
                 raise RunError(self._refusal(holder))
-            self._take_over()
-        raise RunError(f"{self.what} {self.name!r}: could not take its lease in {self.folder} (another driver keeps "
-                       "taking it); stop the other drivers of this run first")
+            if not told:
+                print(f"[repb_ray] {self.what} {self.name!r}: waiting up to {wait_s:.0f}s for its earlier driver "
+                      f"(pid {holder.get('pid')} on host {holder.get('host')}) to end", flush=True)
+                told = True
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
     def _create(self) -> bool:
         try:

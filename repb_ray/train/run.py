@@ -30,11 +30,12 @@ from repb_ray.train.summary import build_summary
 
 def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool = True,
                  parent_run_id: str | None = None, resume: bool = False, overwrite: bool = False,
-                 verbose: bool = False, check_paths: bool = True) -> dict:
+                 verbose: bool = False, check_paths: bool = True, lease_wait_s: float = 0.0) -> dict:
     """Train per `cfg`; returns the summary (also written to run_dir/summary.json). The run is
     tracked in MLflow (one run, nested under `parent_run_id` when given) unless tracking_uri='none'.
     Everything a user can get wrong is checked before the first epoch (config, task, data, run
-    identity); a run that fails before its first checkpoint leaves no run behind but its error.log."""
+    identity); a run that fails before its first checkpoint leaves no run behind but its error.log.
+    lease_wait_s: how long a live-looking holder of the run's lease is waited for before refusing."""
     if cfg.name is None:
         cfg = cfg.replace(name=runs.default_name(None, cfg))
     t_start = time.perf_counter()
@@ -45,7 +46,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
     if tracking_uri:
         mt.prepare_client_env()
         mt.check_reachable(tracking_uri)  # one line within seconds, before Ray starts
-    claim = runs.claim(cfg, resume=resume, overwrite=overwrite)
+    claim = runs.claim(cfg, resume=resume, overwrite=overwrite, lease_wait_s=lease_wait_s)
     root = runs.storage_root(cfg)
     pruning = tracker = console = None
     try:

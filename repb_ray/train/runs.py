@@ -163,11 +163,11 @@ def _remove(path: str) -> None:
             pass
 
 
-def claim(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> RunClaim:
+def claim(cfg: Config, *, resume: bool = False, overwrite: bool = False, lease_wait_s: float = 0.0) -> RunClaim:
     """Take the run `cfg.name` for this invocation, before anything starts: the lease, then its identity
     checked in both folders (and, with overwrite, the run's own files removed first). Raises a
     ConfigError naming the differences when a folder holds another config and neither resume nor
-    overwrite was asked for, a RunError when another driver holds the run."""
+    overwrite was asked for, a RunError when another driver holds the run (still, after lease_wait_s)."""
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other; pick one")
     run_dir = cfg.run_dir
@@ -180,7 +180,7 @@ def claim(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> RunC
     os.makedirs(run_dir, exist_ok=True)
     lease = Lease(run_dir, cfg.name)
     try:
-        lease.acquire()
+        lease.acquire(lease_wait_s)
         return _claim_held(cfg, lease, resume, overwrite, existed, made_run_dir)
     except BaseException:
         lease.release()

@@ -17,7 +17,7 @@ from repb_ray.config import Config, ConfigError, apply_overrides
 from repb_ray.errors import RunError
 from repb_ray.redact import redact, redact_text
 from repb_ray.train import runs
-from repb_ray.train.lease import Lease
+from repb_ray.train.lease import HEARTBEAT_S, STALE_S, Lease
 from repb_ray.tune.admission import Admission, TrialDemand, capacity
 from repb_ray.tune.progress import TERMINAL, Progress
 from repb_ray.tune.report import build_report, label_trials
@@ -25,6 +25,7 @@ from repb_ray.tune.spec import SweepSpec
 
 TRIAL_RESOURCES = {"cpu": 0, "memory": 1e6}  # the trial function itself holds no CPU; its Train workers do
 TUNE_DIR, TRIALS_DIR = "tune", "trials"
+TRIAL_LEASE_WAIT_S = STALE_S + HEARTBEAT_S  # a restarted trial waits this long for its earlier driver's lease
 REPORTS = ("sweep_summary.json", "sweep_table.txt", "paper_table.md", "metric_vs_pruned.png", "pareto.png",
            "pruned_per_epoch.png", "knobs.png")
 
@@ -81,7 +82,9 @@ def run_trial(config: dict, context: TrialContext) -> None:
     restored sweep restarts the trials its saved state still had running; one whose run had already
     ended (the driver died between the run's end and Tune's next save) is not trained again: Tune gets
     its final epoch from summary.json. (A run resumed from its last checkpoint reports its final epoch
-    again itself: train/loop.py.)"""
+    again itself: train/loop.py.) The sweep's own lease makes this the only driver of its trials, so a
+    trial's run held by a driver that still looks alive is its earlier incarnation, dying or dead on
+    another host: waited for until its heartbeat goes stale."""
     from repb_ray.train.run import run_training
     from repb_ray.tune.reporter import EpochReporter
     index = config.get("index")
@@ -94,7 +97,7 @@ def run_trial(config: dict, context: TrialContext) -> None:
         tune.report(final_epoch(summary))
         return
     run_training(cfg, callbacks=[EpochReporter()], progress=False, parent_run_id=context.parent_run_id,
-                 check_paths=False)
+                 check_paths=False, lease_wait_s=TRIAL_LEASE_WAIT_S)
 
 
 def final_epoch(summary: dict) -> dict:

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -159,6 +160,40 @@ def test_a_lease_from_another_host_is_taken_over_only_once_stale(tmp_path):
     lease = Lease(str(folder), "r1").acquire()
     assert json.loads(lease_file.read_text())["token"] == lease.token
     lease.release()
+
+
+def test_a_waiting_driver_takes_a_lease_once_its_holder_goes_stale_and_not_before(tmp_path, capsys):
+    """A restarted sweep trial: its earlier driver died on another host, so only the heartbeat's age can
+    tell. Waiting takes the lease once it is stale; a holder that keeps beating is refused after the wait."""
+    folder = tmp_path / "r1"
+    folder.mkdir()
+    lease_file = folder / LEASE_FILE
+    lease_file.write_text(json.dumps({"token": "x", "host": "node-7", "pid": 1}))
+    with pytest.raises(RunError, match="being run by another driver"):
+        Lease(str(folder), "r1", stale_s=1.0).acquire()
+    t0 = time.monotonic()
+    lease = Lease(str(folder), "r1", stale_s=1.0).acquire(wait_s=10)
+    assert 0.5 < time.monotonic() - t0 < 5 and json.loads(lease_file.read_text())["token"] == lease.token
+    assert "waiting up to 10s for its earlier driver (pid 1 on host node-7)" in capsys.readouterr().out
+    lease.release()
+    lease_file.write_text(json.dumps({"token": "y", "host": "node-7", "pid": 1}))
+    stop = threading.Event()
+
+    def beat():  # a live holder on another host
+        while not stop.wait(0.1):
+            os.utime(lease_file)
+    beating = threading.Thread(target=beat)
+    beating.start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RunError, match="being run by another driver"):
+            Lease(str(folder), "r1", stale_s=1.0).acquire(wait_s=2)
+        assert time.monotonic() - t0 >= 2
+    finally:
+        stop.set()
+        beating.join()
+    with pytest.raises(ValueError, match="wait_s must be >= 0, got wait_s=-1"):
+        Lease(str(folder), "r1").acquire(wait_s=-1)
 
 
 def test_a_lease_heartbeat_keeps_it_fresh(tmp_path):
