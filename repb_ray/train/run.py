@@ -95,7 +95,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
         console = None
         history = list(result.return_value or [])
         summary = build_summary(cfg, task, history, num_samples=n, wall_time_s=time.perf_counter() - t_start)
-        path = os.path.join(cfg.run_dir, "summary.json")
+        path = os.path.join(cfg.run_dir, runs.SUMMARY_FILE)
         summary["mlflow_run_id"] = tracker.run_id
         _write_json(path, summary)
         model = _final_model(task, result.checkpoint) if tracker.run_id else None

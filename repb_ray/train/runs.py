@@ -26,10 +26,11 @@ NOT_IDENTITY = {"name", "output_dir", "storage_path", "tracking_uri", "experimen
                 "fail_at", "audit", "coordinator_timeout_s", "observe_every", "prefetch_batches", "eval_batch_size",
                 "worker_resources"}
 RUN_FILE = "run.json"                # in OUTPUT/NAME
+SUMMARY_FILE = "summary.json"        # in OUTPUT/NAME, written by a run that ended
 STORAGE_RECORD = "repb_run.json"     # in STORAGE/NAME, beside the checkpoints
 SWEEP_FILE = "sweep.json"            # marks a sweep's folder
 # what a run writes in OUTPUT/NAME: --overwrite and cleanup touch nothing else there
-OUTPUTS = (RUN_FILE, "summary.json", "curves.png", "selection_counts.npz", "error.log", "audit")
+OUTPUTS = (RUN_FILE, SUMMARY_FILE, "curves.png", "selection_counts.npz", "error.log", "audit")
 MARKER_PREFIX = ".injected_"         # fault-injection markers of the tests (fail_at)
 FINISHED = "finished_at"             # in run.json once summary.json and tracking are complete
 
@@ -147,7 +148,7 @@ def finished_summary(cfg: Config) -> dict | None:
     """The summary of run `cfg.name` when it already ended with this config (run.json says so and its
     summary.json is there), else None. Reads only; takes no lease."""
     record = _read_record(os.path.join(cfg.run_dir, RUN_FILE))
-    path = os.path.join(cfg.run_dir, "summary.json")
+    path = os.path.join(cfg.run_dir, SUMMARY_FILE)
     if record is None or record["fingerprint"] != fingerprint(cfg) or FINISHED not in record or not os.path.exists(path):
         return None
     return storage.read_json(path)

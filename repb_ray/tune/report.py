@@ -11,6 +11,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from repb_ray.train.runs import SUMMARY_FILE
 from repb_ray.tune.stats import estimate, holm, paired
 
 COLUMNS = ("trial", "method", "budget", "seed", "status", "epochs", "metric", "pruned_fraction", "wall_time_s")
@@ -254,7 +255,7 @@ def trial_rows(configs: list, labels: list, names: list[str], statuses: dict, re
     from repb_ray.core.registry import policy_class
     rows = []
     for i, (cfg, (method, budget), name) in enumerate(zip(configs, labels, names)):
-        summary = _read(os.path.join(trials_dir, name, "summary.json"))
+        summary = _read(os.path.join(trials_dir, name, SUMMARY_FILE))
         record = _read(os.path.join(trials_dir, name, "run.json")) or {}
         last = results.get(i) or {}
         status = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(statuses.get(i), statuses.get(i) or "MISSING")

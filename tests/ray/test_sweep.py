@@ -8,6 +8,7 @@ import pytest
 from helpers import ROOT
 
 from repb_ray.config import Config
+from repb_ray.train import runs
 from repb_ray.tune.spec import SweepSpec
 from repb_ray.tune.sweep import TRIAL_RESOURCES, TrialContext, run_sweep, run_trial
 
@@ -46,7 +47,7 @@ def test_a_restarted_trial_whose_run_had_ended_reports_its_last_epoch(ray_sessio
     assert os.stat(run_dir / "summary.json").st_mtime_ns == stamp  # not trained again
     # the run's last checkpoint saved, its summary not yet written
     record = json.loads((run_dir / "run.json").read_text())
-    del record["finished_at"]
+    del record[runs.FINISHED]
     (run_dir / "run.json").write_text(json.dumps(record))
     os.unlink(run_dir / "summary.json")
     last, epochs = _tune_once(context, tmp_path, "last")
