@@ -28,10 +28,20 @@ def own_context_copy(ds):
     return ds.copy(ds, _deep_copy=True)
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 def init_local(**kwargs) -> None:
-    """Start a private local Ray whose every component binds to 127.0.0.1 (ray.init's
-    `_node_ip_address`; the public `ray start --node-ip-address` has no ray.init twin)."""
+    """Start a private local Ray whose every component listens on 127.0.0.1 only. ray.init's
+    `_node_ip_address="127.0.0.1"` alone is replaced by the host's address (services.
+    resolve_ip_for_localhost), so every server binds there; with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+    (ray_constants.ENABLE_RAY_CLUSTER) Ray takes the loopback address as the node's, as it does on a
+    laptop, and its servers (which bind to the node's address) follow. Set for this process and the Ray
+    processes it starts: this Ray is single-node by design."""
+    import os
+
     import ray
+    os.environ[LOOPBACK_ENV] = "0"
     ray.init(_node_ip_address="127.0.0.1", **kwargs)
 
 

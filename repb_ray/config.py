@@ -11,6 +11,7 @@ from typing import Any
 
 from repb_ray.core.checks import check_bool, check_float, check_int, suggest
 from repb_ray.core.registry import POLICY_NAMES, policy_class
+from repb_ray.credentials import check_no_secrets
 from repb_ray.errors import ConfigError
 
 SCORES = ("loss", "grad_norm")
@@ -108,6 +109,14 @@ class Config:
     tags: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        # credentials never stay in a config: a tracking URI's user:password goes to MLflow's own variables
+        # (repb_ray/credentials.py); `~` in a path is expanded, never a folder named `~`
+        from repb_ray.credentials import take_tracking_credentials
+        object.__setattr__(self, "tracking_uri", take_tracking_credentials(self.tracking_uri))
+        for key in ("output_dir", "storage_path"):
+            value = getattr(self, key)
+            if isinstance(value, str) and value.startswith("~") and "://" not in value:
+                object.__setattr__(self, key, os.path.expanduser(value))
         _validate(self)
 
     # -- building -------------------------------------------------------------------------------
@@ -149,14 +158,32 @@ class Config:
         return os.path.join(self.output_dir, self.name or "run")
 
 
+def _unique_key_loader():
+    """yaml's SafeLoader, refusing a key given twice in one mapping (plain YAML keeps the last, silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice (lines {seen[key] + 1} and "
+                        f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+            return super().construct_mapping(node, deep=deep)
+    return UniqueKeyLoader
+
+
 def load_yaml_mapping(path: str, what: str) -> dict[str, Any]:
     """The mapping in a YAML file; a missing file, a YAML syntax error or a non-mapping is a ConfigError."""
-    import yaml
     if not os.path.isfile(path):
         raise ConfigError(f"{what} file {path!r} does not exist; the shipped ones are in jobs/configs/")
+    import yaml
     with open(path) as fh:
         try:
-            data = yaml.safe_load(fh) or {}
+            data = yaml.load(fh, Loader=_unique_key_loader()) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -221,6 +248,7 @@ def _validate(c: Config) -> None:
         for key in ("task_args", "policy_args", "tags"):
             if not isinstance(getattr(c, key), dict):
                 raise ConfigError(f"{key} must be a mapping, got {key}={getattr(c, key)!r}")
+            check_no_secrets(getattr(c, key), key)  # before anything else reads them
         _choice("policy", c.policy, POLICY_NAMES)
         _choice("score", c.score, SCORES)
         _choice("optimizer", c.optimizer, OPTIMIZERS)
@@ -258,6 +286,10 @@ def _validate(c: Config) -> None:
         _check_output_dir(c.output_dir)
         if c.storage_path is not None and (not isinstance(c.storage_path, str) or not c.storage_path):
             raise ConfigError(f"storage_path must be a path or a URI (s3://...), got storage_path={c.storage_path!r}")
+        if c.storage_path is not None:
+            from repb_ray.storage import check_location
+            check_location(c.storage_path)
+
         if c.tracking_uri is not None and not isinstance(c.tracking_uri, str):
             raise ConfigError(f"tracking_uri must be a string (a URI, a path, or none), got {type(c.tracking_uri).__name__}")
         if not isinstance(c.experiment, str) or not c.experiment:

@@ -27,6 +27,16 @@ class RunError(RuntimeError):
     holds another run, a checkpoint was tampered with); the message says what to do."""
 
 
+class StorageError(RunError):
+    """Storage that cannot hold a run as asked (no exclusive create, credentials in a URI, a listing
+    that failed); the message names the location and what to use instead."""
+
+
+class OwnershipLost(RunError):
+    """This driver no longer owns its run (another driver took it over, or its heartbeat could not be
+    written): the run stops and deletes nothing."""
+
+
 USER_ERRORS = (ConfigError, TaskError, DataError, RunError, FileNotFoundError, FileExistsError)
 
 

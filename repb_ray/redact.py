@@ -15,7 +15,8 @@ MASK = "***"
 SECRET_PARAMS = ("sig", "x-amz-signature", "x-amz-credential", "x-amz-security-token", "code")
 SECRET_WORDS = ("token", "password", "passwd", "secret", "key", "signature", "credential")
 
-_URI = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/\s@'\"<>]+@)?(?P<rest>[^\s'\"<>]*)")
+# userinfo runs to the last `@` before the path (as urllib.parse splits it): a password may hold @ ' " < >
+_URI = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/\s?#]*@)?(?P<rest>[^\s'\"<>]*)")
 _QUERY = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;#\s'\"]+)=(?P<value>[^&;#\s'\"]*)")
 _KNOWN: set[str] = set()  # secrets seen in this process (and their percent-decoded forms)
 
@@ -23,6 +24,11 @@ _KNOWN: set[str] = set()  # secrets seen in this process (and their percent-deco
 def is_secret_param(name: str) -> bool:
     n = unquote(name).lower()
     return n in SECRET_PARAMS or any(w in n for w in SECRET_WORDS)
+
+
+def remember(secret: str) -> None:
+    """Mask `secret` (and its percent-decoded form) wherever this process writes or logs it."""
+    _remember(secret)
 
 
 def _remember(secret: str) -> None:

@@ -8,10 +8,11 @@ from helpers import EXAMPLE_TASKS, ROOT  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def ray_session(s3):
     """One local Ray for the whole test session: 4 logical CPUs (2 workers + Ray Data headroom).
     The example tasks are importable by its workers through PYTHONPATH (the runtime-env route that
-    users take is tested by the subprocess runs)."""
+    users take is tested by the subprocess runs); its processes reach the S3 API server (they start
+    after its credential variables are set)."""
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     here = os.path.dirname(os.path.abspath(__file__))
     examples = os.path.join(ROOT, "examples")
@@ -30,3 +31,20 @@ def ray_session():
 @pytest.fixture(scope="session")
 def smoke_config():
     return os.path.join(ROOT, "jobs", "configs", "smoke.yaml")
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """One S3 API server on 127.0.0.1 for the test session; this process gets its (fake) credentials."""
+    from servers import s3_server
+    with s3_server() as server:
+        old = {k: os.environ.get(k) for k in server.env}
+        os.environ.update(server.env)
+        try:
+            yield server
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v

@@ -29,3 +29,11 @@ def run_epoch(policy, scores_of=None, batch=64, rng=None, world_size=None, chunk
 def binomial_tol(p, m, sigmas=5.0):
     """`sigmas` standard deviations of a proportion estimated from m Bernoulli(p) draws."""
     return sigmas * np.sqrt(p * (1 - p) / m)
+
+
+def readme_task() -> str:
+    """The task file of the README's "Use your own task" section, verbatim."""
+    with open(os.path.join(ROOT, "README.md")) as fh:
+        text = fh.read()
+    block = text.split("<!-- readme-task:start -->")[1].split("<!-- readme-task:end -->")[0]
+    return block.split("```python")[1].split("```")[0]

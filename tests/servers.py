@@ -80,3 +80,66 @@ def read_until(proc: subprocess.Popen, needle: str, timeout: float = 600) -> lis
         if needle in line:
             return lines
     raise AssertionError(f"no {needle!r} within {timeout}s: {''.join(lines)[-3000:]}")
+
+
+class S3Server:
+    """An S3 API server (moto's standalone server) on 127.0.0.1: conditional writes included."""
+
+    def __init__(self, port: int, proc: subprocess.Popen):
+        self.port, self.proc = port, proc
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self._made: set = set()
+
+    @property
+    def env(self) -> dict:
+        """What a process needs to reach it through the usual chain (any key works with moto)."""
+        return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def bucket(self, name: str) -> str:
+        if name not in self._made:
+            import boto3
+            boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                         aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=name)
+            self._made.add(name)
+        return name
+
+    def uri(self, bucket: str, prefix: str = "") -> str:
+        """pyarrow's own form for an S3-compatible store: the endpoint in the query string."""
+        self.bucket(bucket)
+        return (f"s3://{bucket}/{prefix}".rstrip("/")
+                + f"?endpoint_override=127.0.0.1:{self.port}&scheme=http&region=us-east-1")
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        import boto3
+        client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+@contextlib.contextmanager
+def s3_server():
+    """`moto_server` on a free 127.0.0.1 port; yields an S3Server."""
+    port = free_port()
+    exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError("moto_server exited at start") from None
+                time.sleep(0.25)
+        else:
+            raise RuntimeError("moto_server did not answer in 30 s")
+        yield S3Server(port, proc)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except ProcessLookupError:
+            pass

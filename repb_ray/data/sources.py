@@ -55,10 +55,9 @@ def _read_ids(block: IdBlock):
 
 
 def _filesystem(path: str):
-    if "://" not in path:
-        return None, path
-    import pyarrow.fs
-    return pyarrow.fs.FileSystem.from_uri(path)
+    """(pyarrow filesystem or None, path within it): a URI's query (endpoint_override=...) kept."""
+    from repb_ray import storage
+    return storage.filesystem(path)
 
 
 def read_block(block: IdBlock, index: PlanIndex | None) -> list:
@@ -194,11 +193,11 @@ def parquet_files(path) -> list[str]:
     out = []
     for p in paths:
         if "://" in p:
-            import pyarrow.fs
-            fs, root = pyarrow.fs.FileSystem.from_uri(p)
-            infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
-            scheme = p.split("://", 1)[0]
-            out += sorted(f"{scheme}://{i.path}" for i in infos if i.path.endswith(".parquet"))
+            from repb_ray import storage
+            try:
+                out += storage.list_files(p, ".parquet")
+            except FileNotFoundError:
+                raise DataError(f"Parquet path {storage.display(p)!r} does not exist") from None
         elif os.path.isdir(p):  # walked, not globbed: a folder named set[1] is that folder
             out += sorted(os.path.join(d, f) for d, _, names in os.walk(p) for f in names if f.endswith(".parquet"))
         elif os.path.isfile(p):

@@ -52,9 +52,21 @@ def resolve_path(path: str) -> str:
     return path
 
 
+def _check_task_path(path: str) -> None:
+    """`./my_task.py:MyTask` is a file path, not an import path: say which one to write."""
+    module = path.split(":", 1)[0]
+    if "/" in module or module.endswith(".py") or "\\" in module:
+        stem = os.path.splitext(os.path.basename(module))[0]
+        cls = path.split(":", 1)[1] if ":" in path else "MyTask"
+        raise TaskError(f"task={path!r} is a file path; name the module as Python imports it, from the folder that "
+                          f"holds it: task={stem}:{cls}")
+
+
 def import_task_class(path: str) -> type:
     """Import `module:Class` as `python -m` would find it: the current directory first, then the
     Python path. One-line TaskError on anything wrong."""
+    if isinstance(path, str):
+        _check_task_path(path)
     full = resolve_path(path)
     if not isinstance(path, str) or ":" not in full:
         raise TaskError(f"task must be a built-in name ({', '.join(BUILTIN)}) or 'module:Class', got "
@@ -93,8 +105,11 @@ def check_task_class(cls, path: str) -> None:
 
 
 def instantiate(path: str, args: dict | None) -> Task:
+    """The task `path` built with `args`; `{env: NAME}` references become the variables' values here,
+    where the task is built, and nowhere else."""
+    from repb_ray.credentials import resolve
     cls = import_task_class(path)
-    args = dict(args or {})
+    args = resolve(dict(args or {}))
     try:
         inspect.signature(cls).bind(**args)
     except TypeError as exc:

@@ -24,7 +24,8 @@ CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKO
 
 def resolve_tracking_uri(tracking_uri: str | None, output_dir: str) -> str | None:
     """The config's URI, else $MLFLOW_TRACKING_URI, else a SQLite store under output_dir; 'none' disables."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    from repb_ray.credentials import take_tracking_credentials
+    uri = take_tracking_credentials(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     if uri and uri.lower() == "none":
         return None
     if not uri:
@@ -45,13 +46,18 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """One line within seconds when the tracking store cannot be used, instead of minutes of retries."""
     if uri.startswith(HTTP_SCHEMES):
         import base64
-        from urllib.parse import unquote, urlsplit, urlunsplit
+        from urllib.parse import urlsplit, urlunsplit
+
+        from repb_ray.credentials import MLFLOW_PASSWORD, MLFLOW_USER, split_credentials, tracking_credentials
+        uri = split_credentials(uri)[0]
+        creds = {**{k: os.environ[k] for k in (MLFLOW_USER, MLFLOW_PASSWORD) if k in os.environ}, **tracking_credentials()}
         parts = urlsplit(uri.rstrip("/"))
         headers = {}
-        if parts.username is not None:  # credentials go in a header, as MLflow's client sends them
-            token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        if MLFLOW_USER in creds:  # credentials go in a header, as MLflow's client sends them
+            token = f"{creds[MLFLOW_USER]}:{creds.get(MLFLOW_PASSWORD, '')}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
-            parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
+        elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+            headers["Authorization"] = "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"]
         url = urlunsplit(parts._replace(path=parts.path + "/health"))
         try:
             urllib.request.urlopen(urllib.request.Request(url, headers=headers, method="GET"), timeout=timeout_s).read()
@@ -72,34 +78,6 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
                               "tracking_uri=none")
 
 
-NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "gpfs", "beegfs",
-                       "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "9p", "afs")
-
-
-def network_filesystem(path: str, mounts: str = "/proc/mounts") -> str | None:
-    """The type of the network filesystem holding `path` (nfs, cifs, ...), None when it is local."""
-    try:
-        with open(mounts) as fh:
-            entries = [line.split() for line in fh if len(line.split()) >= 3]
-    except OSError:
-        return None
-    path = os.path.realpath(path)
-    best = max((e for e in entries if path == e[1] or path.startswith(e[1].rstrip("/") + "/")),
-               key=lambda e: len(e[1]), default=None)
-    return best[2] if best is not None and best[2] in NETWORK_FILESYSTEMS else None
-
-
-def check_concurrent_store(uri: str | None, concurrent: int, on_cluster: bool, mounts: str = "/proc/mounts") -> None:
-    """SQLite on a network volume with trials writing at once, on a cluster, loses updates or locks up."""
-    if not uri or not uri.startswith("sqlite:///") or concurrent <= 1 or not on_cluster:
-        return
-    fs = network_filesystem(os.path.dirname(uri[len("sqlite:///"):]), mounts)
-    if fs:
-        raise ConfigError(f"the MLflow store {uri} is SQLite on a network volume ({fs}), and {concurrent} trials would "
-                          "write it at once from several nodes; run an MLflow server and pass --tracking-uri "
-                          "http://..., or set sweep.max_concurrent_trials=1")
-
-
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -109,19 +87,58 @@ def git_commit() -> str:
         return "unknown"
 
 
+class SQLiteStoreLock:
+    """One writer at a time for a SQLite store, across threads, processes and hosts: an exclusive lock
+    on `<db>.lock` beside the database (flock; NFSv4 and most network volumes honour it). SQLite's own
+    locking does not hold on a network volume, and MLflow creates or migrates the schema on first open."""
+
+    def __init__(self, uri: str):
+        self.path = uri[len("sqlite:///"):] + ".lock"
+        self._fh = None
+
+    def __enter__(self):
+        import fcntl
+        self._fh = open(self.path, "a")
+        fcntl.flock(self._fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
+        self._fh = None
+
+
+class LockedClient:
+    """An MlflowClient whose every call holds the store's SQLiteStoreLock (train jobs and sweep trials alike)."""
+
+    def __init__(self, uri: str):
+        from mlflow.tracking import MlflowClient
+        self.lock_uri = uri
+        with SQLiteStoreLock(uri):
+            self._client = MlflowClient(tracking_uri=uri)
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def locked(*args, **kwargs):
+            with SQLiteStoreLock(self.lock_uri):
+                return attr(*args, **kwargs)
+        return locked
+
+
 def client(uri: str):
-    """An MlflowClient; for SQLite, opened under a file lock, since MLflow creates or migrates the
-    schema when a process first opens the store, and concurrent trials would race on it."""
+    """An MlflowClient; for SQLite, one whose every call holds the store's lock (one writer at a time,
+    wherever the store lives)."""
     from mlflow.tracking import MlflowClient
+
+    from repb_ray.credentials import apply_tracking_credentials
+    apply_tracking_credentials()  # MLflow's own variables, in this process only
     if not uri.startswith("sqlite:///"):
         return MlflowClient(tracking_uri=uri)
-    import fcntl
-    with open(uri[len("sqlite:///"):] + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            return MlflowClient(tracking_uri=uri)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return LockedClient(uri)
 
 
 def experiment_id(uri: str, name: str, output_dir: str) -> str:
@@ -216,7 +233,9 @@ def log_model(uri: str, run_id: str, model, example) -> str:
         level = quiet.level
         quiet.setLevel(logging.ERROR)
         try:
-            with mlflow.start_run(run_id=run_id):
+            import contextlib
+            store_lock = SQLiteStoreLock(uri) if uri.startswith("sqlite:///") else contextlib.nullcontext()
+            with store_lock, mlflow.start_run(run_id=run_id):
                 # the requirements named, not inferred: inference imports the model in a subprocess (8 s)
                 mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
                                          serialization_format="pt2",

@@ -45,7 +45,8 @@ class Coordinator:
     path or URI only the coordinator knows: checkpoints name states relative to it)."""
 
     def __init__(self, policy: str, num_samples: int, seed: int, world_size: int, params: dict,
-                 shards: int = 1, chunk: int | None = None, state_root: str | None = None):
+                 shards: int = 1, chunk: int | None = None, state_root: str | None = None, fence=None):
+        self.fence = fence  # the run's owner generation: checked before every state written (ownership.Fence)
         self.spec = Spec(policy, num_samples, seed, policy_class(policy).check_params(dict(params)))
         self.world_size, self.num_shards = world_size, shards
         self.chunk = chunk or plan_chunk_size(num_samples)
@@ -74,6 +75,8 @@ class Coordinator:
         with self._lock:
             self.generation, self._published, self._error, self._ready = generation, None, None, set()
         location = epoch_state = None
+        if self.fence is not None:
+            await asyncio.to_thread(self.fence.check)
         if state is not None:
             if self.state_root is None:
                 raise ValueError("this coordinator has no state_root: it cannot restore a saved state")
@@ -180,13 +183,25 @@ class Coordinator:
             raise ValueError("this coordinator has no state_root to save its state under")
         location = storage.join(self.state_root, state)
         generation = self.generation
+        if self.fence is not None:
+            await asyncio.to_thread(self.fence.check)
         await asyncio.to_thread(self.group.each, "save", [(generation, location)] * len(self.group))
-        meta = {**self.policy.global_state(), "shards": self.num_shards, "bounds": self.bounds}
+        meta = {**self.policy.global_state(), "shards": self.num_shards, "bounds": self.bounds,
+                "owner_generation": None if self.fence is None else self.fence.generation}
         await asyncio.to_thread(storage.save_npz, storage.join(location, GLOBAL_FILE), {}, meta)
-        old = [d for d in storage.list_dirs(self.state_root) if d.startswith("epoch_")][:-KEEP_STATES]
-        for d in old:
-            storage.remove_tree(storage.join(self.state_root, d))
+        await asyncio.to_thread(self._drop_old_states)
         return state
+
+    def _drop_old_states(self) -> None:
+        """Keep the last KEEP_STATES states (this run's own folder, under its fence); a listing or a
+        removal that fails keeps them (said once in the actor's log), never reads as empty."""
+        try:
+            if self.fence is not None:
+                self.fence.check()
+            for d in [d for d in storage.list_dirs(self.state_root) if d.startswith("epoch_")][:-KEEP_STATES]:
+                storage.remove(storage.join(self.state_root, d))
+        except OSError as exc:
+            print(f"[repb_ray] coordinator: old states kept ({type(exc).__name__}: {exc})", flush=True)
 
     # -- called by every rank ---------------------------------------------------------------------------
     def routing(self) -> Routing:
@@ -309,13 +324,14 @@ class Coordinator:
 
 
 def create(policy: str, num_samples: int, seed: int, world_size: int, params: dict, *, shards: int = 1,
-           chunk: int | None = None, state_root=None):
+           chunk: int | None = None, state_root=None, fence=None):
     """The coordinator actor: num_cpus=0, memory for the state it holds itself, restarted with a fresh
     state if its process dies (the next reset restores it from the last saved state). `state_root` is
     a path or URI, or an object-store reference to one (then the actor's creation record, which Ray
-    keeps, holds the reference and not a location that may carry a credential)."""
+    keeps, holds the reference and not a location that may carry a credential). `fence` (an
+    ownership.Fence) is checked before every state it writes: a driver that lost its run stops here."""
     actor = ray.remote(concurrency_groups={WAIT_GROUP: 100_000})(Coordinator).options(
         num_cpus=0, max_restarts=-1, max_task_retries=0, memory=memory_request(num_samples if shards == 1 else 0),
         scheduling_strategy="DEFAULT")  # its own memory, outside a Tune trial's placement group
     return actor.remote(policy, num_samples, seed, world_size, params, shards=shards, chunk=chunk,
-                        state_root=state_root)
+                        state_root=state_root, fence=fence)

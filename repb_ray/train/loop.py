@@ -241,7 +241,8 @@ def _report(session, epoch, metrics, history, model, optimizer, schedule, steppe
         ckpt = None
         if session.rank == 0:
             checkpoint.save(d, model=model, optimizer=optimizer, schedule=schedule, epoch=epoch, history=history,
-                            state=state, extra={"step": stepper.state_dict()})
+                            state=state, extra={"step": stepper.state_dict(),
+                                                "owner_generation": session.handle.owner_generation})
             ckpt = ray.train.Checkpoint.from_directory(d)
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:03d}")
 

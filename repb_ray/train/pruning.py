@@ -2,7 +2,7 @@
 your dataset to its plans; its `handle` is what each worker's PruningSession needs. The framework's
 own run is built from the same pieces. Runs in the driver.
 
-    pruning = Pruning("repb", {"rho": 0.5, "window": 1}, num_samples=n, num_workers=2, storage=STORAGE, name=NAME)
+    pruning = Pruning("repb", {"rho": 0.5, "window": 1}, num_samples=n, num_workers=2, storage_path=STORAGE, name=NAME)
     trainer = TorchTrainer(loop, datasets={"train": pruning.dataset(ds)}, dataset_config=pruning.data_config(),
                            train_loop_config={"pruning": pruning.handle}, ...)
 
@@ -43,25 +43,31 @@ class PruningHandle:
     timeout_s: float = 600.0
     shuffle_rows: int = 4096
     prefetch_batches: int = 2
+    owner_generation: int | None = None  # the run's owner (ownership.Fence), written into every checkpoint
 
 
 class Pruning:
     """Driver side of a pruned run. `policy` and `policy_args` as for repb_ray.core.make_policy;
     `storage` (a path or URI every node reaches, e.g. the Train storage_path) and `name` locate the
-    coordinator's saved states; `shards` > 1 spreads the per-sample state over that many actors."""
+    coordinator's saved states (or `home`, the run's folder itself, with `fence`, its owner's
+    generation, checked before every state written); `shards` > 1 spreads the per-sample state over
+    that many actors."""
 
     def __init__(self, policy: str = "repb", policy_args: dict | None = None, *, num_samples: int,
                  num_workers: int, seed: int = 0, shards: int = 1, storage_path: str | None = None,
                  name: str = "run", observe_every: int = 32, timeout_s: float = 600.0, shuffle_rows: int = 4096,
-                 prefetch_batches: int = 2, chunk: int | None = None):
+                 prefetch_batches: int = 2, chunk: int | None = None, home: str | None = None, fence=None):
         params = dict(policy_args or {})
         policy_class(policy)(num_samples=num_samples, seed=seed, world_size=max(1, num_workers), local=False,
                              **params)  # bad parameters fail here, before any actor starts
-        state_root = storage.join(storage_path, name, "coordinator") if storage_path else None
+        if home is None and storage_path:
+            home = storage.join(storage_path, name)
+        state_root = storage.join(home, "coordinator") if home else None
         self.coordinator = coordinator.create(policy, num_samples, seed, max(1, num_workers), params,
-                                              shards=shards, chunk=chunk, state_root=state_root)
+                                              shards=shards, chunk=chunk, state_root=state_root, fence=fence)
         self.handle = PruningHandle(self.coordinator, seed, num_samples, state_root is not None, observe_every,
-                                    timeout_s, shuffle_rows, prefetch_batches)
+                                    timeout_s, shuffle_rows, prefetch_batches,
+                                    None if fence is None else fence.generation)
 
     def dataset(self, ds, task_ref=None):
         """Your train dataset (an int64 `id` column 0..n-1), pruned to each epoch's plan; the rows

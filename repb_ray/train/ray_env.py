@@ -60,6 +60,11 @@ def check_cluster_paths(cfg: Config) -> None:
         raise ConfigError(f"output_dir={cfg.output_dir!r} is relative, and this run is on a Ray cluster: it would land in "
                           "the driver's working directory (a temporary copy under `ray job submit`, deleted with the "
                           "job) on one node; pass --output-dir /shared/path, a volume every node mounts")
+    uri = cfg.tracking_uri or ""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        raise ConfigError(f"tracking_uri={uri!r} is a relative SQLite path, and this run is on a Ray cluster: it would "
+                          "land in the driver's working directory (deleted with the job); give an absolute one "
+                          "(sqlite:////abs/path/mlflow.db) or an MLflow server (http://...)")
     if cfg.storage_path is not None and "://" not in cfg.storage_path and not os.path.isabs(cfg.storage_path):
         raise ConfigError(f"storage_path={cfg.storage_path!r} is relative, and this run is on a Ray cluster; use an "
                           "absolute path on storage every node mounts, or a URI (s3://...)")
@@ -132,18 +137,82 @@ def _probe_on_nodes(nodes: list[dict], marker: str) -> list[bool]:
 
 
 def check_shared_paths(cfg: Config, probe=_probe_on_nodes) -> None:
-    """On a multi-node cluster, the output folder (and a local storage path) must be the same folder on
-    every node: a node-local path would scatter a run's files. Checked with a marker file."""
+    """On a multi-node cluster, a run's home (its storage root, when that is a path) must be the same
+    folder on every node: a node-local path would scatter its checkpoints. Checked with a marker file.
+    The output folder may be local to the driver (the workers write nothing there) and a URI needs no
+    check."""
     import ray
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) <= 1:
         return
-    paths = [os.path.abspath(cfg.output_dir)]
-    if cfg.storage_path is not None and "://" not in cfg.storage_path:
-        paths.append(os.path.abspath(cfg.storage_path))
-    missing = unseen_paths(paths, nodes, probe)
+    from repb_ray.train.runs import storage_root
+    root = storage_root(cfg)
+    if "://" in root:
+        return
+    missing = unseen_paths([root], nodes, probe)
     if missing:
         path, node = missing[0]
         raise ConfigError(f"{path} is not visible from node {node.get('NodeManagerAddress')} (it is local to this "
-                          "node); put outputs and checkpoints on storage every node mounts (--output-dir "
-                          "/shared/path, storage_path=/shared/path or a URI)")
+                          "node), and it would hold this run's checkpoints; put them on storage every node reaches "
+                          "(--set storage_path=s3://bucket/prefix, or a path every node mounts)")
+
+
+def check_resources(cfg: Config, num_samples: int, nodes: list[dict] | None = None) -> None:
+    """Before anything starts: more coordinator shards than samples, a coordinator (shard) bigger than
+    any node's memory, or worker_resources no node offers are one line each (on a cluster that may still
+    grow, the last is a warning: an autoscaler can add the node)."""
+    import ray
+
+    from repb_ray.train.shards import BASE_BYTES, BYTES_PER_SAMPLE, memory_request
+    if cfg.coordinator_shards > num_samples:
+        raise ConfigError(f"coordinator_shards={cfg.coordinator_shards} is more than the {num_samples} training samples; "
+                          f"use at most {num_samples}")
+    nodes = [n for n in (ray.nodes() if nodes is None else nodes) if n.get("Alive", True)]
+    span = -(-num_samples // cfg.coordinator_shards)
+    need = memory_request(span)
+    largest = max((n.get("Resources", {}).get("memory", 0) for n in nodes), default=0)
+    if largest and need > largest:
+        shards = -(-int(BYTES_PER_SAMPLE * num_samples) // max(int(largest - BASE_BYTES), 1))
+        raise ConfigError(f"the coordinator needs {need / 2**30:.1f} GiB of memory per shard for {num_samples} samples "
+                          f"with coordinator_shards={cfg.coordinator_shards}, and the largest node offers "
+                          f"{largest / 2**30:.1f} GiB; set coordinator_shards={max(shards, cfg.coordinator_shards + 1)} "
+                          "or more")
+    for key, amount in cfg.worker_resources.items():
+        most = max((n.get("Resources", {}).get(key, 0) for n in nodes), default=0)
+        if most < amount:
+            msg = (f"worker_resources asks {key}={amount} per worker and no node offers that much (most: {most}); "
+                   f"start nodes with --resources='{{\"{key}\": {amount}}}' or drop it")
+            if on_cluster():
+                print(f"[repb_ray] warning: {msg} (waiting for the cluster to add such a node)", flush=True)
+            else:
+                raise ConfigError(msg)
+
+
+def check_data_visible(ds, nodes: list[dict] | None = None, probe=_probe_on_nodes) -> None:
+    """On a multi-node cluster, Parquet files on a local path must be the same files on every node (the
+    read tasks run anywhere): a prepared folder local to the driver's node is one line here, not a
+    FileNotFoundError in a read task. Probes the existence of one file per folder, writes nothing."""
+    import ray
+
+    from repb_ray.data.sources import id_block_source
+    src = id_block_source(ds) if _ray_compat.is_dataset(ds) else None
+    if src is None:
+        return
+    files = [b.path for b in src.blocks if b.path and "://" not in b.path]
+    check_files_visible(files, [n for n in (ray.nodes() if nodes is None else nodes) if n.get("Alive")], probe)
+
+
+def check_files_visible(files: list[str], nodes: list[dict], probe=_probe_on_nodes) -> None:
+    """One file of each folder of `files` probed from every node (more than one node only)."""
+    if len(nodes) <= 1:
+        return
+    firsts: dict = {}
+    for path in files:
+        firsts.setdefault(os.path.dirname(path), path)
+    for folder, path in sorted(firsts.items()):
+        missing = [n for n, ok in zip(nodes, probe(nodes, path)) if not ok]
+        if missing:
+            raise ConfigError(f"the training data in {folder} is not visible from node "
+                              f"{missing[0].get('NodeManagerAddress')} (it is local to this node), and read tasks run "
+                              "on any node; put it on storage every node reaches (a bucket URI or a path every node "
+                              "mounts), or serve it from memory")

@@ -4,19 +4,22 @@ the process that calls `repb-ray train` (or a Tune trial)."""
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
+import threading
 import time
 
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
+from repb_ray import storage
 from repb_ray.config import Config
 from repb_ray.core.registry import policy_class
 from repb_ray.data.pipeline import eval_dataset
-from repb_ray.errors import DataError
-from repb_ray.redact import redact
+from repb_ray.errors import DataError, OwnershipLost
+from repb_ray.redact import redact, redact_text
 from repb_ray.tasks.loader import TaskRef, instantiate
 from repb_ray.tracking import mlflow_tracking as mt
 from repb_ray.tracking.run_tracker import RunTracker
@@ -24,7 +27,15 @@ from repb_ray.train import runs
 from repb_ray.train.console import Console
 from repb_ray.train.loop import train_loop_per_worker
 from repb_ray.train.pruning import Pruning
-from repb_ray.train.ray_env import check_cluster_paths, check_shared_paths, ensure_ray, num_samples_of, task_runtime_env
+from repb_ray.train.ray_env import (
+    check_cluster_paths,
+    check_data_visible,
+    check_resources,
+    check_shared_paths,
+    ensure_ray,
+    num_samples_of,
+    task_runtime_env,
+)
 from repb_ray.train.summary import build_summary
 
 
@@ -49,6 +60,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
     claim = runs.claim(cfg, resume=resume, overwrite=overwrite, lease_wait_s=lease_wait_s)
     root = runs.storage_root(cfg)
     pruning = tracker = console = None
+    claim.owner.on_lost.append(_stopper(lambda: pruning, threading.current_thread() is threading.main_thread()))
     try:
         ensure_ray(cfg, task_runtime_env(cfg.task), verbose)
         if check_paths:
@@ -58,8 +70,11 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
         n = num_samples_of(train_ds)
         if cfg.world_size > n:
             raise DataError(f"num_workers={cfg.num_workers} is larger than the {n} training samples; use fewer workers")
+        check_resources(cfg, n)
+        if check_paths:
+            check_data_visible(train_ds)
         pruning = Pruning(cfg.policy, cfg.policy_params(), num_samples=n, num_workers=cfg.world_size, seed=cfg.seed,
-                          shards=cfg.coordinator_shards, storage_path=root, name=cfg.name,
+                          shards=cfg.coordinator_shards, home=claim.home, fence=claim.owner.fence,
                           observe_every=cfg.observe_every, timeout_s=cfg.coordinator_timeout_s,
                           shuffle_rows=cfg.shuffle_rows, prefetch_batches=cfg.prefetch_batches)
         datasets = {"train": pruning.dataset(train_ds, task_ref)}
@@ -85,7 +100,8 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
                                                    resources_per_worker={"CPU": cfg.cpus_per_worker,
                                                                          **cfg.worker_resources}),
             run_config=ray.train.RunConfig(
-                name=cfg.name, storage_path=root,
+                name=cfg.name, storage_path=storage.uri_filesystem(root)[1],
+                storage_filesystem=storage.uri_filesystem(root)[0],
                 failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
                 callbacks=list(callbacks or [])),
@@ -103,13 +119,15 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
                                              example=task.input_example(), counts=_selection_counts(pruning))
         _write_json(path, summary)
         claim.finish()
-    except BaseException:
+    except BaseException as exc:
         if console:
             console.stop()
         if tracker:
             tracker.end("FAILED")
-        if not claim.has_checkpoint():
-            claim.abandon()
+        _cleanup_failed(claim)
+        if claim.owner.lost:  # whatever stopped the workers, this is why
+            raise OwnershipLost(f"run {cfg.name!r}: {claim.owner.lost}; this driver stopped it and deleted "
+                                "nothing") from exc
         raise
     finally:
         if pruning:
@@ -123,6 +141,32 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
     return summary
 
 
+def _stopper(pruning_of, main_thread: bool):
+    """What stops this run when its driver loses ownership (from the heartbeat thread): the coordinator
+    goes, so every worker fails at its next call, and the main thread is interrupted (a sweep trial's
+    thread is not the main thread: the coordinator alone stops it)."""
+    def stop() -> None:
+        pruning = pruning_of()
+        if pruning is not None:
+            pruning.shutdown()
+        if main_thread:
+            _thread.interrupt_main()
+    return stop
+
+
+def _cleanup_failed(claim: runs.RunClaim) -> None:
+    """After a failure: a run that has no checkpoint yet leaves nothing behind but its error.log. A
+    driver that lost its run, or cannot list the home, deletes nothing."""
+    if claim.owner.lost:
+        return
+    try:
+        if not claim.has_checkpoint():
+            claim.abandon()
+    except Exception as exc:  # noqa: BLE001 - any doubt keeps the files
+        print(f"[repb_ray] warning: kept {storage.display(claim.home)} as it is: could not tell what this run wrote "
+              f"({type(exc).__name__}: {redact_text(str(exc))[:160]})", flush=True)
+
+
 def worker_config(cfg: Config) -> dict:
     """The config the Train workers get: no tracking URI, no storage location (the workers use
     neither; the coordinator alone knows where its states go), anything else redacted."""
@@ -130,7 +174,6 @@ def worker_config(cfg: Config) -> dict:
 
 
 def _write_json(path: str, data: dict) -> None:
-    from repb_ray import storage
     storage.write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 

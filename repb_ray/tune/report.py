@@ -11,7 +11,8 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from repb_ray.train.runs import SUMMARY_FILE
+from repb_ray import storage
+from repb_ray.train.runs import RECORD_FILE, SUMMARY_FILE
 from repb_ray.tune.stats import estimate, holm, paired
 
 COLUMNS = ("trial", "method", "budget", "seed", "status", "epochs", "metric", "pruned_fraction", "wall_time_s")
@@ -249,14 +250,15 @@ class Report:
 
 
 def trial_rows(configs: list, labels: list, names: list[str], statuses: dict, results: dict,
-               trials_dir: str, metric: str) -> list[dict]:
+               trials_dir: str, metric: str, trials_home: str | None = None) -> list[dict]:
     """A row per trial: from its own summary.json when it finished (or was stopped after writing it),
     else from Tune's last result for it."""
     from repb_ray.core.registry import policy_class
     rows = []
     for i, (cfg, (method, budget), name) in enumerate(zip(configs, labels, names)):
         summary = _read(os.path.join(trials_dir, name, SUMMARY_FILE))
-        record = _read(os.path.join(trials_dir, name, "run.json")) or {}
+        record = _read_stored(storage.join(trials_home, name, RECORD_FILE)) if trials_home else {}
+        record = {"mlflow_run_id": (summary or {}).get("mlflow_run_id"), **(record or {})}
         last = results.get(i) or {}
         status = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(statuses.get(i), statuses.get(i) or "MISSING")
         cls = policy_class(cfg.policy)
@@ -289,11 +291,19 @@ def _read(path: str) -> dict | None:
         return None
 
 
+def _read_stored(location: str) -> dict | None:
+    """A trial's record in its home (a path or URI), None when it has none."""
+    try:
+        return storage.read_json(location) if storage.exists(location) else None
+    except (OSError, ValueError):
+        return None
+
+
 def build_report(spec, configs: list, labels: list, names: list[str], grid, metric: str, mode: str,
-                 trials_dir: str) -> Report:
+                 trials_dir: str, trials_home: str | None = None) -> Report:
     from repb_ray import _ray_compat
     statuses, results = _ray_compat.tune_trials(grid)
-    rows = trial_rows(configs, labels, names, statuses, results, trials_dir, metric)
+    rows = trial_rows(configs, labels, names, statuses, results, trials_dir, metric, trials_home)
     agg = aggregate(rows)
     return Report(rows, agg, compare(agg, spec.reference), metric, mode, pareto_front(rows, mode))
 

@@ -31,9 +31,17 @@ MAPPING_KEYS = ("task_args", "policy_args", "tags", "worker_resources", "fail_at
 SEARCH_ALGS = ("grid", "optuna")
 
 
+# what the sweep itself sets for every trial: its run's name, where it lives and where it is tracked
+SWEEP_OWNED_KEYS = ("name", "output_dir", "storage_path", "tracking_uri")
+
+
 def check_key(key: str, where: str) -> None:
-    """A sweep key: a config key, or a mapping config key dotted into one of its entries."""
+    """A sweep key: a config key, or a mapping config key dotted into one of its entries, and not one
+    the sweep sets for its trials."""
     names = [f.name for f in fields(Config)]
+    if key in SWEEP_OWNED_KEYS:
+        raise ConfigError(f"{where} key {key!r} cannot vary between trials: the sweep names, stores and tracks each "
+                          f"trial itself; set {key} once for the whole sweep (--set {key}=... or in base)")
     head = key.split(".", 1)[0]
     if key in names or (head in MAPPING_KEYS and "." in key and key.split(".", 1)[1]):
         return
@@ -72,7 +80,7 @@ class SweepSpec:
     def __post_init__(self):
         check_name(self.name, "sweep name")
         base = self.base_config()  # validates base keys and values
-        if base.num_workers == 0:
+        if base.num_workers == 0 or any(t.get("num_workers") == 0 for t in self._declared_trials()):
             raise ConfigError("num_workers=0 (local mode) cannot run inside Tune trials (Ray Train's context is "
                               "not available there); use num_workers >= 1")
         if not isinstance(self.search, dict):
@@ -178,6 +186,15 @@ class SweepSpec:
         if len(set(s)) != len(s):
             raise ConfigError(f"seeds must not repeat, got seeds={s!r}")
         return list(s)
+
+    def _declared_trials(self) -> list[dict]:
+        """The overrides written in the sweep (grid values, grids, baselines), before any check."""
+        search = self.search if isinstance(self.search, dict) else {}
+        out = [{k: v} for k, d in search.items() if isinstance(d, dict) for v in (d.get("grid") or d.get("choice") or [])]
+        for g in self.grids if isinstance(self.grids, list) else []:
+            if isinstance(g, dict):
+                out += [{k: v} for k, vs in g.items() if isinstance(vs, list) for v in vs]
+        return out + [b for b in (self.baselines if isinstance(self.baselines, list) else []) if isinstance(b, dict)]
 
     def trials(self) -> list[dict]:
         """Every trial's overrides, in a fixed order (what a grid sweep runs; its place in this list

@@ -6,7 +6,9 @@ trial's driver runs in a Tune actor."""
 
 from __future__ import annotations
 
+import _thread
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -14,18 +16,21 @@ from ray import tune
 
 from repb_ray import storage
 from repb_ray.config import Config, ConfigError, apply_overrides
+from repb_ray.credentials import tracking_credentials
 from repb_ray.errors import RunError
 from repb_ray.redact import redact, redact_text
 from repb_ray.train import runs
-from repb_ray.train.lease import HEARTBEAT_S, STALE_S, Lease
+from repb_ray.train.ownership import HEARTBEAT_S, OWNER_DIR, STALE_S, Ownership
+from repb_ray.tune import state_digest
 from repb_ray.tune.admission import Admission, TrialDemand, capacity
 from repb_ray.tune.progress import TERMINAL, Progress
 from repb_ray.tune.report import build_report, label_trials
 from repb_ray.tune.spec import SweepSpec
+from repb_ray.tune.state_digest import StateDigest
 
 TRIAL_RESOURCES = {"cpu": 0, "memory": 1e6}  # the trial function itself holds no CPU; its Train workers do
 TUNE_DIR, TRIALS_DIR = "tune", "trials"
-TRIAL_LEASE_WAIT_S = STALE_S + HEARTBEAT_S  # a restarted trial waits this long for its earlier driver's lease
+TRIAL_LEASE_WAIT_S = STALE_S + HEARTBEAT_S  # a restarted trial waits this long for its earlier driver to go stale
 REPORTS = ("sweep_summary.json", "sweep_table.txt", "paper_table.md", "metric_vs_pruned.png", "pareto.png",
            "pruned_per_epoch.png", "knobs.png")
 
@@ -75,6 +80,8 @@ class TrialContext:
     parent_run_id: str | None
     trials_dir: str
     names: tuple
+    home: str                      # the sweep's home: each trial's is home/TRIAL
+    tracking_env: dict             # MLflow's credentials for the trial's driver (never on disk)
 
 
 def run_trial(config: dict, context: TrialContext) -> None:
@@ -82,15 +89,18 @@ def run_trial(config: dict, context: TrialContext) -> None:
     restored sweep restarts the trials its saved state still had running; one whose run had already
     ended (the driver died between the run's end and Tune's next save) is not trained again: Tune gets
     its final epoch from summary.json. (A run resumed from its last checkpoint reports its final epoch
-    again itself: train/loop.py.) The sweep's own lease makes this the only driver of its trials, so a
+    again itself: train/loop.py.) The sweep's own ownership makes this the only driver of its trials, so a
     trial's run held by a driver that still looks alive is its earlier incarnation, dying or dead on
     another host: waited for until its heartbeat goes stale."""
+    from repb_ray.credentials import apply_tracking_credentials
     from repb_ray.train.run import run_training
     from repb_ray.tune.reporter import EpochReporter
+    apply_tracking_credentials(context.tracking_env)
     index = config.get("index")
     name = context.names[index] if index is not None else optuna_name(tune.get_context().get_trial_id())
     cfg = Config.from_dict({**apply_overrides(context.base, config["trial"]), "name": name,
-                            "output_dir": context.trials_dir, "tracking_uri": context.tracking_uri or "none",
+                            "output_dir": context.trials_dir, "storage_path": context.home,
+                            "tracking_uri": context.tracking_uri or "none",
                             "tags": {**context.base.get("tags", {}), "sweep_trial": name}})
     summary = runs.finished_summary(cfg)
     if summary is not None:
@@ -108,22 +118,24 @@ def final_epoch(summary: dict) -> dict:
 
 
 class SweepClaim:
-    """The sweep's folder for this invocation: its lease and its identity (sweep.json)."""
+    """The sweep for this invocation: its home STORAGE/SWEEP (ownership, its record, its trials'
+    homes) and its output folder OUTPUT/SWEEP (sweep.json, Tune's state, the reports)."""
 
-    def __init__(self, spec: SweepSpec, out: str, overwrite: bool):
+    def __init__(self, spec: SweepSpec, base: Config, out: str, overwrite: bool):
         self.out, self.record_path = out, os.path.join(out, runs.SWEEP_FILE)
-        if os.path.exists(os.path.join(out, "run.json")):
+        self.home = storage.join(runs.storage_root(base), spec.name)
+        if os.path.exists(os.path.join(out, "run.json")) or os.path.exists(os.path.join(out, runs.SUMMARY_FILE)):
             raise ConfigError(f"{out} is the folder of a training run; give the sweep another name (--set sweep.name=...)")
-        os.makedirs(out, exist_ok=True)
-        self.lease = Lease(out, spec.name, what="sweep").acquire()
+        mine = {runs.SWEEP_FILE, TUNE_DIR, TRIALS_DIR, *REPORTS}
+        if overwrite and os.path.isdir(out) and os.listdir(out) and not os.path.exists(self.record_path):
+            raise ConfigError(f"--overwrite: {out} is not a sweep's folder (no {runs.SWEEP_FILE}); repb_ray deletes only "
+                                  "what its sweeps wrote: give the sweep another name (--set sweep.name=...)")
+        runs.check_home(self.home, spec.name, what="sweep")
+        self.owner = Ownership(self.home, spec.name, what="sweep").acquire()
         try:
+            os.makedirs(out, exist_ok=True)
             if overwrite:
-                for entry in (runs.SWEEP_FILE, TUNE_DIR, TRIALS_DIR, *REPORTS):
-                    path = os.path.join(out, entry)
-                    if os.path.isdir(path):
-                        storage.remove_tree(path)
-                    elif os.path.exists(path):
-                        os.unlink(path)
+                self._clear(mine)
             self.record = storage.read_json(self.record_path) if os.path.exists(self.record_path) else None
             if self.record is not None and self.record.get("fingerprint") != spec.fingerprint():
                 raise ConfigError(f"sweep {spec.name!r} in {os.path.dirname(out)} was started from another sweep file or "
@@ -134,21 +146,43 @@ class SweepClaim:
                                           "spec": redact(spec.__dict__)}
             self.save()
         except BaseException:
-            self.lease.release()
+            self.owner.release()
             raise
 
+    def _clear(self, mine: set) -> None:
+        """--overwrite: the sweep's own outputs, and each trial's home whose record names that trial
+        (a trial home holding anything a run does not write is refused, not deleted)."""
+        self.owner.check()
+        for name, is_dir in storage.list_entries(self.home).items():
+            if name in (OWNER_DIR, runs.SWEEP_RECORD) or not is_dir:
+                continue
+            trial_home = storage.join(self.home, name)
+            record = runs.read_record(storage.join(trial_home, runs.RECORD_FILE))
+            entries = storage.list_entries(trial_home)
+            if record is None or record.get("name") != name or not all(runs.run_entry(e) for e in entries):
+                raise ConfigError(f"--overwrite: {storage.display(trial_home)} is not one of this sweep's trials; "
+                                  "repb_ray deletes only what its runs wrote: remove it yourself")
+            runs.clear_home(trial_home, entries)
+            storage.remove(trial_home)
+        for entry in mine:
+            storage.remove(os.path.join(self.out, entry))
+
     def save(self, **fields) -> None:
+        self.owner.check()
         self.record.update(fields)
         storage.write_json(self.record_path, self.record)
+        storage.write_json(storage.join(self.home, runs.SWEEP_RECORD), {"name": self.record["name"],
+                                                                       "fingerprint": self.record["fingerprint"],
+                                                                       "created": self.record["created"]})
 
     def release(self) -> None:
-        self.lease.release()
+        self.owner.release()
 
 
 def run_sweep(spec: SweepSpec, verbose: bool = False, overwrite: bool = False) -> dict:
     from repb_ray.tasks.loader import import_task_class
     from repb_ray.tracking import mlflow_tracking as mt
-    from repb_ray.train.ray_env import check_cluster_paths, check_shared_paths, ensure_ray, on_cluster, task_runtime_env
+    from repb_ray.train.ray_env import check_cluster_paths, check_shared_paths, ensure_ray, task_runtime_env
 
     base = spec.base_config()
     check_cluster_paths(base)
@@ -159,7 +193,9 @@ def run_sweep(spec: SweepSpec, verbose: bool = False, overwrite: bool = False) -
     configs = [spec.config_of(t) for t in trials]
     labels = label_trials(configs)
     names = trial_names(trials, base)
-    claim = SweepClaim(spec, out, overwrite)
+    claim = SweepClaim(spec, base, out, overwrite)
+    if threading.current_thread() is threading.main_thread():
+        claim.owner.on_lost.append(_thread.interrupt_main)
     t0 = time.perf_counter()
 
     log = SweepLog(spec.name)
@@ -170,25 +206,25 @@ def run_sweep(spec: SweepSpec, verbose: bool = False, overwrite: bool = False) -
         demand = TrialDemand.of(base)
         concurrent = spec.max_concurrent_trials or capacity(demand, ray.cluster_resources())[0]
         uri = mt.resolve_tracking_uri(base.tracking_uri, base.output_dir)
-        mt.check_concurrent_store(uri, concurrent, on_cluster())
         log(f"{'resuming: ' if claim.resuming else ''}{len(trials)} trial(s), metric {metric} ({mode})")
         parent = _parent_run(mt, uri, spec, base, claim)
         context = TrialContext({**base.to_dict(), "tracking_uri": None}, uri, parent, os.path.join(out, TRIALS_DIR),
-                               tuple(names))
+                               tuple(names), claim.home, tracking_credentials())
         trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), TRIAL_RESOURCES)
         if spec.search_alg == "optuna":
-            grid = _fit_optuna(trainable, spec, base, concurrent, metric, mode, out, log)
+            grid = _fit_optuna(trainable, spec, base, concurrent, metric, mode, out, log, claim)
             trials, names = _optuna_trials(grid)
             configs = [spec.config_of(t) for t in trials]
             labels = label_trials(configs)
         else:
-            grid = _fit(trainable, spec, base, trials, demand, metric, mode, labels, names, out, log)
+            grid = _fit(trainable, spec, base, trials, demand, metric, mode, labels, names, out, log, claim)
         statuses = _statuses(grid)
         expected = spec.num_samples if spec.search_alg == "optuna" else len(trials)
         if len(statuses) < expected or any(s not in TERMINAL for s in statuses.values()):
             raise SweepInterrupted(f"sweep {spec.name} interrupted with {sum(s in TERMINAL for s in statuses.values())} "
                                    f"of {expected} trials ended; run the same command to continue it")
-        report = build_report(spec, configs, labels, names, grid, metric, mode, os.path.join(out, TRIALS_DIR))
+        report = build_report(spec, configs, labels, names, grid, metric, mode, os.path.join(out, TRIALS_DIR),
+                              claim.home)
         print(report.text, flush=True)
         summary = report.summary(sweep=spec.name, mlflow_tracking_uri=redact_text(uri), mlflow_parent_run_id=parent,
                                  wall_time_s=time.perf_counter() - t0)
@@ -197,6 +233,11 @@ def run_sweep(spec: SweepSpec, verbose: bool = False, overwrite: bool = False) -
             _finish_tracking(mt, uri, parent, report.rows, out, files, log)
             log(f"MLflow: mlflow ui --backend-store-uri {redact_text(uri)}")
         log(f"results in {out}")
+        failed = [r for r in report.rows if r["status"] == "FAILED"]
+        if failed and len(failed) == len(report.rows):
+            first = next((r.get("error") for r in failed if r.get("error")), None)
+            raise RunError(f"every trial of sweep {spec.name} failed" + (f" (first: {first})" if first else "")
+                           + f"; each trial's error.log is under {os.path.join(out, TRIALS_DIR)}")
         return summary
     finally:
         claim.release()
@@ -221,13 +262,11 @@ def _parent_run(mt, uri: str | None, spec: SweepSpec, base: Config, claim: Sweep
 
 
 def _fit(trainable, spec: SweepSpec, base: Config, trials: list[dict], demand: TrialDemand, metric: str, mode: str,
-         labels: list, names: list[str], out: str, log):
+         labels: list, names: list[str], out: str, log, claim: SweepClaim):
     from ray.tune.schedulers import ASHAScheduler
     path = os.path.join(out, TUNE_DIR, spec.name)
     if tune.Tuner.can_restore(path):
-        log("continuing from its last saved state (finished trials are kept)")
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        return tuner.fit()
+        return _restore(path, trainable, claim, log)
     scheduler = None
     if spec.asha:
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base.epochs,
@@ -240,9 +279,26 @@ def _fit(trainable, spec: SweepSpec, base: Config, trials: list[dict], demand: T
                                     scheduler=scheduler),
         run_config=tune.RunConfig(name=spec.name, storage_path=os.path.join(out, TUNE_DIR), verbose=0,
                                   callbacks=[Progress(spec.name, describe_trials(trials, labels, names), metric,
-                                                      len(trials))]),
+                                                      len(trials)), StateDigest(path, claim.home, claim.owner.fence)]),
     )
-    return tuner.fit()
+    return _fit_recorded(tuner, path, claim)
+
+
+def _restore(path: str, trainable, claim: SweepClaim, log):
+    """Tune's own restore, only of the state this sweep saved there (state_digest.check)."""
+    state_digest.check(path, claim.home, claim.resuming)
+    log("continuing from its last saved state (finished trials are kept)")
+    tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    return _fit_recorded(tuner, path, claim)
+
+
+def _fit_recorded(tuner, path: str, claim: SweepClaim):
+    """tuner.fit(), then the digest of Tune's last save recorded (also when it was interrupted)."""
+    try:
+        return tuner.fit()
+    finally:
+        if not claim.owner.lost:
+            state_digest.record(path, claim.home, claim.owner.fence)
 
 
 def _statuses(grid) -> dict:
@@ -251,7 +307,8 @@ def _statuses(grid) -> dict:
     return _ray_compat.tune_trials(grid)[0]
 
 
-def _fit_optuna(trainable, spec: SweepSpec, base: Config, concurrent: int, metric: str, mode: str, out: str, log):
+def _fit_optuna(trainable, spec: SweepSpec, base: Config, concurrent: int, metric: str, mode: str, out: str, log,
+                claim: SweepClaim):
     """Optuna's sampler over the search distributions, two objectives: the test metric and the pruned
     fraction (their Pareto front is what a budget choice needs)."""
     from ray.tune.search import ConcurrencyLimiter
@@ -261,8 +318,7 @@ def _fit_optuna(trainable, spec: SweepSpec, base: Config, concurrent: int, metri
         raise ConfigError(f"search_alg=optuna needs optuna: pip install 'repb-ray[optuna]' ({exc})") from None
     path = os.path.join(out, TUNE_DIR, spec.name)
     if tune.Tuner.can_restore(path):
-        log("continuing from its last saved state (finished trials are kept)")
-        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True).fit()
+        return _restore(path, trainable, claim, log)
     space = {"trial": {key: _domain(dist) for key, dist in spec.search.items()}}
     searcher = OptunaSearch(metric=[metric, "cum_pruned_fraction"], mode=[mode, "max"], seed=spec.sweep_seed)
     tuner = tune.Tuner(
@@ -270,9 +326,10 @@ def _fit_optuna(trainable, spec: SweepSpec, base: Config, concurrent: int, metri
         tune_config=tune.TuneConfig(num_samples=spec.num_samples,
                                     search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent)),
         run_config=tune.RunConfig(name=spec.name, storage_path=os.path.join(out, TUNE_DIR), verbose=0,
-                                  callbacks=[Progress(spec.name, [], metric, spec.num_samples)]),
+                                  callbacks=[Progress(spec.name, [], metric, spec.num_samples),
+                                             StateDigest(path, claim.home, claim.owner.fence)]),
     )
-    return tuner.fit()
+    return _fit_recorded(tuner, path, claim)
 
 
 def _domain(dist: dict):

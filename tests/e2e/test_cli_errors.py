@@ -90,6 +90,8 @@ def bad_tasks(tmp_path_factory):
     (d / "bad_tasks.py").write_text(BAD_TASKS)
     (d / "broken.yaml").write_text("rho: [0.5\nwindow: 1\n")
     (d / "broken_sweep.yaml").write_text("base: {task: synthetic\n")
+    (d / "twice.yaml").write_text("task: synthetic\nepochs: 2\nname: twice\nepochs: 3\n")
+    (d / "my config.yaml").write_text("task: synthetic\nepochs: 2\n")
     return d
 
 
@@ -154,6 +156,27 @@ CASES = [
     ("prepare-rows", ["prepare", "synthetic", "--out", "/tmp/x-never", "--rows-per-file", "0"],
      "rows_per_file must be an integer >= 1", False),
     ("prepare-not-empty", lambda d: ["prepare", "synthetic", "--out", str(d)], "is not an empty folder", False),
+    ("yaml-key-twice", lambda d: _train(config=str(d / "twice.yaml")), "key 'epochs' is given twice (lines 2 and 4)",
+     False),
+    ("default-name-from-file", lambda d: ["train", "--config", str(d / "my config.yaml")],
+     "does not make a valid one", False),
+    ("task-file-path", _train("--set", "task=./my_task.py:MyTask"), "name the module as Python imports it, from the "
+     "folder that holds it: task=my_task:MyTask", False),
+    ("secret-in-task-args", _train("--set", "task_args.hf_token=hf_abcdef"), "task_args.hf_token looks like a secret",
+     False),
+    ("secret-in-tags", _train("--set", "tags.api_key=k-123456"), "tags.api_key looks like a secret", False),
+    ("storage-credentials", _train("--set", "storage_path=s3://AKIA:se@cret@bkt/runs"),
+     "storage_path carries credentials in its URI", False),
+    ("sweep-owned-key", ["sweep", "--config", SWEEP, "--set", "sweep.search={storage_path: {grid: [a, b]}}"],
+     "search key 'storage_path' cannot vary between trials", False),
+    ("sweep-name-key", ["sweep", "--config", SWEEP, "--set", "sweep.grids=[{name: [a, b]}]"],
+     "grid key 'name' cannot vary between trials", False),
+    ("sweep-local-mode-baseline", ["sweep", "--config", SWEEP, "--set", "sweep.baselines=[{policy: full, num_workers: 0}]"],
+     "local mode", False),
+    ("shards-over-samples", _train("--set", "task_args.size=4", "--set", "coordinator_shards=8"),
+     "coordinator_shards=8 is more than the 4 training samples", True),
+    ("relative-sqlite-on-cluster", _train("--set", "tracking_uri=sqlite:///mlflow.db"),
+     "is a relative SQLite path, and this run is on a Ray cluster", True),
 ]
 
 
@@ -214,14 +237,46 @@ def test_loss_of_the_wrong_shape_in_a_worker_names_the_rank_and_the_log(bad_task
 
 def test_a_name_with_another_config_is_refused_before_ray_starts(tmp_path, capsys):
     out = tmp_path / "out"
-    (out / "mine").mkdir(parents=True)
+    (out / "ray_results" / "mine").mkdir(parents=True)
     from repb_ray.config import Config
-    from repb_ray.train.runs import fingerprint, identity
+    from repb_ray.train.runs import RECORD_FILE, fingerprint, identity
     old = Config.from_yaml(SMOKE, ["name=mine"])
-    (out / "mine" / "run.json").write_text(json.dumps({"name": "mine", "fingerprint": fingerprint(old),
-                                                       "identity": identity(old)}))
+    (out / "ray_results" / "mine" / RECORD_FILE).write_text(json.dumps({"name": "mine", "fingerprint": fingerprint(old),
+                                                                        "identity": identity(old)}))
     code = cli_main(_train("--set", "name=mine", "--set", "policy_args.rho=0.3", "--output-dir", str(out)))
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
     assert ("run 'mine' in " in err and "was started with another config (policy_args.rho: 0.5 -> 0.3)" in err
             and "--set name=..." in err and "--resume" in err and "--overwrite" in err), err
+
+
+@pytest.mark.parametrize("change,fixed", [("optimizer=adamw", "optimizer"), ("coordinator_shards=2", "coordinator_shards"),
+                                          ("target_pruned=0.3", None), ("seed=3", "seed")])
+def test_resume_with_a_change_the_run_cannot_take_is_refused_at_claim_time(tmp_path, capsys, change, fixed):
+    """Refused before anything starts, naming the key (a budget run's epochs likewise: below)."""
+    out = tmp_path / "out"
+    (out / "ray_results" / "mine").mkdir(parents=True)
+    from repb_ray.config import Config
+    from repb_ray.train.runs import RECORD_FILE, fingerprint, identity
+    old = Config.from_yaml(SMOKE, ["name=mine", "target_pruned=0.3"] if fixed is None else ["name=mine"])
+    (out / "ray_results" / "mine" / RECORD_FILE).write_text(json.dumps({"name": "mine", "fingerprint": fingerprint(old),
+                                                                        "identity": identity(old)}))
+    extra = ["--set", "target_pruned=0.3", "--set", "epochs=5"] if fixed is None else ["--set", change]
+    code = cli_main(_train("--set", "name=mine", *extra, "--resume", "--output-dir", str(out)))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert f"--resume cannot change {fixed or 'epochs'} of run 'mine'" in err and "--overwrite" in err, err
+    assert sorted(os.listdir(out / "ray_results" / "mine")) == ["_owner", RECORD_FILE]  # the record untouched
+    assert json.loads((out / "ray_results" / "mine" / RECORD_FILE).read_text())["fingerprint"] == fingerprint(old)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_sweep_whose_every_trial_failed_exits_non_zero(bad_tasks, tmp_path, request):
+    session = request.getfixturevalue("ray_session")
+    code, stderr = _cli_process(["sweep", "--config", SWEEP, "--set", "task=bad_tasks:NanLoss", "--set", "num_workers=1",
+                                 "--set", "sweep.search={policy_args.rho: {grid: [0.5]}}", "--set", "sweep.baselines=[]",
+                                 "--set", "tracking_uri=none", "--output-dir", str(tmp_path / "out")],
+                                str(bad_tasks), session.get_runtime_context().gcs_address)
+    err = stderr.strip().splitlines()
+    assert code == 2 and err[-1].startswith("repb-ray: error: every trial of sweep sweep_smoke failed"), err[-3:]

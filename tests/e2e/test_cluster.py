@@ -1,8 +1,8 @@
 """End to end on a real multi-node Ray cluster on this machine: a head and two worker nodes on
 127.0.0.1 with token auth, the Train workers placed on the worker nodes (custom resource
 `trainer`), jobs submitted with `ray job submit`: a training run with a worker process killed
-mid-epoch, a task module from the submitted working directory, and a small sweep. Outputs,
-checkpoints, coordinator states and the MLflow store land under the shared --output-dir."""
+mid-epoch (its checkpoints and states on an S3 API server, its outputs in a folder of the driver's
+own), a task module from the submitted working directory, and a small sweep."""
 
 import glob
 import json
@@ -55,8 +55,9 @@ def _start(args, env, log):
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """Three `ray start` processes, every port explicit (another Ray on this machine holds the defaults)."""
+def cluster(tmp_path_factory, s3):
+    """Three `ray start` processes, every port explicit (another Ray on this machine holds the defaults);
+    every node reaches the S3 API server with the usual credential variables."""
     tmp = tmp_path_factory.mktemp("cluster")
     token = tmp / "token"
     token.write_text(secrets.token_hex(32))
@@ -64,7 +65,7 @@ def cluster(tmp_path_factory):
     home = tmp / "home"  # an empty HOME: no ~/.ray/auth_token to fall back on
     home.mkdir()
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "PYTHONPATH"}
-    base.update(HOME=str(home), PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
+    base.update(HOME=str(home), PATH=BIN + os.pathsep + os.environ.get("PATH", ""), **s3.env)
     env = dict(base, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2")
     gcs, dash, *p = _free_ports(21)
     temp_dir = f"/tmp/rmn{os.getpid()}"
@@ -98,7 +99,7 @@ def cluster(tmp_path_factory):
             time.sleep(1)
         assert len(nodes) == 3, [open(tmp / f).read()[-2000:] for f in ("worker1.log", "worker2.log")]
         shared = tmp / "shared"
-        yield {"url": url, "env": env, "no_token_env": base, "token": token.read_text().strip(), "shared": shared,
+        yield {"url": url, "env": env, "no_token_env": base, "token": token.read_text().strip(), "shared": shared, "s3": s3,
                "head": next(n["node_id"] for n in nodes if n["is_head_node"])}
     finally:
         for proc in reversed(procs):
@@ -161,10 +162,14 @@ def test_submission_without_token_is_refused(cluster):
 
 
 def test_training_on_worker_nodes_survives_a_killed_worker(cluster, tmp_path):
-    out = cluster["shared"]
+    """Checkpoints and coordinator states on the bucket, outputs in a folder of the driver's own: no
+    shared POSIX folder is needed."""
+    out = tmp_path / "driver-local"
+    s3 = cluster["s3"]
+    store = s3.uri("cluster", "runs")
     p = _submit(cluster, _working_dir(tmp_path), "python", "-m", "jobs.train", "--config", "jobs/configs/smoke.yaml",
                 "--output-dir", str(out), "--set", "name=multinode", "--set", "worker_resources={trainer: 1}",
-                "--set", "epochs=3", "--set", "max_failures=1", "--set", "audit=true",
+                "--set", "epochs=3", "--set", "max_failures=1", "--set", "audit=true", "--set", f"storage_path={store}",
                 "--set", "fail_at={epoch: 2, step: 1, rank: 1, kind: kill}")
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     assert "succeeded" in (p.stdout + p.stderr).lower() and cluster["token"] not in p.stdout + p.stderr
@@ -175,13 +180,14 @@ def test_training_on_worker_nodes_survives_a_killed_worker(cluster, tmp_path):
     assert (out / "multinode" / ".injected_kill_e2_s1_r1").exists()            # the worker process was killed
     nodes = {str(np.load(f)["node"]) for f in glob.glob(str(out / "multinode" / "audit" / "epoch*_rank*.npz"))}
     assert len(nodes) == 2 and cluster["head"] not in nodes                    # Train workers on the worker nodes
-    assert sorted(d for d in os.listdir(out / "ray_results" / "multinode") if d.startswith("epoch_")) == \
-        ["epoch_002", "epoch_003"]
-    assert (out / "ray_results" / "multinode" / "repb_run.json").exists()  # the identity beside the checkpoints
-    states = sorted(os.listdir(out / "ray_results" / "multinode" / "coordinator"))
+    assert not (out / "ray_results").exists()                                   # nothing of the run's state here
+    keys = s3.keys("cluster", "runs/multinode/")
+    assert sorted({k.split("/")[2] for k in keys if k.split("/")[2].startswith("epoch_")}) == ["epoch_002", "epoch_003"]
+    assert "runs/multinode/repb_run.json" in keys and "runs/multinode/_owner/g000001.json" in keys
+    states = sorted({k.split("/")[3] for k in keys if k.startswith("runs/multinode/coordinator/")})
     assert states[-1] == "epoch_00003"
-    assert os.listdir(out / "ray_results" / "multinode" / "coordinator" / states[-1]) == ["shard_000.npz", "global.npz"] \
-        or sorted(os.listdir(out / "ray_results" / "multinode" / "coordinator" / states[-1])) == ["global.npz", "shard_000.npz"]
+    assert sorted(k.rsplit("/", 1)[1] for k in keys if f"/coordinator/{states[-1]}/" in k) == ["global.npz",
+                                                                                            "shard_000.npz"]
     from mlflow.tracking import MlflowClient
     run = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db").get_run(s["mlflow_run_id"])
     assert run.info.status == "FINISHED"

@@ -7,6 +7,7 @@ tracking outage that never stops training."""
 import json
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -16,7 +17,7 @@ from servers import cli, cli_popen, mlflow_server, read_until
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 SMOKE = os.path.join(ROOT, "jobs", "configs", "smoke.yaml")
 SWEEP = os.path.join(ROOT, "jobs", "configs", "sweep_smoke.yaml")
-SECRET = "Sup3rS3cret-pw-zz9"
+SECRET = "Winter@2025!-zz9"  # an @ in the password: split at the last @, as urllib.parse does
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def test_a_credential_in_the_tracking_uri_reaches_no_file_log_or_param(address, 
             assert {t["policy"]: t["status"] for t in json.load(fh)["trials"]} == {"repb": "FINISHED", "full": "FAILED"}
         dead = cli(["train", "--config", SMOKE, "--output-dir", str(out), "--set", "name=dead-server",
                     "--tracking-uri", f"http://alice:{SECRET}@127.0.0.1:9"], address, ROOT, timeout=120)
-        assert dead.returncode == 2 and "is not reachable" in dead.stderr and "***@127.0.0.1:9" in dead.stderr
+        assert dead.returncode == 2 and "tracking_uri='http://127.0.0.1:9' is not reachable" in dead.stderr
         client = MlflowClient(tracking_uri=url)
         runs = client.search_runs([client.get_experiment_by_name("repb_ray").experiment_id])
         assert len(runs) == 4  # the run, the sweep's parent and its 2 trials
@@ -101,10 +102,11 @@ def test_a_credential_in_the_tracking_uri_reaches_no_file_log_or_param(address, 
         assert parent.info.artifact_uri.startswith("mlflow-artifacts:")
         assert os.listdir(store / "server-artifacts")  # the reports went through the server
     for proc in (run, sweep, dead):
-        assert SECRET not in proc.stdout + proc.stderr
-    leaked = _files_holding(out, SECRET.encode()) + _files_holding(store, SECRET.encode())
-    leaked += _files_holding(os.path.join(_ray_compat.session_dir(), "logs"), SECRET.encode())
-    assert leaked == []
+        assert SECRET not in proc.stdout + proc.stderr and "2025!" not in proc.stdout + proc.stderr
+    for needle in (SECRET.encode(), b"2025!-zz9"):  # neither whole nor the part after the @
+        leaked = _files_holding(out, needle) + _files_holding(store, needle)
+        leaked += _files_holding(os.path.join(_ray_compat.session_dir(), "logs"), needle)
+        assert leaked == []
 
 
 def test_a_sweep_resumes_after_sigint_and_after_sigkill_with_every_trial_once(address, tmp_path):
@@ -175,3 +177,75 @@ def test_a_tracking_outage_during_a_run_is_one_warning_and_training_goes_on(tmp_
     warnings = [ln for ln in capsys.readouterr().out.splitlines() if "warning: MLflow tracking failed" in ln]
     assert len(warnings) == 1 and "training goes on" in warnings[0]
     assert "metrics of epochs [2]" in record["untracked"] and "summary.json" in record["untracked"]
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time) of a process, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _process_tree(root: int) -> dict[int, int]:
+    """{pid: start time} of `root` and every process descended from it."""
+    stats = {int(e): st for e in os.listdir("/proc") if e.isdigit() and (st := _stat(int(e))) is not None}
+    tree, grew = {root}, True
+    while grew:
+        new = {pid for pid, (ppid, _) in stats.items() if ppid in tree} - tree
+        tree |= new
+        grew = bool(new)
+    return {pid: stats[pid][1] for pid in tree if pid in stats}
+
+
+def _listening_addresses(pids: set[int]) -> list[str]:
+    """The local addresses of the TCP sockets in LISTEN state that these processes hold (from /proc)."""
+    import socket as so
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            continue
+    out = []
+    for table, family in (("/proc/net/tcp", so.AF_INET), ("/proc/net/tcp6", so.AF_INET6)):
+        with open(table) as fh:
+            for line in fh.readlines()[1:]:
+                fields = line.split()
+                if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                    continue
+                raw = bytes.fromhex(fields[1].split(":")[0])
+                # the kernel prints each 32-bit word in host (little-endian) order
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                out.append(so.inet_ntop(family, raw))
+    return out
+
+
+def test_the_private_local_ray_listens_on_loopback_only(tmp_path):
+    """`repb-ray train` without a cluster: every listening socket of the driver and the Ray it started
+    (GCS, raylet, workers, agents) is on 127.0.0.1, listed while the run trains."""
+    run = cli_popen(["train", "--config", SMOKE, "--output-dir", str(tmp_path), "--set", "name=local",
+                     "--set", "epochs=3", "--set", "tracking_uri=none"], "", ROOT)
+    tree: dict = {}
+    try:
+        read_until(run, "epoch 1/3:", timeout=300)
+        tree = _process_tree(run.pid)
+        addresses = _listening_addresses(set(tree))
+    finally:
+        os.killpg(run.pid, signal.SIGINT)  # the driver shuts its Ray down
+        try:
+            run.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        for pid, started in tree.items():  # what is left of its Ray (the same processes, not reused pids)
+            st = _stat(pid)
+            if st is not None and st[1] == started:
+                os.kill(pid, signal.SIGKILL)
+        run.wait()
+    assert len(addresses) >= 3, addresses  # the GCS, the raylet and the workers at least
+    assert all(a.startswith("127.") or a in ("::1", "::ffff:127.0.0.1") for a in addresses), addresses

@@ -34,7 +34,8 @@ def test_a_restarted_trial_whose_run_had_ended_reports_its_last_epoch(ray_sessio
     checkpoint resumes with no epoch left. Tune gets the final epoch either way (else the sweep fails:
     no metric)."""
     base = Config.from_yaml(smoke_config, ["epochs=2", "tracking_uri=none", f"output_dir={tmp_path}"]).to_dict()
-    context = TrialContext(base, None, None, str(tmp_path / "trials"), ("t000-s0",))
+    home = tmp_path / "store" / "sweep1"
+    context = TrialContext(base, None, None, str(tmp_path / "trials"), ("t000-s0",), str(home), {})
     first, epochs = _tune_once(context, tmp_path, "first")
     assert epochs == [1, 2]
     run_dir = tmp_path / "trials" / "t000-s0"
@@ -46,9 +47,10 @@ def test_a_restarted_trial_whose_run_had_ended_reports_its_last_epoch(ray_sessio
     assert again["epoch"] == 2 and again["test_accuracy"] == summary["final_metric"]
     assert os.stat(run_dir / "summary.json").st_mtime_ns == stamp  # not trained again
     # the run's last checkpoint saved, its summary not yet written
-    record = json.loads((run_dir / "run.json").read_text())
+    record_file = home / "t000-s0" / runs.RECORD_FILE  # the trial's home is in its sweep's
+    record = json.loads(record_file.read_text())
     del record[runs.FINISHED]
-    (run_dir / "run.json").write_text(json.dumps(record))
+    record_file.write_text(json.dumps(record))
     os.unlink(run_dir / "summary.json")
     last, epochs = _tune_once(context, tmp_path, "last")
     assert epochs == [2]
@@ -77,3 +79,29 @@ def test_an_optuna_sweep_finds_a_pareto_front(ray_session, tmp_path):
             rows = [json.loads(line) for line in fh if line.strip()]
         assert [r["epoch"] for r in rows] == [1, 2] and all("test_accuracy" in r for r in rows)
         assert not any("eval_pending" in r or "eval_result" in r for r in rows)
+
+
+class _Payload:
+    """Unpickling it creates a file: the proof that a pickle ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_tune_state_planted_where_the_sweep_never_ran_is_not_loaded(ray_session, tmp_path):
+    """Whoever can write the shared folder cannot run code in the next sweep driver: a tuner.pkl under the
+    sweep's predictable path, without this sweep's record, is refused and never unpickled."""
+    import pickle
+
+    from repb_ray.config import ConfigError
+    spec = SweepSpec.from_yaml(os.path.join(ROOT, "jobs", "configs", "sweep_smoke.yaml"),
+                               [f"output_dir={tmp_path}", "tracking_uri=none"])
+    planted = tmp_path / "sweep_smoke" / "tune" / "sweep_smoke"
+    planted.mkdir(parents=True)
+    (planted / "tuner.pkl").write_bytes(pickle.dumps(_Payload(str(tmp_path / "ran"))))
+    with pytest.raises(ConfigError, match="holds Tune state that this sweep did not write"):
+        run_sweep(spec)
+    assert not (tmp_path / "ran").exists()

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT
+from helpers import ROOT, readme_task
 
 from repb_ray.config import Config
 
@@ -70,14 +70,6 @@ def test_tiny_causal_lm_reports_perplexity(ray_session, tmp_path):
     s = run_training(cfg, progress=False)
     assert s["metric"] == "test_perplexity" and s["mode"] == "min"
     assert 1.0 < s["final_metric"] < 32 and s["per_epoch"][1]["kept"] < 256
-
-
-def readme_task() -> str:
-    """The task file of the README's "Use your own task" section, verbatim."""
-    with open(os.path.join(ROOT, "README.md")) as fh:
-        text = fh.read()
-    block = text.split("<!-- readme-task:start -->")[1].split("<!-- readme-task:end -->")[0]
-    return block.split("```python")[1].split("```")[0]
 
 
 def test_task_in_a_temporary_directory_through_the_cli(ray_session, tmp_path):

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -167,7 +168,7 @@ def test_rerun_with_the_same_name_resumes_from_the_last_checkpoint(reference_run
 
 def test_resume_on_another_worker_count_retrims_the_plan(ray_session, smoke_config, tmp_path, capsys):
     """1 worker for 2 epochs, then --resume with 2 workers and a third epoch: the restored plan is
-    re-trimmed to an even size, the first epochs stay as they were, run.json records the change."""
+    re-trimmed to an even size, the first epochs stay as they were, the run's record notes the change."""
     base = ["train", "--config", smoke_config, "--output-dir", str(tmp_path), "--set", "name=grow",
             "--set", "tracking_uri=none", "--set", "task_args.size=203"]
     assert cli_main(base + ["--set", "num_workers=1"]) == 0
@@ -183,5 +184,43 @@ def test_resume_on_another_worker_count_retrims_the_plan(ray_session, smoke_conf
         s = json.load(fh)
     assert [e["plan_digest"] for e in s["per_epoch"][:2]] == [e["plan_digest"] for e in first["per_epoch"]]
     assert s["per_epoch"][2]["kept"] % 2 == 0 and s["num_workers"] == 2
-    with open(tmp_path / "grow" / "run.json") as fh:
+    with open(tmp_path / "ray_results" / "grow" / "repb_run.json") as fh:
         assert any("num_workers: 1 -> 2" in c for r in json.load(fh)["resumed_with"] for c in r["changes"])
+
+
+def test_a_run_in_a_trial_thread_that_is_taken_over_stops_and_deletes_nothing(ray_session, smoke_config, tmp_path):
+    """A sweep trial's driver is a thread, not the main thread: when another driver takes its run over,
+    its heartbeat still stops the run (the coordinator goes, the workers fail fast), the error says why,
+    and nothing of the new owner's is deleted."""
+    import threading
+
+    from repb_ray import storage
+    from repb_ray.errors import OwnershipLost
+    from repb_ray.train import runs
+    from repb_ray.train.ownership import HEARTBEAT_ENV, STALE_ENV, claim_path
+    from repb_ray.train.run import run_training
+    cfg = Config.from_yaml(smoke_config, ["epochs=30", f"output_dir={tmp_path}", "tracking_uri=none", "name=stolen"])
+    home = runs.home_of(cfg)
+    outcome = {}
+    os.environ.update({HEARTBEAT_ENV: "0.2", STALE_ENV: "5"})
+    try:
+        def trial():
+            try:
+                outcome["summary"] = run_training(cfg, progress=False)
+            except BaseException as exc:  # noqa: BLE001 - the test inspects it
+                outcome["error"] = exc
+        t = threading.Thread(target=trial)
+        t.start()
+        deadline = time.time() + 300
+        while not os.path.exists(os.path.join(home, "coordinator", "epoch_00002")) and t.is_alive():
+            assert time.time() < deadline, "the run never saved epoch 2"
+            time.sleep(0.1)
+        assert storage.create_exclusive(claim_path(home, 2), b'{"host": "node-7", "pid": 1}')  # taken over
+        t.join(120)
+    finally:
+        for key in (HEARTBEAT_ENV, STALE_ENV):
+            os.environ.pop(key, None)
+    assert not t.is_alive() and "summary" not in outcome
+    assert isinstance(outcome["error"], OwnershipLost) and "taken over by another driver" in str(outcome["error"])
+    assert os.path.exists(os.path.join(home, runs.RECORD_FILE)) and os.path.exists(claim_path(home, 2))
+    assert any(e.startswith("epoch_") for e in os.listdir(home))  # checkpoints kept

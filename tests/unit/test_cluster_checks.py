@@ -8,7 +8,7 @@ import pytest
 
 from repb_ray.config import Config
 from repb_ray.errors import ConfigError
-from repb_ray.tracking.mlflow_tracking import check_concurrent_store, check_reachable, network_filesystem
+from repb_ray.tracking.mlflow_tracking import LockedClient, check_reachable, client
 from repb_ray.train.ray_env import unseen_paths
 
 
@@ -21,16 +21,22 @@ def test_a_folder_a_node_cannot_see_is_named_and_no_marker_stays(tmp_path):
     assert unseen_paths([str(tmp_path / "out")], nodes, lambda nodes, m: [True, True]) == []
 
 
-def test_sqlite_on_a_network_volume_with_concurrent_trials_is_refused(tmp_path):
-    mounts = tmp_path / "mounts"
-    mounts.write_text("/dev/vda / ext4 rw 0 0\nserver:/export /mnt/shared nfs4 rw 0 0\n")
-    assert network_filesystem("/mnt/shared/runs", str(mounts)) == "nfs4"
-    assert network_filesystem("/home/me", str(mounts)) is None
-    with pytest.raises(ConfigError, match=r"SQLite on a network volume \(nfs4\).*MLflow server"):
-        check_concurrent_store("sqlite:////mnt/shared/runs/mlflow.db", 2, True, str(mounts))
-    check_concurrent_store("sqlite:////mnt/shared/runs/mlflow.db", 1, True, str(mounts))   # one at a time: fine
-    check_concurrent_store("sqlite:////home/me/mlflow.db", 4, True, str(mounts))           # local disk: fine
-    check_concurrent_store("http://127.0.0.1:5000", 4, True, str(mounts))
+def test_a_sqlite_store_has_one_writer_at_a_time_wherever_it_is_used(tmp_path):
+    """Every call of a SQLite store's client (a train job's, a sweep trial's) holds an exclusive lock beside
+    the database: a second writer waits (on a network volume too, where SQLite's own locking fails)."""
+    import fcntl
+    import threading
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    c = client(uri)
+    assert isinstance(c, LockedClient)
+    holder = open(str(tmp_path / "mlflow.db.lock"), "a")
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another writer holds the store
+    done = threading.Event()
+    threading.Thread(target=lambda: (c.search_experiments(), done.set()), daemon=True).start()
+    assert not done.wait(1.0)  # waits for it
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    holder.close()
+    assert done.wait(30)
 
 
 def test_an_unreachable_tracking_server_is_one_line_within_seconds():
@@ -43,3 +49,38 @@ def test_an_unreachable_tracking_server_is_one_line_within_seconds():
     with pytest.raises(ConfigError, match="not usable"):
         check_reachable("sqlite:////no/such/folder/mlflow.db")
     assert Config(tracking_uri="none").tracking_uri == "none"
+
+
+def test_resources_no_node_can_give_are_one_line_before_anything_starts():
+    from repb_ray.config import Config
+    from repb_ray.errors import ConfigError
+    from repb_ray.train.ray_env import check_resources
+    nodes = [{"Resources": {"memory": 8 * 2**30, "trainer": 1}}, {"Resources": {"memory": 4 * 2**30}}]
+    with pytest.raises(ConfigError, match=r"coordinator_shards=8 is more than the 4 training samples; use at most 4"):
+        check_resources(Config(coordinator_shards=8), 4, nodes)
+    with pytest.raises(ConfigError, match=r"needs 298.1 GiB of memory per shard for 10000000000 samples with "
+                                           r"coordinator_shards=1, and the largest node offers 8.0 GiB; set "
+                                           r"coordinator_shards=38 or more"):
+        check_resources(Config(), 10**10, nodes)
+    check_resources(Config(coordinator_shards=40), 10**10, nodes)  # spread over enough shards: fine
+    check_resources(Config(worker_resources={"trainer": 1}), 100, nodes)
+    with pytest.raises(ConfigError, match=r"worker_resources asks gpu_a100=1 per worker and no node offers that much"):
+        check_resources(Config(worker_resources={"gpu_a100": 1}), 100, nodes)
+
+
+def test_training_data_local_to_one_node_is_named_before_any_read(tmp_path):
+    """Parquet files on a path the other nodes do not see: one line naming the folder and the node; one
+    file per folder is probed, nothing written."""
+    from repb_ray.errors import ConfigError
+    from repb_ray.train.ray_env import check_files_visible
+    files = [f"{tmp_path}/data/part-{i:05d}.parquet" for i in range(3)] + [f"{tmp_path}/test/part-00000.parquet"]
+    nodes = [{"NodeManagerAddress": "10.0.0.1"}, {"NodeManagerAddress": "10.0.0.2"}]
+    asked = []
+
+    def probe(ns, path):
+        asked.append(path)
+        return [True, "/test/" not in path]
+    with pytest.raises(ConfigError, match=r"training data in .*/test is not visible from node 10.0.0.2"):
+        check_files_visible(files, nodes, probe)
+    assert asked == [files[0], files[3]] and list(tmp_path.iterdir()) == []
+    check_files_visible(files, nodes[:1], probe)  # one node: nothing to check

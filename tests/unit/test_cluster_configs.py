@@ -82,7 +82,9 @@ def test_strict_validation_rejects_an_unknown_field():
 
 
 @pytest.mark.parametrize("name", MANIFESTS)
-def test_auth_from_a_secret_shared_storage_and_no_public_port(name):
+def test_auth_from_a_secret_storage_every_node_reaches_and_no_public_port(name):
+    """The RayCluster mounts the shared volume; the RayJobs need none: each run's home is on the bucket
+    and tracking goes to the shipped MLflow server (never SQLite on a shared volume)."""
     for doc in _docs(name):
         spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
         assert spec["authOptions"] == {"mode": "token", "secretName": "repb-ray-auth"}
@@ -91,15 +93,32 @@ def test_auth_from_a_secret_shared_storage_and_no_public_port(name):
         groups = [spec["headGroupSpec"]] + spec["workerGroupSpecs"]
         for g in groups:
             pod = g["template"]["spec"]
-            claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]]
-            assert claims == ["repb-ray-shared"]
+            claims = [v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", [])]
+            assert claims == (["repb-ray-shared"] if doc["kind"] == "RayCluster" else [])
             for c in pod["containers"]:
                 assert c["image"].startswith(f"ghcr.io/your-org/repb-ray:{repb_ray.__version__}")
-                assert {"name": "shared", "mountPath": "/mnt/shared"} in c["volumeMounts"]
+                if doc["kind"] == "RayCluster":
+                    assert {"name": "shared", "mountPath": "/mnt/shared"} in c["volumeMounts"]
+            if doc["kind"] == "RayJob":
+                assert pod["serviceAccountName"] == "repb-ray"  # the bucket's credentials, from the cluster
         if doc["kind"] == "RayJob":
-            assert "--output-dir /mnt/shared/runs" in doc["spec"]["entrypoint"]
-            assert "prepared_dir=/mnt/shared/" in doc["spec"]["entrypoint"]
+            entry = doc["spec"]["entrypoint"]
+            assert "--set storage_path=s3://" in entry and "--tracking-uri http://repb-ray-mlflow:5000" in entry
+            assert "/mnt/shared" not in entry
     text = open(os.path.join(CLUSTER, name)).read()
+    assert "0.0.0.0" not in text and "LoadBalancer" not in text and "NodePort" not in text
+
+
+def test_the_tracking_server_manifest_serves_the_jobs_inside_the_cluster_only():
+    docs = {d["kind"]: d for d in _docs("mlflow.yaml")}
+    assert docs["Service"]["metadata"]["name"] == "repb-ray-mlflow" and docs["Service"]["spec"]["type"] == "ClusterIP"
+    assert docs["Service"]["spec"]["ports"][0]["port"] == 5000
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    args = " ".join(pod["containers"][0]["args"])
+    assert "--backend-store-uri sqlite:////mlflow/mlflow.db" in args and '--host "$POD_IP"' in args
+    assert docs["Deployment"]["spec"]["replicas"] == 1  # one writer of its SQLite store
+    assert docs["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    text = open(os.path.join(CLUSTER, "mlflow.yaml")).read()
     assert "0.0.0.0" not in text and "LoadBalancer" not in text and "NodePort" not in text
 
 
@@ -115,6 +134,7 @@ def test_ray_up_file_passes_rays_validation_and_works_on_first_use():
     validate_config(prepare_config(copy.deepcopy(cfg)))  # what `ray up` runs before touching AWS
     starts = " ".join(cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"])
     assert starts.count("RAY_AUTH_MODE=token") == 2 and "--dashboard-host=127.0.0.1" in starts
+    assert "mlflow server --host" in starts and "0.0.0.0" not in starts  # the team's tracking server, VPC-internal
     assert cfg["file_mounts"] == {"/home/ray/.ray/auth_token": "~/.ray/auth_token"}
     assert cfg["docker"]["image"].startswith(f"ghcr.io/your-org/repb-ray:{repb_ray.__version__}")  # the data is in the image
     for node in cfg["available_node_types"].values():
@@ -140,6 +160,8 @@ def test_the_cluster_readme_steps_need_nothing_a_fresh_cluster_lacks():
     assert readme.index("kubectl apply -f cluster/storage.yaml") < readme.index("kubectl apply -f cluster/raycluster.yaml")
     assert readme.index("kubectl create secret generic repb-ray-auth") < readme.index("kubectl apply -f cluster/rayjob-train.yaml")
     assert "kubectl cp" not in readme  # the data is in the image
-    assert "ray.io/cluster=repb-ray" in readme  # selectors that match this cluster's pods only
+    # the RayJobs' prerequisites come first: the tracking server and the bucket's service account
+    assert readme.index("kubectl apply -f cluster/mlflow.yaml") < readme.index("kubectl apply -f cluster/rayjob-train.yaml")
+    assert readme.index("kubectl create serviceaccount repb-ray") < readme.index("kubectl apply -f cluster/rayjob-train.yaml")
     for name in glob.glob(os.path.join(CLUSTER, "*.yaml")):
         assert not re.search(r"auth_token\s*[:=]\s*['\"]?[0-9a-f]{16,}", open(name).read()), "no token in the repo"

@@ -1,45 +1,65 @@
-"""A run touches only what it made: names checked, one driver per run (a lease), the identity beside the
-outputs and beside the checkpoints (local or URI), cleanup that deletes only this invocation's files,
---overwrite that removes only the run's own files."""
+"""A run's one home is STORAGE/NAME (a path or an S3 bucket): its record and owner live there beside its
+checkpoints, the output folder holds only what a person reads, cleanup deletes only what this invocation
+made (never on a failed listing), --overwrite removes only a run's own entries, and a folder that is
+not a run is neither used nor deleted."""
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import threading
-import time
+import uuid
 
 import pytest
 
+from repb_ray import storage
 from repb_ray.config import Config
 from repb_ray.errors import ConfigError, RunError
 from repb_ray.train import runs
-from repb_ray.train.lease import LEASE_FILE, Lease
+from repb_ray.train.ownership import OWNER_DIR, latest_generation
 
 
 def _cfg(out, **kw):
     return Config(task="synthetic", output_dir=str(out), name=kw.pop("name", "r1"), **kw)
 
 
-def test_a_new_run_records_its_identity_in_both_folders_and_releases_its_lease(tmp_path):
-    cfg = _cfg(tmp_path)
+@pytest.fixture(params=["path", "s3"])
+def store(request, tmp_path):
+    """Where homes live: a folder, or a prefix in a bucket of the S3 API server."""
+    if request.param == "path":
+        return str(tmp_path / "store")
+    return request.getfixturevalue("s3").uri("runs", uuid.uuid4().hex[:8])
+
+
+def _entries(location):
+    return sorted(storage.list_entries(location))
+
+
+def test_a_new_run_keeps_its_record_and_owner_in_its_home_and_nothing_in_outputs(tmp_path, store):
+    cfg = _cfg(tmp_path / "out", storage_path=store)
     claim = runs.claim(cfg)
-    assert claim.state == "new" and os.path.exists(tmp_path / "r1" / LEASE_FILE)
-    record = json.loads((tmp_path / "r1" / "run.json").read_text())
-    stored = json.loads((tmp_path / "ray_results" / "r1" / "repb_run.json").read_text())
-    assert record["fingerprint"] == stored["fingerprint"] == runs.fingerprint(cfg)
+    home = storage.join(store, "r1")
+    assert claim.state == "new" and claim.home == home
+    assert _entries(home) == [OWNER_DIR, runs.RECORD_FILE]
+    assert storage.read_json(storage.join(home, runs.RECORD_FILE))["fingerprint"] == runs.fingerprint(cfg)
+    assert os.listdir(tmp_path / "out" / "r1") == []  # outputs hold what a person reads, written later
     claim.release()
-    assert not os.path.exists(tmp_path / "r1" / LEASE_FILE)
     again = runs.claim(cfg)
-    assert again.state == "resume"
+    assert again.state == "resume" and latest_generation(home) == 2
     again.release()
 
 
-def test_a_run_is_finished_only_once_it_recorded_so_with_this_config(tmp_path):
-    """A restored sweep asks whether a trial's run already ended: only a finish recorded under the same
-    config counts, and a claim (a run going again) withdraws it until that invocation finishes."""
-    cfg = _cfg(tmp_path)
+def test_two_output_folders_on_one_store_are_one_run(tmp_path, store):
+    """Two people, their own output folders, one bucket: the second is refused while the first lives,
+    whatever its output folder (ownership lives in the home)."""
+    first = runs.claim(_cfg(tmp_path / "alice", storage_path=store))
+    try:
+        with pytest.raises(RunError, match="is being run by another driver"):
+            runs.claim(_cfg(tmp_path / "bob", storage_path=store))
+        assert not (tmp_path / "bob" / "r1").exists()
+    finally:
+        first.release()
+
+
+def test_a_run_is_finished_only_once_it_recorded_so_with_this_config(tmp_path, store):
+    cfg = _cfg(tmp_path, storage_path=store)
     claim = runs.claim(cfg)
     (tmp_path / "r1" / "summary.json").write_text(json.dumps({"per_epoch": [{"epoch": 1}]}))
     assert runs.finished_summary(cfg) is None  # the summary alone is not the end (tracking may be due)
@@ -52,155 +72,132 @@ def test_a_run_is_finished_only_once_it_recorded_so_with_this_config(tmp_path):
     again.release()
 
 
-def test_failure_before_the_first_checkpoint_removes_only_this_invocations_files(tmp_path):
+def test_failure_before_the_first_checkpoint_removes_only_this_invocations_files(tmp_path, store):
     (tmp_path / "other-run").mkdir()
     (tmp_path / "other-run" / "summary.json").write_text("{}")
     (tmp_path / "mlflow.db").write_text("db")
-    cfg = _cfg(tmp_path)
+    storage.write_json(storage.join(store, "neighbour", "keep.json"), {})
+    cfg = _cfg(tmp_path, storage_path=store)
     claim = runs.claim(cfg)
     (tmp_path / "r1" / "summary.json").write_text("{}")   # written by this invocation
     claim.abandon()
     claim.release()
-    assert not (tmp_path / "r1").exists() and not (tmp_path / "ray_results" / "r1").exists()
+    assert not (tmp_path / "r1").exists() and not storage.exists(storage.join(store, "r1", runs.RECORD_FILE))
     assert (tmp_path / "other-run" / "summary.json").exists() and (tmp_path / "mlflow.db").exists()
-    # a folder that was there before keeps whatever this invocation did not write
-    (tmp_path / "r1").mkdir()
+    assert storage.exists(storage.join(store, "neighbour", "keep.json"))
+    # a home and an output folder that were there before keep whatever this invocation did not write
+    runs.claim(cfg).release()
+    (tmp_path / "r1").mkdir(exist_ok=True)
     (tmp_path / "r1" / "notes.txt").write_text("mine")
     (tmp_path / "r1" / "error.log").write_text("an earlier failure")
     claim = runs.claim(cfg)
+    assert not claim.made_home
     claim.abandon()
     claim.release()
     assert sorted(os.listdir(tmp_path / "r1")) == ["error.log", "notes.txt"]
+    assert storage.exists(storage.join(store, "r1", runs.RECORD_FILE))
 
 
-def test_another_config_under_the_name_is_refused_from_the_checkpoints_side_too(tmp_path):
-    """Outputs on one volume, checkpoints on another (a URI): the record beside the checkpoints decides."""
-    store = f"file://{tmp_path}/bucket"
+def test_a_listing_that_fails_during_a_failure_deletes_nothing(tmp_path, capsys):
+    """The failure cleanup of a new run cannot list its home (a 503, an expired token): it keeps every
+    file instead of reading the failure as "no checkpoints"."""
+    from repb_ray.train.run import _cleanup_failed
+    cfg = _cfg(tmp_path, storage_path=str(tmp_path / "store"))
+    claim = runs.claim(cfg)
+    home = tmp_path / "store" / "r1"
+    (home / "epoch_000001").mkdir()
+    (home / "epoch_000001" / "model.pt").write_text("weights")
+    os.rename(home, str(home) + ".away")  # the listing now fails: the home is a file in the way
+    open(home, "w").close()
+    try:
+        _cleanup_failed(claim)
+    finally:
+        os.unlink(home)
+        os.rename(str(home) + ".away", home)
+    claim.release()
+    assert (home / "epoch_000001" / "model.pt").exists() and (home / runs.RECORD_FILE).exists()
+    assert "kept" in capsys.readouterr().out
+    with pytest.raises(OSError):
+        storage.list_entries(str(tmp_path / "store" / "r1" / runs.RECORD_FILE))
+
+
+def test_another_config_under_the_name_is_refused_from_any_output_folder(tmp_path, store):
     first = _cfg(tmp_path / "head-a", storage_path=store)
     runs.claim(first).release()
-    other = _cfg(tmp_path / "head-b", storage_path=store, epochs=first.epochs + 1)  # no run.json on this side
+    other = _cfg(tmp_path / "head-b", storage_path=store, epochs=first.epochs + 1)
     with pytest.raises(ConfigError, match=r"was started with another config \(epochs: 15 -> 16\)"):
         runs.claim(other)
     claim = runs.claim(other, resume=True)
     assert claim.state == "resume"
     claim.release()
-    # --overwrite clears the URI storage of this run, and only it
-    (tmp_path / "bucket" / "keep-me").mkdir()
-    (tmp_path / "bucket" / "r1" / "epoch_001").mkdir()
+    # --overwrite clears this run's entries of its home, and only them
+    storage.write_json(storage.join(store, "keep-me", "x.json"), {})
+    storage.write_json(storage.join(store, "r1", "epoch_000001", "meta.json"), {})
     claim = runs.claim(other, overwrite=True)
-    assert claim.state == "new" and not (tmp_path / "bucket" / "r1" / "epoch_001").exists()
-    assert (tmp_path / "bucket" / "keep-me").exists()
+    assert claim.state == "new" and not storage.exists(storage.join(store, "r1", "epoch_000001"))
+    assert storage.exists(storage.join(store, "keep-me", "x.json"))
+    claim.release()
+
+
+def test_a_folder_that_is_not_a_run_is_neither_used_nor_deleted(tmp_path, store):
+    """storage_path=/mnt/shared with --set name=datasets --overwrite must not remove a `datasets` folder."""
+    storage.write_json(storage.join(store, "datasets", "train.json"), {"rows": 1})
+    for overwrite in (False, True):
+        with pytest.raises(RunError, match="holds files that are not a repb_ray run"):
+            runs.claim(_cfg(tmp_path, name="datasets", storage_path=store), overwrite=overwrite)
+    assert storage.read_json(storage.join(store, "datasets", "train.json")) == {"rows": 1}
+    assert _entries(storage.join(store, "datasets")) == ["train.json"]  # no owner written into it
+    assert not (tmp_path / "datasets").exists()
+
+
+def test_overwrite_refuses_a_home_with_entries_a_run_does_not_write(tmp_path, store):
+    cfg = _cfg(tmp_path, storage_path=store)
+    runs.claim(cfg).release()
+    storage.write_json(storage.join(store, "r1", "notes.json"), {})
+    with pytest.raises(RunError, match=r"--overwrite: .* holds entries a run does not write \(notes.json\)"):
+        runs.claim(cfg, overwrite=True)
+    assert storage.exists(storage.join(store, "r1", runs.RECORD_FILE))
+
+
+def test_overwrite_removes_the_runs_own_outputs_only(tmp_path):
+    cfg = _cfg(tmp_path)
+    runs.claim(cfg).release()
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "summary.json").write_text("{}")
+    (tmp_path / "r1" / "my-notes.txt").write_text("keep")
+    (tmp_path / "r1" / ".injected_worker_e2_s1_r0").write_text("")
+    claim = runs.claim(cfg.replace(epochs=3), overwrite=True)
+    assert sorted(os.listdir(tmp_path / "r1")) == ["my-notes.txt"]
     claim.release()
 
 
 def test_checkpoints_without_a_record_are_not_resumed_nor_deleted(tmp_path):
     (tmp_path / "ray_results" / "r1" / "epoch_003").mkdir(parents=True)
     for overwrite in (False, True):
-        with pytest.raises(RunError, match="holds checkpoints but no repb_ray run record"):
+        with pytest.raises(RunError, match="not a repb_ray run"):
             runs.claim(_cfg(tmp_path), overwrite=overwrite)
     assert (tmp_path / "ray_results" / "r1" / "epoch_003").exists()
     assert not (tmp_path / "r1").exists()  # nothing left behind by the refused claims
 
 
-def test_overwrite_removes_the_runs_own_files_only(tmp_path):
-    cfg = _cfg(tmp_path)
-    runs.claim(cfg).release()
-    (tmp_path / "r1" / "summary.json").write_text("{}")
-    (tmp_path / "r1" / "my-notes.txt").write_text("keep")
-    (tmp_path / "r1" / ".injected_worker_e2_s1_r0").write_text("")
-    claim = runs.claim(cfg.replace(epochs=3), overwrite=True)
-    assert sorted(os.listdir(tmp_path / "r1")) == [LEASE_FILE, "my-notes.txt", "run.json"]
-    claim.release()
-
-
-def test_a_sweep_folder_is_not_a_run(tmp_path):
+def test_a_sweep_is_not_a_run(tmp_path, store):
     (tmp_path / "s1").mkdir()
     (tmp_path / "s1" / "sweep.json").write_text("{}")
     with pytest.raises(ConfigError, match="is the folder of a sweep"):
         runs.claim(_cfg(tmp_path, name="s1"))
+    storage.write_json(storage.join(store, "s2", runs.SWEEP_RECORD), {})
+    with pytest.raises(ConfigError, match="is the home of a sweep"):
+        runs.claim(_cfg(tmp_path, name="s2", storage_path=store))
 
 
-HOLD = """
-import sys, time
-from repb_ray.train.lease import Lease
-lease = Lease(sys.argv[1], "r1").acquire()
-print("held", flush=True)
-time.sleep(60)
-"""
-
-
-def test_a_second_driver_of_a_live_run_is_refused_naming_the_holder(tmp_path):
+def test_a_loser_deletes_nothing_of_the_new_holders(tmp_path):
+    """A driver that lost its run (another took it over) finds abandon a no-op: the new holder's record
+    and storage stay."""
     cfg = _cfg(tmp_path)
-    os.makedirs(cfg.run_dir)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, cfg.run_dir], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(RunError) as e:
-            runs.claim(cfg)
-        msg = str(e.value)
-        assert f"pid {holder.pid} on host {socket.gethostname()}" in msg and "--set name=" in msg
-        assert f"kill {holder.pid}" in msg and "\n" not in msg
-        assert not (tmp_path / "ray_results" / "r1").exists()  # refused before anything was written
-    finally:
-        holder.kill()
-        holder.wait()
-    claim = runs.claim(cfg)  # its holder is gone (same host, process ended): taken over
+    claim = runs.claim(cfg)
+    from repb_ray.train.ownership import claim_path
+    assert storage.create_exclusive(claim_path(claim.home, 2), b'{"host": "node-7", "pid": 1}')
+    claim.owner.lost = "taken over"
+    claim.abandon()
     claim.release()
-
-
-def test_a_lease_from_another_host_is_taken_over_only_once_stale(tmp_path):
-    folder = tmp_path / "r1"
-    folder.mkdir()
-    lease_file = folder / LEASE_FILE
-    lease_file.write_text(json.dumps({"token": "x", "host": "node-7", "pid": 1, "job": "raysubmit_abc"}))
-    with pytest.raises(RunError, match=r"Ray job raysubmit_abc.*ray job stop raysubmit_abc"):
-        Lease(str(folder), "r1").acquire()
-    old = time.time() - 3600
-    os.utime(lease_file, (old, old))  # no heartbeat for an hour
-    lease = Lease(str(folder), "r1").acquire()
-    assert json.loads(lease_file.read_text())["token"] == lease.token
-    lease.release()
-
-
-def test_a_waiting_driver_takes_a_lease_once_its_holder_goes_stale_and_not_before(tmp_path, capsys):
-    """A restarted sweep trial: its earlier driver died on another host, so only the heartbeat's age can
-    tell. Waiting takes the lease once it is stale; a holder that keeps beating is refused after the wait."""
-    folder = tmp_path / "r1"
-    folder.mkdir()
-    lease_file = folder / LEASE_FILE
-    lease_file.write_text(json.dumps({"token": "x", "host": "node-7", "pid": 1}))
-    with pytest.raises(RunError, match="being run by another driver"):
-        Lease(str(folder), "r1", stale_s=1.0).acquire()
-    t0 = time.monotonic()
-    lease = Lease(str(folder), "r1", stale_s=1.0).acquire(wait_s=10)
-    assert 0.5 < time.monotonic() - t0 < 5 and json.loads(lease_file.read_text())["token"] == lease.token
-    assert "waiting up to 10s for its earlier driver (pid 1 on host node-7)" in capsys.readouterr().out
-    lease.release()
-    lease_file.write_text(json.dumps({"token": "y", "host": "node-7", "pid": 1}))
-    stop = threading.Event()
-
-    def beat():  # a live holder on another host
-        while not stop.wait(0.1):
-            os.utime(lease_file)
-    beating = threading.Thread(target=beat)
-    beating.start()
-    try:
-        t0 = time.monotonic()
-        with pytest.raises(RunError, match="being run by another driver"):
-            Lease(str(folder), "r1", stale_s=1.0).acquire(wait_s=2)
-        assert time.monotonic() - t0 >= 2
-    finally:
-        stop.set()
-        beating.join()
-    with pytest.raises(ValueError, match="wait_s must be >= 0, got wait_s=-1"):
-        Lease(str(folder), "r1").acquire(wait_s=-1)
-
-
-def test_a_lease_heartbeat_keeps_it_fresh(tmp_path):
-    lease = Lease(str(tmp_path), "r1", heartbeat_s=0.05).acquire()
-    old = time.time() - 3600
-    os.utime(tmp_path / LEASE_FILE, (old, old))
-    time.sleep(0.3)
-    assert time.time() - os.path.getmtime(tmp_path / LEASE_FILE) < 5 and not lease.lost
-    lease.release()
-    assert not (tmp_path / LEASE_FILE).exists()
+    assert storage.exists(storage.join(claim.home, runs.RECORD_FILE)) and latest_generation(claim.home) == 2

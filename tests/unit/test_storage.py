@@ -53,3 +53,46 @@ def test_npz_state_refuses_pickled_objects(tmp_path):
     np.savez(path, __meta__=np.array("{}"), obj=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError, match="allow_pickle"):
         storage.load_npz(str(path))
+
+
+@pytest.mark.slow
+def test_an_endpoint_override_uri_keeps_its_query_and_gets_one_object_per_file(s3):
+    """pyarrow's own form for S3-compatible stores: names join onto the path, the query stays, and every
+    file is its own object (not all of them the one object `bucket/prefix`)."""
+    root = s3.uri("query-form", "team/runs")
+    assert storage.join(root, "a", "b.json") == ("s3://query-form/team/runs/a/b.json?"
+                                                 + root.split("?", 1)[1])
+    storage.write_json(storage.join(root, "a", "repb_run.json"), {"n": 1})
+    storage.save_npz(storage.join(root, "a", "coordinator", "s.npz"), {"x": np.arange(2)}, {"epoch": 1})
+    storage.write_json(storage.join(root, "b", "repb_run.json"), {"n": 2})
+    assert s3.keys("query-form") == ["team/runs/a/coordinator/s.npz", "team/runs/a/repb_run.json",
+                                     "team/runs/b/repb_run.json"]
+    assert storage.read_json(storage.join(root, "b", "repb_run.json")) == {"n": 2}
+    assert storage.list_dirs(root) == ["a", "b"]
+    assert storage.create_exclusive(storage.join(root, "a", "claim"), b"1")
+    assert not storage.create_exclusive(storage.join(root, "a", "claim"), b"2")
+    assert storage.read_bytes(storage.join(root, "a", "claim")) == b"1"
+    storage.remove(storage.join(root, "a"))
+    assert storage.list_dirs(root) == ["b"] and storage.list_entries(storage.join(root, "missing")) == {}
+
+
+def test_a_listing_that_fails_raises_instead_of_reading_as_empty(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError):
+        storage.list_entries(str(tmp_path / "file"))
+    assert storage.list_entries(str(tmp_path / "missing")) == {}
+    with pytest.raises(OSError):
+        storage.list_dirs(f"file://{tmp_path}/file")
+
+
+def test_credentials_in_a_storage_uri_are_refused_with_the_fix():
+    from repb_ray.errors import StorageError
+    with pytest.raises(StorageError, match=r"credentials in its URI \(s3://\*\*\*@...\).*AWS_ACCESS_KEY_ID"):
+        storage.check_location("s3://AKIA:se@cret@bucket/runs")
+    assert storage.check_location("~/runs") == os.path.expanduser("~/runs")
+
+
+def test_stores_without_an_exclusive_create_say_so():
+    from repb_ray.errors import StorageError
+    with pytest.raises(StorageError, match=r"cannot take a run's ownership on hdfs:// storage"):
+        storage.create_exclusive("hdfs://namenode:8020/runs/r1/_owner/g000001.json", b"{}")
