@@ -13,6 +13,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
 
 from repb_ray.hf import LocalPruner, PruningTrainer  # repb_ray (was: from transformers import Trainer)
+from repb_ray.torch import end_process_group
 
 VOCAB, LENGTH = 100, 24
 
@@ -58,6 +59,7 @@ def main(argv=None):
                   f"({e['pruned_fraction']:.1%} pruned)")
         print(f"eval loss {metrics['eval_loss']:.4f}; pruned fraction over {a.epochs} epochs: "
               f"{pruner.pruned_fraction(a.epochs):.3f}")
+    end_process_group()  # under torchrun: the Trainer leaves its gloo group alive, which can abort the exit
 
 
 if __name__ == "__main__":

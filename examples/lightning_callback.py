@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from repb_ray.lightning import Pruning  # repb_ray
+from repb_ray.torch import end_process_group
 
 
 class Classifier(pl.LightningModule):
@@ -62,6 +63,7 @@ def main(argv=None):
     if trainer.is_global_zero:
         for e in pruning.epochs_log:
             print(f"epoch {e['epoch']}: trained {e['kept']}/{len(train_set)} samples ({e['pruned_fraction']:.1%} pruned)")
+    end_process_group()  # with devices > 1: Lightning leaves its gloo group alive, which can abort the exit
 
 
 if __name__ == "__main__":

@@ -31,18 +31,30 @@ def own_context_copy(ds):
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
+def keep_local_ray_on_loopback() -> None:
+    """Make the Ray this process may start listen on 127.0.0.1 only; call before Ray is imported. Ray
+    replaces ray.init's `_node_ip_address="127.0.0.1"` by the host's address (services.
+    resolve_ip_for_localhost) unless ray_constants.ENABLE_RAY_CLUSTER, read from this variable when
+    Ray is imported, is off, as on a laptop; every server then binds to the node's address, loopback.
+    The processes Ray starts inherit it. Not set when joining a cluster (RAY_ADDRESS)."""
+    import os
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault(LOOPBACK_ENV, "0")
+
+
 def init_local(**kwargs) -> None:
-    """Start a private local Ray whose every component listens on 127.0.0.1 only. ray.init's
-    `_node_ip_address="127.0.0.1"` alone is replaced by the host's address (services.
-    resolve_ip_for_localhost), so every server binds there; with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
-    (ray_constants.ENABLE_RAY_CLUSTER) Ray takes the loopback address as the node's, as it does on a
-    laptop, and its servers (which bind to the node's address) follow. Set for this process and the Ray
-    processes it starts: this Ray is single-node by design."""
+    """Start a private local Ray whose every component listens on 127.0.0.1 (see
+    keep_local_ray_on_loopback; where Ray was imported before that, it says so in one line)."""
     import os
 
     import ray
-    os.environ[LOOPBACK_ENV] = "0"
+    os.environ.setdefault(LOOPBACK_ENV, "0")  # for the processes it starts
     ray.init(_node_ip_address="127.0.0.1", **kwargs)
+    address = ray.get_runtime_context().gcs_address.rsplit(":", 1)[0]
+    if address not in ("127.0.0.1", "[::1]", "::1", "localhost"):
+        print(f"[repb_ray] warning: the private local Ray listens on {address}, not only on 127.0.0.1: Ray was imported "
+              f"before repb_ray could keep it on loopback; set {LOOPBACK_ENV}=0 before importing Ray (the repb-ray "
+              "command does)", flush=True)
 
 
 def actor_pid(handle) -> int:

@@ -82,6 +82,8 @@ def _prepare(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from repb_ray._ray_compat import keep_local_ray_on_loopback
+    keep_local_ray_on_loopback()  # before anything imports Ray
     args = build_parser().parse_args(argv)
     from repb_ray.redact import redact_text
     sys.argv = [redact_text(a) for a in sys.argv]  # Ray records the driver's command line

@@ -62,8 +62,8 @@ class Config:
     name: str | None = None            # run name; re-running with the same name resumes the run
     seed: int = 0
     epochs: int = 15
-    output_dir: str = "runs"              # a local or mounted folder: summary.json, run.json, the MLflow store
-    storage_path: str | None = None    # Ray Train storage (shared on a cluster; path or URI); default output_dir/ray_results
+    output_dir: str = "runs"              # what a person reads (summary.json, plots, error.log, the SQLite MLflow store); may be driver-local
+    storage_path: str | None = None    # where runs have their homes (shared on a cluster; path or URI); default output_dir/ray_results
     # the task: what is trained (built-in name or module:Class) and its arguments
     task: str = "fashion_mnist"
     task_args: dict = field(default_factory=dict)
@@ -314,7 +314,7 @@ def _check_output_dir(path) -> None:
     if not isinstance(path, str) or not path:
         raise ConfigError(f"output_dir must be a folder path, got output_dir={path!r}")
     if "://" in path:
-        raise ConfigError(f"output_dir={path!r} is a URI, but outputs (run.json, summaries, the MLflow store) are "
+        raise ConfigError(f"output_dir={path!r} is a URI, but outputs (summaries, plots, the MLflow store) are "
                           "written as local files; give a folder (a mounted volume on a cluster) and put checkpoints "
                           "on the URI with --set storage_path=...")
 

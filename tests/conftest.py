@@ -6,6 +6,10 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from helpers import EXAMPLE_TASKS, ROOT  # noqa: E402
 
+from repb_ray._ray_compat import keep_local_ray_on_loopback  # noqa: E402
+
+keep_local_ray_on_loopback()  # the test session's Ray, like the command's, listens on 127.0.0.1 (before Ray is imported)
+
 
 @pytest.fixture(scope="session")
 def ray_session(s3):

@@ -3,11 +3,11 @@ the plan-following LR schedule, and the task-driven step and evaluation."""
 
 from repb_ray.core.budget import total_steps
 from repb_ray.torch.dataset import IndexedDataset
-from repb_ray.torch.distributed import gather_observations
+from repb_ray.torch.distributed import end_process_group, gather_observations
 from repb_ray.torch.loss import weighted_loss
 from repb_ray.torch.sampler import PlanSampler
 from repb_ray.torch.schedule import PlanCosineLR, RealStepLR, build_optimizer
 from repb_ray.torch.scores import SCORES, Scorer
 
-__all__ = ["IndexedDataset", "PlanSampler", "weighted_loss", "Scorer", "SCORES", "gather_observations",
+__all__ = ["IndexedDataset", "PlanSampler", "weighted_loss", "Scorer", "SCORES", "gather_observations", "end_process_group",
            "PlanCosineLR", "RealStepLR", "build_optimizer", "total_steps"]

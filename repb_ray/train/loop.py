@@ -44,7 +44,7 @@ def _allreduce(values: list, device, op=dist.ReduceOp.SUM) -> list[float]:
 
 def apply_optimizer_settings(optimizer, cfg: Config) -> None:
     """The config's optimizer settings over those restored from a checkpoint (a resumed run with
-    changed settings uses the new ones, as run.json records)."""
+    changed settings uses the new ones, as the run's record notes)."""
     for group in optimizer.param_groups:
         if "weight_decay" in group:
             group["weight_decay"] = cfg.weight_decay

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 
 from repb_ray import storage
-from repb_ray.errors import OwnershipLost, RunError
+from repb_ray.errors import OwnershipLost, RunError, StorageError
 
 OWNER_DIR = "_owner"
 HEARTBEAT_S = 10.0
@@ -118,7 +118,13 @@ class Ownership:
             g = latest_generation(self.home)
             if g and not self._gone(g, deadline):
                 raise RunError(self._refusal(g))
-            if storage.create_exclusive(claim_path(self.home, g + 1), json.dumps(self.info).encode()):
+            data = json.dumps(self.info).encode()
+            if storage.create_exclusive(claim_path(self.home, g + 1), data):
+                if storage.create_exclusive(claim_path(self.home, g + 1), data):  # the store's own word, checked
+                    raise StorageError(f"{storage.display(self.home)}: the store accepted a second exclusive create of "
+                                       "one object (it ignores If-None-Match), so repb_ray cannot keep one driver per "
+                                       "run there; use a store that honours conditional writes (AWS S3, MinIO, Ceph "
+                                       "RGW, R2) or a path every node mounts")
                 self.generation = g + 1
                 self._beat()
                 self._thread = threading.Thread(target=self._heartbeat, daemon=True, name=f"repb-ray-owner-{self.name}")

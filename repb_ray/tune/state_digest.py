@@ -14,6 +14,14 @@ from repb_ray import storage
 from repb_ray.errors import ConfigError
 
 DIGEST_FILE = "tune_state_digest.json"  # in the sweep's home
+_FENCES: dict = {}  # home -> the fence of the sweep driver running in this process
+
+
+def bind(home: str, fence) -> None:
+    """The fence this process's sweep driver holds for `home`: the callback checks it before recording.
+    (Tune pickles its callbacks into its state and a restored sweep gets the old instance back, so the
+    callback itself cannot carry the current driver's fence.)"""
+    _FENCES[home] = fence
 
 
 def digest(exp_dir: str) -> str | None:
@@ -52,16 +60,17 @@ def check(exp_dir: str, home: str, resuming: bool) -> None:
 
 
 class StateDigest(Callback):
-    """Records the digest after each of Tune's saves (plain strings and a Fence: Tune pickles it)."""
+    """Records the digest after each of Tune's saves, under the fence bound for its home (plain strings:
+    Tune pickles it into its state)."""
 
-    def __init__(self, exp_dir: str, home: str, fence=None):
-        self.exp_dir, self.home, self.fence = exp_dir, home, fence
+    def __init__(self, exp_dir: str, home: str):
+        self.exp_dir, self.home = exp_dir, home
         self._last = None
 
     def on_step_end(self, iteration, trials, **info):
         d = digest(self.exp_dir)
         if d is not None and d != self._last:
-            record(self.exp_dir, self.home, self.fence)
+            record(self.exp_dir, self.home, _FENCES.get(self.home))
             self._last = d
 
     def on_experiment_end(self, trials, **info):

@@ -279,7 +279,7 @@ def _fit(trainable, spec: SweepSpec, base: Config, trials: list[dict], demand: T
                                     scheduler=scheduler),
         run_config=tune.RunConfig(name=spec.name, storage_path=os.path.join(out, TUNE_DIR), verbose=0,
                                   callbacks=[Progress(spec.name, describe_trials(trials, labels, names), metric,
-                                                      len(trials)), StateDigest(path, claim.home, claim.owner.fence)]),
+                                                      len(trials)), StateDigest(path, claim.home)]),
     )
     return _fit_recorded(tuner, path, claim)
 
@@ -287,6 +287,7 @@ def _fit(trainable, spec: SweepSpec, base: Config, trials: list[dict], demand: T
 def _restore(path: str, trainable, claim: SweepClaim, log):
     """Tune's own restore, only of the state this sweep saved there (state_digest.check)."""
     state_digest.check(path, claim.home, claim.resuming)
+    state_digest.bind(claim.home, claim.owner.fence)
     log("continuing from its last saved state (finished trials are kept)")
     tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     return _fit_recorded(tuner, path, claim)
@@ -294,6 +295,7 @@ def _restore(path: str, trainable, claim: SweepClaim, log):
 
 def _fit_recorded(tuner, path: str, claim: SweepClaim):
     """tuner.fit(), then the digest of Tune's last save recorded (also when it was interrupted)."""
+    state_digest.bind(claim.home, claim.owner.fence)
     try:
         return tuner.fit()
     finally:
@@ -327,7 +329,7 @@ def _fit_optuna(trainable, spec: SweepSpec, base: Config, concurrent: int, metri
                                     search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent)),
         run_config=tune.RunConfig(name=spec.name, storage_path=os.path.join(out, TUNE_DIR), verbose=0,
                                   callbacks=[Progress(spec.name, [], metric, spec.num_samples),
-                                             StateDigest(path, claim.home, claim.owner.fence)]),
+                                             StateDigest(path, claim.home)]),
     )
     return _fit_recorded(tuner, path, claim)
 

@@ -82,6 +82,7 @@ def ray_loop(config: dict) -> dict:
 
 
 if __name__ == "__main__":  # under torchrun: each rank writes its own file (the ranks share stdout)
+    from repb_ray.torch import end_process_group
     p, _, trainer = train()
     write_decisions(p, trainer, sys.argv[1])
-    sys.exit(0)
+    end_process_group()  # Lightning leaves its gloo group alive; at interpreter exit it can abort the process

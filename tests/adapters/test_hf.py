@@ -108,6 +108,8 @@ t = Seeing(model=bert(), args=args(sys.argv[1], per_device_train_batch_size=8), 
 t.train()
 print(json.dumps({"rank": int(os.environ["RANK"]), "digest": pruner.policy.digest(),
                   "ids": sorted(sum(seen, [])), "kept": [e["kept"] for e in t.epochs_log]}))
+from repb_ray.torch import end_process_group
+end_process_group()
 """
 
 

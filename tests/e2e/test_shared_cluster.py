@@ -200,8 +200,8 @@ def _process_tree(root: int) -> dict[int, int]:
     return {pid: stats[pid][1] for pid in tree if pid in stats}
 
 
-def _listening_addresses(pids: set[int]) -> list[str]:
-    """The local addresses of the TCP sockets in LISTEN state that these processes hold (from /proc)."""
+def _listening_addresses(pids: set[int]) -> list[tuple[str, int]]:
+    """(address, port) of the TCP sockets in LISTEN state that these processes hold (from /proc)."""
     import socket as so
     inodes = set()
     for pid in pids:
@@ -219,23 +219,40 @@ def _listening_addresses(pids: set[int]) -> list[str]:
                 fields = line.split()
                 if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
                     continue
-                raw = bytes.fromhex(fields[1].split(":")[0])
+                address, port = fields[1].split(":")
+                raw = bytes.fromhex(address)
                 # the kernel prints each 32-bit word in host (little-endian) order
                 raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-                out.append(so.inet_ntop(family, raw))
+                out.append((so.inet_ntop(family, raw), int(port, 16)))
+    return out
+
+
+def _train_workers(pids) -> set[int]:
+    """The Ray Train worker processes among `pids` (by their process title)."""
+    out = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if fh.read().startswith(b"ray::RayTrainWorker"):
+                    out.add(pid)
+        except OSError:
+            continue
     return out
 
 
 def test_the_private_local_ray_listens_on_loopback_only(tmp_path):
     """`repb-ray train` without a cluster: every listening socket of the driver and the Ray it started
-    (GCS, raylet, workers, agents) is on 127.0.0.1, listed while the run trains."""
+    (GCS, raylet, dashboard, agents, actors, workers) is on 127.0.0.1, listed while the run trains. The one
+    exception is torch's own: rank 0's TCPStore (the DDP rendezvous) binds every interface."""
     run = cli_popen(["train", "--config", SMOKE, "--output-dir", str(tmp_path), "--set", "name=local",
                      "--set", "epochs=3", "--set", "tracking_uri=none"], "", ROOT)
     tree: dict = {}
     try:
         read_until(run, "epoch 1/3:", timeout=300)
         tree = _process_tree(run.pid)
-        addresses = _listening_addresses(set(tree))
+        workers = _train_workers(set(tree))
+        addresses = _listening_addresses(set(tree) - workers)
+        in_workers = [a for pid in workers for a in _listening_addresses({pid})]
     finally:
         os.killpg(run.pid, signal.SIGINT)  # the driver shuts its Ray down
         try:
@@ -247,5 +264,9 @@ def test_the_private_local_ray_listens_on_loopback_only(tmp_path):
             if st is not None and st[1] == started:
                 os.kill(pid, signal.SIGKILL)
         run.wait()
-    assert len(addresses) >= 3, addresses  # the GCS, the raylet and the workers at least
-    assert all(a.startswith("127.") or a in ("::1", "::ffff:127.0.0.1") for a in addresses), addresses
+    def loopback(a):
+        return a.startswith("127.") or a in ("::1", "::ffff:127.0.0.1")
+    assert len(addresses) >= 10, addresses  # the GCS, the raylet, the dashboard and agents, actors, the driver
+    assert all(loopback(a) for a, _ in addresses), addresses
+    assert len(workers) == 2 and len(in_workers) >= 4, in_workers
+    assert len([a for a, _ in in_workers if not loopback(a)]) <= 1, in_workers  # rank 0's TCPStore at most
