@@ -11,6 +11,17 @@ from repb_ray._ray_compat import keep_local_ray_on_loopback  # noqa: E402
 keep_local_ray_on_loopback()  # the test session's Ray, like the command's, listens on 127.0.0.1 (before Ray is imported)
 
 
+TIERS = ("unit", "slow", "ray", "e2e")  # every test carries one: `make test-fast` runs the unit ones that are not slow
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test without a tier is a collection error (its module's pytestmark, or its own marker)."""
+    untiered = [item.nodeid for item in items if not any(item.get_closest_marker(t) for t in TIERS)]
+    if untiered:
+        raise pytest.UsageError(f"tests without a tier marker ({', '.join(TIERS)}): {', '.join(untiered[:5])}"
+                                + (" ..." if len(untiered) > 5 else ""))
+
+
 @pytest.fixture(scope="session")
 def ray_session(s3):
     """One local Ray for the whole test session: 4 logical CPUs (2 workers + Ray Data headroom).

@@ -37,3 +37,13 @@ def readme_task() -> str:
         text = fh.read()
     block = text.split("<!-- readme-task:start -->")[1].split("<!-- readme-task:end -->")[0]
     return block.split("```python")[1].split("```")[0]
+
+
+class PicklePayload:
+    """Unpickling it creates the file `path`: the proof that a pickle from storage ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))

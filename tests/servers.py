@@ -17,6 +17,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """End a server started in its own session, and its children."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+
+
 @contextlib.contextmanager
 def mlflow_server(folder):
     """`mlflow server` on a free 127.0.0.1 port with its store in `folder`; yields its URL."""
@@ -38,11 +47,7 @@ def mlflow_server(folder):
             raise RuntimeError("mlflow server did not become healthy in 60 s")
         yield url, proc
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except ProcessLookupError:
-            pass
+        stop(proc)
 
 
 def cli_env(ray_address: str, **extra) -> dict:
@@ -138,8 +143,4 @@ def s3_server():
             raise RuntimeError("moto_server did not answer in 30 s")
         yield S3Server(port, proc)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except ProcessLookupError:
-            pass
+        stop(proc)

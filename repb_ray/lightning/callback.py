@@ -28,8 +28,10 @@ class Pruning(pl.Callback):
         self.batch_size: int | None = None
         self.accumulate = 1
         self._groups: list[int] = []
+        self._batches = 0  # this rank's batches in the epoch
         self._micro = 0
-        self._epoch = 0
+        self._epoch = 0   # the epoch being trained: the policy's, taken at each epoch's start
+        self._decided = True  # the epoch's next plan is decided (at its last batch, before any epoch-end hook)
         self.epochs_log: list[dict] = []
 
     # -- what the user's code calls -------------------------------------------------------------------
@@ -58,7 +60,7 @@ class Pruning(pl.Callback):
         if trainer._accelerator_connector.use_distributed_sampler and trainer.world_size > 1:
             raise ValueError("repb_ray.lightning.Pruning decides each rank's samples: build the Trainer with "
                              "use_distributed_sampler=False")
-        self.pruner._rank, self.pruner._world = trainer.global_rank, trainer.world_size
+        self.pruner.bind(trainer.global_rank, trainer.world_size)
         self.accumulate = int(trainer.accumulate_grad_batches)
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -68,19 +70,31 @@ class Pruning(pl.Callback):
                 config.scheduler = RealStepLR(config.scheduler, steps_per_epoch=per_epoch)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch += 1
+        self._epoch = self.pruner.epoch  # from the policy, so a resumed run trains the plan it is at
         self._groups = self.pruner.group_sizes(self._batch(), self.accumulate)
+        self._batches = len(self.pruner.rank_batches(self._batch()))
         self._micro = 0
+        self._decided = False
         for config in trainer.lr_scheduler_configs:
             if isinstance(config.scheduler, RealStepLR):
                 config.scheduler.start_epoch(self._epoch, len(self._groups))
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._micro >= self._batches and not self._decided:
+            self._decide()  # the epoch's last batch: decided before any callback's epoch end (a checkpoint)
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not self._decided:
+            self._decide()
+        kept = self.epochs_log[-1]["kept"]
+        pl_module.log("pruned_fraction", 1.0 - kept / self.pruner.num_samples, rank_zero_only=True)
+
+    def _decide(self) -> None:
         kept = len(self.pruner.plan)
         self.pruner.end_epoch()
+        self._decided = True
         self.epochs_log.append({"epoch": self._epoch, "kept": kept,
                                 "pruned_fraction": 1.0 - kept / self.pruner.num_samples})
-        pl_module.log("pruned_fraction", 1.0 - kept / self.pruner.num_samples, rank_zero_only=True)
 
     def _batch(self) -> int:
         if self.batch_size is None:
@@ -88,11 +102,13 @@ class Pruning(pl.Callback):
         return self.batch_size
 
     def state_dict(self) -> dict:
-        return {"policy": self.pruner.state_dict(), "epoch": self._epoch}
+        """The policy's state (its epoch included) as plain types and tensors: a Lightning checkpoint
+        holding it loads with torch.load(weights_only=True)."""
+        return {"policy": self.pruner.state_dict(), "epochs_log": [dict(e) for e in self.epochs_log]}
 
     def load_state_dict(self, state: dict) -> None:
         self.pruner.load_state_dict(state["policy"])
-        self._epoch = int(state["epoch"])
+        self.epochs_log = [dict(e) for e in state.get("epochs_log", [])]
 
 
 class _LazyRankBatches:

@@ -25,14 +25,18 @@ def _rank_world() -> tuple[int, int]:
 
 class LocalPruner:
     """`policy` and `policy_args` as in the config (`epochs` and `target_pruned` as the run's); rank and
-    world size default to torch.distributed's at first use (a framework may start the process group
-    after the pruner is made). Bad arguments fail here, at once."""
+    world size default to torch.distributed's, settled whenever the process group is known: a framework
+    may start it after the pruner is made (a policy built before it, for world size 1, is built again
+    as long as no plan has been served from it; after that, one line says how to fix the script). Bad
+    arguments fail here, at once."""
 
     def __init__(self, policy: str = "repb", policy_args: dict | None = None, *, num_samples: int, epochs: int,
                  seed: int = 0, target_pruned: float | None = None, rank: int | None = None,
                  world_size: int | None = None):
         self.seed, self.epochs, self.num_samples = seed, epochs, num_samples
         self._rank, self._world = rank, world_size
+        self._explicit = rank is not None and world_size is not None
+        self._served = False   # a plan of this policy has fed training (batches, weights, scores, a state)
         self._args = (policy, policy_class(policy).run_params(policy_args or {}, epochs=epochs,
                                                                 target_pruned=target_pruned))
         policy_class(policy)(num_samples=num_samples, seed=seed, local=False, **self._args[1])  # checks n, seed
@@ -43,13 +47,31 @@ class LocalPruner:
     # -- the policy, made at first use ------------------------------------------------------------
     @property
     def policy(self):
+        if not self._explicit:
+            self._settle(*_rank_world())
         if self._policy is None:
-            if self._rank is None or self._world is None:
-                self._rank, self._world = _rank_world()
             name, params = self._args
             self._policy = make_policy(name, num_samples=self.num_samples, seed=self.seed, world_size=self._world,
                                        **params)
         return self._policy
+
+    def _settle(self, rank: int, world: int) -> None:
+        """Take the process group's rank and world size; a policy built for others is built again, unless
+        it already served a plan (then the ranks would disagree: an error, not a hang)."""
+        if (rank, world) == (self._rank, self._world):
+            return
+        if self._policy is not None and self._served:
+            raise RuntimeError(f"this LocalPruner served its plan as rank {self._rank} of {self._world}, and the process "
+                               f"group now says rank {rank} of {world}; make the pruner after the process group starts, "
+                               "or pass rank= and world_size= when you make it")
+        self._rank, self._world = rank, world
+        self._policy, self._order_of = None, (None, None)
+
+    def bind(self, rank: int, world_size: int) -> None:
+        """Take this rank and world size from a framework that knows them (a Trainer's global rank), as
+        if given when the pruner was made (same rule: a policy that served a plan is not re-ranked)."""
+        self._settle(rank, world_size)
+        self._explicit = True
 
     @property
     def rank(self) -> int:
@@ -73,6 +95,7 @@ class LocalPruner:
     def order(self) -> np.ndarray:
         """The plan's ids in this epoch's order (a pure function of seed and epoch, the same on every rank)."""
         plan = self.policy.plan
+        self._served = True
         if self._order_of[0] != plan.epoch:
             self._order_of = (plan.epoch, np.random.default_rng([self.seed, plan.epoch]).permutation(plan.ids))
         return self._order_of[1]
@@ -96,12 +119,16 @@ class LocalPruner:
     def weights(self, ids, device=None) -> torch.Tensor:
         """The float32 CTR weights of `ids` (all in the current plan), as a tensor on `device`."""
         ids = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids, np.int64)
-        return torch.from_numpy(self.policy.plan.weights_for(ids)).to(device)
+        plan = self.policy.plan
+        self._served = True
+        return torch.from_numpy(plan.weights_for(ids)).to(device)
 
     # -- observations -----------------------------------------------------------------------------
     def observe(self, step: int, ids, scores: torch.Tensor) -> None:
         """A batch's scores at global step `step` of the epoch (kept on their device until the end)."""
         ids = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids, np.int64)
+        self.policy  # noqa: B018 - settles rank and world size before the policy takes scores
+        self._served = True
         self._obs.append((int(step), ids.astype(np.int64, copy=False), scores.detach().float()))
 
     def end_epoch(self) -> EpochPlan:
@@ -124,10 +151,37 @@ class LocalPruner:
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return self.policy.state_dict()
+        """The policy's state as plain types and tensors: what a trainer's checkpoint can hold and
+        torch.load(weights_only=True) can read back (no numpy objects, nothing pickled)."""
+        return _to_plain(self.policy.state_dict())
 
     def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state)
+        self.policy.load_state_dict(_from_plain(state))
+        self._served = True
+
+
+def _to_plain(value):
+    """numpy arrays as tensors, numpy scalars as Python numbers, containers recursively."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value).copy())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_plain(v) for v in value)
+    return value
+
+
+def _from_plain(value):
+    """The inverse of _to_plain: tensors as numpy arrays."""
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    if isinstance(value, dict):
+        return {k: _from_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_from_plain(v) for v in value)
+    return value
 
 
 class RankBatchSampler:

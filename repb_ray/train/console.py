@@ -21,15 +21,22 @@ def epoch_line(m: dict, epochs: int, decisions: tuple = ()) -> str:
             f"w_max {m['weight_max']:.2f}, {m['epoch_time_s']:.1f}s")
 
 
-def bar(p: dict, epochs: int, width: int = 24) -> str:
+RATE_AFTER_S = 2.0  # no rate nor ETA until the epoch has trained this long past its first progress report
+
+
+def bar(p: dict, epochs: int, first: tuple[float, int] | None = None, now: float | None = None, width: int = 24) -> str:
+    """The epoch's progress over its kept samples. Rate and ETA come from the samples trained since
+    `first` (time, samples) of the epoch's first progress report, once RATE_AFTER_S has passed: the
+    epoch's start (its first data, a cold pipeline) would make an early rate mean nothing."""
     done, total = p["samples"], max(p["kept"], 1)
     frac = min(done / total, 1.0)
-    elapsed = max(time.time() - p["start"], 1e-9)
-    rate = done / elapsed
-    eta = (total - done) / rate if rate > 0 else float("inf")
     fill = int(frac * width)
-    return (f"[repb_ray] epoch {p['epoch']}/{epochs} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} kept samples, "
-            f"{rate:,.0f}/s, ETA {eta:.0f}s")
+    text = f"[repb_ray] epoch {p['epoch']}/{epochs} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} kept samples"
+    now = time.time() if now is None else now
+    if first is not None and now - first[0] >= RATE_AFTER_S and done > first[1]:
+        rate = (done - first[1]) / (now - first[0])
+        text += f", {rate:,.0f}/s, ETA {max(total - done, 0) / rate:.0f}s"
+    return text
 
 
 class Console:
@@ -49,6 +56,7 @@ class Console:
         self._seen = 0      # the last report handled
         self._last_plain = 0.0
         self._bar_shown = False
+        self._first: tuple | None = None  # (epoch, (time, samples)) of the epoch's first progress report
 
     def start(self) -> Console:
         self._thread.start()
@@ -82,7 +90,9 @@ class Console:
                 self.on_epoch(m)
         p = state["now"]
         if self.show and p and p.get("epoch", 0) > self._printed and not self._stop.is_set():
-            text = bar(p, self.epochs)
+            if self._first is None or self._first[0] != p["epoch"]:
+                self._first = (p["epoch"], (time.time(), p["samples"]))
+            text = bar(p, self.epochs, self._first[1])
             if self.interactive:
                 self.stream.write("\r\033[K" + text)
                 self._bar_shown = True

@@ -185,6 +185,11 @@ def run_sweep(spec: SweepSpec, verbose: bool = False, overwrite: bool = False) -
     from repb_ray.train.ray_env import check_cluster_paths, check_shared_paths, ensure_ray, task_runtime_env
 
     base = spec.base_config()
+    if not verbose:
+        # Tune's new console prints its configuration box, "View detailed results here" and a TensorBoard
+        # hint whatever RunConfig.verbose says (its experiment_started ignores the verbosity); its classic
+        # console honours verbose=0. The sweep's own lines are the console (Progress, SweepLog).
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     check_cluster_paths(base)
     task_cls = import_task_class(base.task)
     metric, mode = f"test_{task_cls.metric}", task_cls.mode

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 pytest.importorskip("lightning")
-
+import lightning.pytorch as pl  # noqa: E402
 from lightning_script import train  # noqa: E402
 
 from repb_ray.core import make_policy  # noqa: E402
@@ -30,12 +30,12 @@ class Recording(Pruning):
         super().__init__(*a, **kw)
         self.recorded = []
 
-    def on_train_epoch_end(self, trainer, pl_module):
+    def _decide(self):
         obs = self.pruner._obs
         self.recorded.append((np.concatenate([np.full(len(i), s, np.int64) for s, i, _ in obs]),
                               np.concatenate([i for _, i, _ in obs]),
                               torch.cat([s for _, _, s in obs]).numpy()))
-        super().on_train_epoch_end(trainer, pl_module)
+        super()._decide()
 
 
 def test_callback_prunes_with_the_core_policys_plans_and_real_step_schedule():
@@ -90,3 +90,56 @@ def test_the_example_script_runs():
                         "--synthetic"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "epoch 2: trained" in p.stdout and "pruned)" in p.stdout
+
+
+class SaveAtEpochEnd(pl.Callback):
+    """A checkpoint written in on_train_epoch_end by a callback listed before Pruning (as Ray's
+    RayTrainReportCallback can be): it must already hold the next plan."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.save_checkpoint(self.path)
+
+
+class Small(pl.LightningModule):
+    def __init__(self, pruning):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))
+        self.pruning = pruning
+
+    def training_step(self, batch, batch_idx):
+        ids, (x, y) = batch
+        return self.pruning.loss(torch.nn.functional.cross_entropy(self.net(x), y, reduction="none"), ids)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+def test_a_run_resumed_from_its_lightning_checkpoint_trains_every_plan_once_in_order(tmp_path):
+    """Checkpointing on, the checkpoint written before Pruning's own epoch end: the state is plain types
+    and tensors (torch.load(weights_only=True) reads it) and the resumed run trains plans 3 and 4 where
+    the uninterrupted run did, with the same decisions."""
+    from lightning_script import images
+
+    def fit(epochs, ckpt=None, save=None):
+        pruning = Pruning("repb", {"rho": 0.6}, num_samples=120, epochs=4)
+        callbacks = ([SaveAtEpochEnd(save)] if save else []) + [pruning]
+        trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", use_distributed_sampler=False, callbacks=callbacks,
+                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=str(tmp_path))
+        x, y = images(120)
+        trainer.fit(Small(pruning), pruning.dataloader(torch.utils.data.TensorDataset(x, y), batch_size=16),
+                    ckpt_path=ckpt)
+        return pruning
+    whole = fit(4)
+    ckpt = str(tmp_path / "epoch2.ckpt")
+    fit(2, save=ckpt)
+    state = torch.load(ckpt, weights_only=True)  # nothing but plain types and tensors
+    assert state["callbacks"]["Pruning"]["policy"]["epoch"] == 3  # the next plan was decided before the save
+    resumed = fit(4, ckpt=ckpt)
+    assert [e["epoch"] for e in resumed.epochs_log] == [1, 2, 3, 4]
+    assert [e["kept"] for e in resumed.epochs_log] == [e["kept"] for e in whole.epochs_log]
+    assert resumed.pruner.policy.digest() == whole.pruner.policy.digest()

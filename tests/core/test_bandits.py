@@ -6,6 +6,8 @@ import pytest
 
 from repb_ray.core import make_policy
 
+pytestmark = pytest.mark.unit  # in-process, seconds
+
 
 def _observe_plan(p, score_of):
     ids = p.plan.ids

@@ -6,6 +6,8 @@ from helpers import binomial_tol, run_epoch
 
 from repb_ray.core import make_policy
 
+pytestmark = pytest.mark.unit  # in-process, seconds
+
 
 def test_infobatch_first_epoch_full_then_prunes_below_mean_with_rescale():
     n, r = 20_000, 0.4

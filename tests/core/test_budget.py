@@ -8,6 +8,8 @@ from helpers import run_epoch
 from repb_ray.core import make_policy
 from repb_ray.core.budget import target_size
 
+pytestmark = pytest.mark.unit  # in-process, seconds
+
 N, T = 4000, 8
 
 

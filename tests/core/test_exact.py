@@ -9,6 +9,8 @@ import pytest
 from repb_ray.core import make_policy
 from repb_ray.core.exact import digit_sums, group_means, mean_tolerance, scale_exponent
 
+pytestmark = pytest.mark.unit  # in-process, seconds
+
 
 def _wide_scores(n, seed):
     rng = np.random.default_rng(seed)

@@ -12,6 +12,8 @@ import pytest
 
 from repb_ray.core import make_policy
 
+pytestmark = pytest.mark.unit  # in-process, seconds
+
 
 def _sha(a, dtype):
     return hashlib.sha256(np.ascontiguousarray(a, dtype).tobytes()).hexdigest()[:16]

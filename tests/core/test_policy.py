@@ -7,6 +7,8 @@ from helpers import run_epoch
 from repb_ray.core import EpochPlan, make_policy
 from repb_ray.storage import load_npz, save_npz
 
+pytestmark = pytest.mark.unit  # in-process, seconds
+
 POLICIES = [("repb", {"rho": 0.5, "window": 2}), ("repb", {"rho": 0.9, "lwp": False, "ctr_max": 2.0}),
             ("infobatch", {"prune_ratio": 0.5, "num_epochs": 6, "delta": 0.6}),
             ("random", {"prune_ratio": 0.3}), ("full", {})]

@@ -1,9 +1,12 @@
 """RePB semantics: LWP (eq. 1), resampling (eq. 2), CTR weights (eqs. 3-4) and the ablations."""
 
 import numpy as np
+import pytest
 from helpers import binomial_tol, run_epoch
 
 from repb_ray.core import below_window_mean, ctr_weights, make_policy, next_epoch_set, prune_windows, resample
+
+pytestmark = pytest.mark.unit  # in-process, seconds
 
 
 def test_prune_windows_keeps_above_mean_and_prunes_below_with_rho():

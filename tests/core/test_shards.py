@@ -6,6 +6,8 @@ from helpers import run_epoch
 
 from repb_ray.core import make_policy, policy_class
 
+pytestmark = pytest.mark.unit  # in-process, seconds
+
 CASES = [
     ("repb", dict(rho=0.5, window=2)),
     ("repb", dict(rho=0.7, window=1, ctr_max=3.0)),

@@ -114,7 +114,7 @@ def test_a_sweep_resumes_after_sigint_and_after_sigkill_with_every_trial_once(ad
     argv = ["sweep", "--config", SWEEP, "--output-dir", str(tmp_path), "--set", "num_workers=1",
             "--set", "sweep.max_concurrent_trials=1"]
     first = cli_popen(argv, address, ROOT)
-    read_until(first, "trial 1/3 finished", timeout=400)
+    read_first = read_until(first, "trial 1/3 finished", timeout=400)
     first.send_signal(signal.SIGINT)  # Ctrl-C
     assert first.wait(timeout=300) == 130
     done = sorted(os.listdir(tmp_path / "sweep_smoke" / "trials"))
@@ -129,6 +129,8 @@ def test_a_sweep_resumes_after_sigint_and_after_sigkill_with_every_trial_once(ad
     third = cli(argv, address, ROOT, timeout=600)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-2000:]
     assert "resuming" in third.stdout and "trial 3/3 finished" in third.stdout
+    for out in (third.stdout, "".join(read_first)):  # the sweep's own lines, not Tune's console
+        assert "Configuration for experiment" not in out and "View detailed results" not in out, out[-2000:]
     assert os.stat(summary).st_mtime_ns == stamp  # the first finished trial was not trained again
     with open(tmp_path / "sweep_smoke" / "sweep_summary.json") as fh:
         s = json.load(fh)

@@ -5,7 +5,7 @@ import json
 import os
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, PicklePayload
 
 from repb_ray.config import Config
 from repb_ray.train import runs
@@ -81,16 +81,6 @@ def test_an_optuna_sweep_finds_a_pareto_front(ray_session, tmp_path):
         assert not any("eval_pending" in r or "eval_result" in r for r in rows)
 
 
-class _Payload:
-    """Unpickling it creates a file: the proof that a pickle ran."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_tune_state_planted_where_the_sweep_never_ran_is_not_loaded(ray_session, tmp_path):
     """Whoever can write the shared folder cannot run code in the next sweep driver: a tuner.pkl under the
     sweep's predictable path, without this sweep's record, is refused and never unpickled."""
@@ -101,7 +91,7 @@ def test_tune_state_planted_where_the_sweep_never_ran_is_not_loaded(ray_session,
                                [f"output_dir={tmp_path}", "tracking_uri=none"])
     planted = tmp_path / "sweep_smoke" / "tune" / "sweep_smoke"
     planted.mkdir(parents=True)
-    (planted / "tuner.pkl").write_bytes(pickle.dumps(_Payload(str(tmp_path / "ran"))))
+    (planted / "tuner.pkl").write_bytes(pickle.dumps(PicklePayload(str(tmp_path / "ran"))))
     with pytest.raises(ConfigError, match="holds Tune state that this sweep did not write"):
         run_sweep(spec)
     assert not (tmp_path / "ran").exists()

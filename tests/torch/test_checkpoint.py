@@ -12,6 +12,8 @@ from repb_ray.errors import RunError
 from repb_ray.torch.schedule import PlanCosineLR
 from repb_ray.train import checkpoint
 
+pytestmark = pytest.mark.unit  # in-process, seconds
+
 
 class Payload:
     """What a tampered checkpoint would hold: unpickling it runs code (here: writes a marker file)."""

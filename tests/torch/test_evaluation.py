@@ -5,6 +5,8 @@ import torch
 
 from repb_ray.torch.evaluation import Evaluator
 
+pytestmark = pytest.mark.unit  # in-process, seconds
+
 
 class _Task:
     metric, mode = "accuracy", "max"

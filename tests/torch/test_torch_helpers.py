@@ -1,5 +1,6 @@
 """repb_ray.torch: weighted loss, plan sampler, scores, schedule, augmentation, DDP-safe gathering."""
 
+import json
 import os
 import socket
 
@@ -12,6 +13,8 @@ import torch.multiprocessing as mp
 from repb_ray.core import EpochPlan
 from repb_ray.torch import IndexedDataset, PlanCosineLR, PlanSampler, Scorer, gather_observations, weighted_loss
 from repb_ray.torch.scores import grad_norm_of_logits
+
+pytestmark = pytest.mark.unit  # in-process, seconds
 
 
 def test_weighted_loss_is_mean_of_w_times_l_and_rejects_reduced_loss():
@@ -90,6 +93,7 @@ def _gather_worker(rank, port, out_dir):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes
 def test_gather_observations_across_two_gloo_ranks(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -102,6 +106,7 @@ def test_gather_observations_across_two_gloo_ranks(tmp_path):
     assert r0["scores"].tolist() == [0.5] * 3 + [1.5] * 4 and r0["steps"].tolist() == [0] * 3 + [1] * 4
 
 
+@pytest.mark.slow  # the example in its own process
 def test_plain_loop_example_runs(tmp_path):
     import subprocess
     import sys
@@ -238,3 +243,35 @@ def test_compiled_model_steps_where_the_machine_can():
         pytest.skip(f"torch.compile cannot run on this machine: {type(exc).__name__}")
     step.step()
     assert torch.isfinite(loss)
+
+
+def _late_group_worker(rank, port, out_dir):
+    """A pruner made (and asked for its steps) before the process group starts, as a script that builds
+    it before the Trainer does: once the group is known, it is rank `rank` of 2."""
+    from repb_ray.torch.pruner import LocalPruner
+    early = LocalPruner("repb", {}, num_samples=40, epochs=2)
+    before = early.steps_in_epoch(4)          # world size 1 still: 10 steps
+    served = LocalPruner("repb", {}, num_samples=40, epochs=2)
+    served.rank_batches(4)                    # a plan served as rank 0 of 1
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    out = {"before": before, "after": early.steps_in_epoch(4), "rank": early.rank, "world": early.world_size,
+           "ids": np.concatenate(early.rank_batches(4)).tolist()}
+    try:
+        served.rank_batches(4)
+    except RuntimeError as exc:
+        out["served"] = str(exc)
+    np.save(os.path.join(out_dir, f"late{rank}.npy"), np.array(json.dumps(out)))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two processes
+def test_a_pruner_made_before_the_process_group_takes_its_rank_once_the_group_is_known(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_late_group_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    r = [json.loads(str(np.load(tmp_path / f"late{k}.npy"))) for k in (0, 1)]
+    assert [x["before"] for x in r] == [10, 10] and [x["after"] for x in r] == [5, 5]
+    assert [(x["rank"], x["world"]) for x in r] == [(0, 2), (1, 2)]
+    assert not set(r[0]["ids"]) & set(r[1]["ids"]) and len(r[0]["ids"] + r[1]["ids"]) == 40  # disjoint shares
+    assert all("served its plan as rank 0 of 1, and the process group now says rank" in x["served"] for x in r)

@@ -11,6 +11,8 @@ from repb_ray.errors import ConfigError
 from repb_ray.tracking.mlflow_tracking import LockedClient, check_reachable, client
 from repb_ray.train.ray_env import unseen_paths
 
+pytestmark = pytest.mark.unit  # in-process, seconds
+
 
 def test_a_folder_a_node_cannot_see_is_named_and_no_marker_stays(tmp_path):
     nodes = [{"NodeID": "a", "NodeManagerAddress": "10.0.0.1"}, {"NodeID": "b", "NodeManagerAddress": "10.0.0.2"}]

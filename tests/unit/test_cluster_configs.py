@@ -18,6 +18,8 @@ from helpers import ROOT
 
 import repb_ray
 
+pytestmark = pytest.mark.unit  # in-process, seconds
+
 CLUSTER = os.path.join(ROOT, "cluster")
 SCHEMAS = os.path.join(ROOT, "tests", "data", "kuberay")
 VERSIONS = sorted(os.listdir(SCHEMAS))

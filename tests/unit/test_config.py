@@ -10,6 +10,8 @@ from helpers import ROOT
 
 from repb_ray.config import Config, ConfigError, parse_overrides
 
+pytestmark = pytest.mark.unit  # in-process, seconds
+
 
 def test_shipped_configs_load():
     from repb_ray.tune.spec import SweepSpec
@@ -99,6 +101,7 @@ def test_config_is_frozen_and_the_policy_fills_and_checks_its_parameters():
         Config(policy="repb").policy_params()["num_epochs"] is None
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_config_imports_neither_torch_nor_ray():
     """config.py and errors.py load where neither is installed (a test process with both blocked)."""
     import subprocess

@@ -13,6 +13,8 @@ from repb_ray.redact import redact_text
 from repb_ray.tasks.loader import instantiate
 from repb_ray.train import runs
 
+pytestmark = pytest.mark.unit  # in-process, seconds
+
 
 @pytest.mark.parametrize("key", ["hf_token", "api_key", "password", "passwd", "db_pwd", "client_secret", "key", "auth",
                                  "sas", "credential", "hfToken", "apiKey", "AWS_SECRET_ACCESS_KEY", "auth-header"])

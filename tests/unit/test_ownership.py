@@ -18,10 +18,10 @@ from repb_ray.errors import OwnershipLost, RunError
 from repb_ray.train import ownership
 from repb_ray.train.ownership import Ownership, beat_path, claim_path, latest_generation
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.unit
 
 
-@pytest.fixture(params=["path", "s3"])
+@pytest.fixture(params=["path", pytest.param("s3", marks=pytest.mark.slow)])
 def home(request, tmp_path):
     if request.param == "path":
         return str(tmp_path / "store" / "r1")
@@ -151,6 +151,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.slow  # a holder in its own process
 def test_a_holder_on_this_host_is_refused_while_alive_and_taken_over_once_its_process_ended(tmp_path):
     home = str(tmp_path / "r1")
     holder = subprocess.Popen([sys.executable, "-c", HOLD, home], stdout=subprocess.PIPE, text=True)

@@ -6,6 +6,8 @@ import pytest
 
 from repb_ray.train.prefetch import Ahead
 
+pytestmark = pytest.mark.unit  # in-process, seconds
+
 
 def test_the_first_item_is_fetched_in_the_background_and_all_items_follow_in_order():
     started = threading.Event()
@@ -26,3 +28,4 @@ def test_empty_and_failing_iterators():
         yield
     with pytest.raises(OSError, match="no blocks"):
         list(Ahead(broken()))
+

@@ -7,6 +7,8 @@ import pytest
 
 from repb_ray.redact import RedactingFilter, has_secret, redact, redact_text
 
+pytestmark = pytest.mark.unit  # in-process, seconds
+
 
 @pytest.mark.parametrize("text,secret", [
     ("http://alice:pa55word-1@127.0.0.1:5000", "pa55word-1"),

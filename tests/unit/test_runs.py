@@ -15,12 +15,14 @@ from repb_ray.errors import ConfigError, RunError
 from repb_ray.train import runs
 from repb_ray.train.ownership import OWNER_DIR, latest_generation
 
+pytestmark = pytest.mark.unit  # in-process, seconds
+
 
 def _cfg(out, **kw):
     return Config(task="synthetic", output_dir=str(out), name=kw.pop("name", "r1"), **kw)
 
 
-@pytest.fixture(params=["path", "s3"])
+@pytest.fixture(params=["path", pytest.param("s3", marks=pytest.mark.slow)])
 def store(request, tmp_path):
     """Where homes live: a folder, or a prefix in a bucket of the S3 API server."""
     if request.param == "path":

@@ -9,6 +9,8 @@ import pytest
 
 from repb_ray import storage
 
+pytestmark = pytest.mark.unit  # in-process, seconds
+
 
 def test_concurrent_writers_of_one_file_leave_one_whole_version(tmp_path):
     path = str(tmp_path / "state.json")
@@ -96,3 +98,12 @@ def test_stores_without_an_exclusive_create_say_so():
     from repb_ray.errors import StorageError
     with pytest.raises(StorageError, match=r"cannot take a run's ownership on hdfs:// storage"):
         storage.create_exclusive("hdfs://namenode:8020/runs/r1/_owner/g000001.json", b"{}")
+
+
+def test_file_uris_keep_their_host_port_and_query():
+    """read_parquet lists a folder URI and names each file as a URI of the same store: an HDFS namenode's
+    host and port, and an S3-compatible endpoint's query, stay on every file."""
+    assert storage.uri_of("hdfs://nn:8020/data/train?user=x", "/data/train/part-0.parquet") == \
+        "hdfs://nn:8020/data/train/part-0.parquet?user=x"
+    assert storage.uri_of("s3://bkt/data?endpoint_override=minio:9000", "bkt/data/part-0.parquet") == \
+        "s3://bkt/data/part-0.parquet?endpoint_override=minio:9000"

@@ -5,7 +5,7 @@ import os
 import pickle
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, PicklePayload
 
 from repb_ray.config import ConfigError
 from repb_ray.tune import state_digest
@@ -31,20 +31,10 @@ def test_overwrite_refuses_a_folder_that_is_not_a_sweep(tmp_path):
     assert (out / "trials" / "precious.txt").read_text() == "keep" and (out / "sweep_table.txt").exists()
 
 
-class _Payload:
-    """Unpickling it creates a file: the proof that a pickle ran."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_tune_state_is_loaded_only_where_this_sweep_recorded_it_and_unchanged(tmp_path):
     home, exp = str(tmp_path / "home"), tmp_path / "tune" / "s"
     exp.mkdir(parents=True)
-    (exp / "tuner.pkl").write_bytes(pickle.dumps(_Payload(str(tmp_path / "ran"))))
+    (exp / "tuner.pkl").write_bytes(pickle.dumps(PicklePayload(str(tmp_path / "ran"))))
     (exp / "experiment_state-1.json").write_text("{}")
     with pytest.raises(ConfigError, match="holds Tune state that this sweep did not write"):
         state_digest.check(str(exp), home, resuming=False)  # planted in a sweep that never ran here
@@ -52,7 +42,7 @@ def test_tune_state_is_loaded_only_where_this_sweep_recorded_it_and_unchanged(tm
     with pytest.raises(ConfigError, match="did not write"):
         state_digest.check(str(exp), home, resuming=False)  # a new sweep's folder: never
     state_digest.check(str(exp), home, resuming=True)  # this sweep's own, unchanged: loaded
-    (exp / "tuner.pkl").write_bytes(pickle.dumps(_Payload(str(tmp_path / "ran2"))))  # swapped since
+    (exp / "tuner.pkl").write_bytes(pickle.dumps(PicklePayload(str(tmp_path / "ran2"))))  # swapped since
     with pytest.raises(ConfigError, match="or that changed since its last save"):
         state_digest.check(str(exp), home, resuming=True)
     assert not (tmp_path / "ran").exists() and not (tmp_path / "ran2").exists()

@@ -8,6 +8,8 @@ from repb_ray.tune.progress import progress_line
 from repb_ray.tune.report import aggregate, format_table, label_trials, paper_table, pareto_front
 from repb_ray.tune.spec import SweepSpec
 
+pytestmark = pytest.mark.unit  # in-process, seconds
+
 
 def test_trials_are_grid_then_grids_then_baselines_times_seeds():
     spec = SweepSpec(base={"task": "synthetic"}, search={"policy_args.rho": {"grid": [0.3, 0.5]},
