@@ -69,7 +69,13 @@ class RealStepLR:
     each `step()` then advances the wrapped scheduler by steps_per_epoch / real_steps of its own steps
     (an integer number each time, steps_per_epoch per epoch in all), so OneCycleLR, StepLR, cosine or
     warmup schedules keep their shape over epochs instead of stopping short (or running past their
-    end) when epochs get shorter. get_last_lr, state_dict and load_state_dict work as on a scheduler."""
+    end) when epochs get shorter. get_last_lr, state_dict and load_state_dict work as on a scheduler.
+
+    Its state is the wrapped scheduler's own, plus its position under STATE_KEY: a trainer that restores
+    a checkpoint into the bare scheduler before wrapping it again (Lightning restores schedulers before
+    on_train_start) gives the bare scheduler its position, and the new wrapper takes its own from there."""
+
+    STATE_KEY = "real_step_lr"
 
     def __init__(self, scheduler, steps_per_epoch: int):
         from repb_ray.core.checks import check_int
@@ -77,6 +83,9 @@ class RealStepLR:
         self.optimizer = scheduler.optimizer
         self.steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, minimum=1)
         self.epoch, self.real_steps, self.done, self.nominal = 1, self.steps_per_epoch, 0, 0
+        restored = scheduler.__dict__.pop(self.STATE_KEY, None)  # left there by load_state_dict of the bare one
+        if isinstance(restored, dict):
+            self._load_own(restored)
 
     def start_epoch(self, epoch: int, real_steps: int) -> None:
         """Epoch `epoch` (1-based) takes `real_steps` optimizer steps."""
@@ -97,10 +106,14 @@ class RealStepLR:
         return self.scheduler.get_last_lr()
 
     def state_dict(self) -> dict:
-        return {"scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "real_steps": self.real_steps,
-                "done": self.done, "nominal": self.nominal, "steps_per_epoch": self.steps_per_epoch}
+        return {**self.scheduler.state_dict(),
+                self.STATE_KEY: {"epoch": self.epoch, "real_steps": self.real_steps, "done": self.done,
+                                 "nominal": self.nominal, "steps_per_epoch": self.steps_per_epoch}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.real_steps, self.done = state["epoch"], state["real_steps"], state["done"]
-        self.nominal, self.steps_per_epoch = state["nominal"], state["steps_per_epoch"]
+        self.scheduler.load_state_dict({k: v for k, v in state.items() if k != self.STATE_KEY})
+        self._load_own(state[self.STATE_KEY])
+
+    def _load_own(self, own: dict) -> None:
+        self.epoch, self.real_steps, self.done = int(own["epoch"]), int(own["real_steps"]), int(own["done"])
+        self.nominal, self.steps_per_epoch = int(own["nominal"]), int(own["steps_per_epoch"])

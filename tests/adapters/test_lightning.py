@@ -103,43 +103,19 @@ class SaveAtEpochEnd(pl.Callback):
         trainer.save_checkpoint(self.path)
 
 
-class Small(pl.LightningModule):
-    def __init__(self, pruning):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))
-        self.pruning = pruning
-
-    def training_step(self, batch, batch_idx):
-        ids, (x, y) = batch
-        return self.pruning.loss(torch.nn.functional.cross_entropy(self.net(x), y, reduction="none"), ids)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
-
-
 def test_a_run_resumed_from_its_lightning_checkpoint_trains_every_plan_once_in_order(tmp_path):
     """Checkpointing on, the checkpoint written before Pruning's own epoch end: the state is plain types
-    and tensors (torch.load(weights_only=True) reads it) and the resumed run trains plans 3 and 4 where
-    the uninterrupted run did, with the same decisions."""
-    from lightning_script import images
-
-    def fit(epochs, ckpt=None, save=None):
-        pruning = Pruning("repb", {"rho": 0.6}, num_samples=120, epochs=4)
-        callbacks = ([SaveAtEpochEnd(save)] if save else []) + [pruning]
-        trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", use_distributed_sampler=False, callbacks=callbacks,
-                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, default_root_dir=str(tmp_path))
-        x, y = images(120)
-        trainer.fit(Small(pruning), pruning.dataloader(torch.utils.data.TensorDataset(x, y), batch_size=16),
-                    ckpt_path=ckpt)
-        return pruning
-    whole = fit(4)
+    and tensors (torch.load(weights_only=True) reads it), and the resumed run trains plan 3 where the
+    uninterrupted run did, with the same decisions and the same OneCycleLR position (Lightning restores
+    the bare scheduler before Pruning wraps it again)."""
     ckpt = str(tmp_path / "epoch2.ckpt")
-    fit(2, save=ckpt)
+    whole, _, t_whole = train(epochs=3)
+    train(epochs=2, before=(SaveAtEpochEnd(ckpt),))
     state = torch.load(ckpt, weights_only=True)  # nothing but plain types and tensors
     assert state["callbacks"]["Pruning"]["policy"]["epoch"] == 3  # the next plan was decided before the save
-    resumed = fit(4, ckpt=ckpt)
-    assert [e["epoch"] for e in resumed.epochs_log] == [1, 2, 3, 4]
+    resumed, _, t_resumed = train(epochs=3, ckpt_path=ckpt)
+    assert [e["epoch"] for e in resumed.epochs_log] == [1, 2, 3]
     assert [e["kept"] for e in resumed.epochs_log] == [e["kept"] for e in whole.epochs_log]
     assert resumed.pruner.policy.digest() == whole.pruner.policy.digest()
+    lr = [t.lr_scheduler_configs[0].scheduler.get_last_lr() for t in (t_whole, t_resumed)]
+    assert lr[0] == lr[1]

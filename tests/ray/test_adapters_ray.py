@@ -74,3 +74,26 @@ def test_lightning_callback_on_two_ray_workers(ray_session, tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["digest"] == ranks[1]["digest"] and ranks[0]["kept"] == ranks[1]["kept"]  # the same plans
     assert ranks[0]["kept"][0] == 120 and ranks[0]["kept"][1] < 120                             # pruning happened
+
+
+def test_lightning_callback_resumed_by_ray_from_its_checkpoint_trains_every_plan_once(ray_session, tmp_path):
+    """Ray's RayTrainReportCallback checkpoints each epoch (ahead of Pruning), a worker fails at epoch 3,
+    the restarted workers resume from epoch 2's checkpoint: the same plans as the run that did not fail."""
+    pytest.importorskip("lightning")
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    ray_loop = adapters_module("lightning_script").ray_loop
+    outs = {}
+    for name, extra, failures in (("clean", {}, 0), ("failed", {"fail_at_epoch": 3}, 1)):
+        out = tmp_path / name
+        out.mkdir()
+        TorchTrainer(ray_loop, train_loop_config={"out": str(out), **extra},
+                     scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+                     run_config=ray.train.RunConfig(name=f"lightning-{name}", storage_path=str(tmp_path / "store"),
+                                                    failure_config=ray.train.FailureConfig(max_failures=failures))
+                     ).fit()
+        outs[name] = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert (tmp_path / "failed" / "failed").exists()  # it did fail once
+    for r in (0, 1):
+        assert outs["failed"][r]["digest"] == outs["clean"][r]["digest"]
+        assert outs["failed"][r]["kept"] == outs["clean"][r]["kept"] and outs["failed"][r]["epochs"] == [1, 2, 3]
