@@ -122,6 +122,19 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask would, racing other threads)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def write_bytes(location: str, data: bytes) -> None:
     """Write `data` at `location` atomically: a reader sees the old file or the whole new one. Locally
     through a uniquely named temporary file in the same folder, fsynced, then renamed; on a URI in one
@@ -132,6 +145,7 @@ def write_bytes(location: str, data: bytes) -> None:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
         try:
+            os.fchmod(fd, 0o666 & ~_umask())  # as an ordinary file (mkstemp's 0600 would hide it from the team)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()

@@ -107,3 +107,11 @@ def test_file_uris_keep_their_host_port_and_query():
         "hdfs://nn:8020/data/train/part-0.parquet?user=x"
     assert storage.uri_of("s3://bkt/data?endpoint_override=minio:9000", "bkt/data/part-0.parquet") == \
         "s3://bkt/data/part-0.parquet?endpoint_override=minio:9000"
+
+
+def test_written_files_have_the_modes_of_ordinary_files(tmp_path):
+    """A teammate's driver on a shared volume reads a run's record and its owner's heartbeat: files get
+    the mode the umask gives any file (not a temporary file's 0600)."""
+    path = tmp_path / "repb_run.json"
+    storage.write_json(str(path), {"a": 1})
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~storage._umask()
