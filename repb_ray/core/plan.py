@@ -96,14 +96,6 @@ class EpochPlan:
             out.append(PlanChunk.from_mask(self.epoch, lo, mask, self.weights[a:b]))
         return out
 
-    def to_dict(self) -> dict:
-        return {"epoch": self.epoch, "ids": self.ids, "weights": self.weights}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EpochPlan:
-        return cls(int(d["epoch"]), np.array(d["ids"], dtype=np.int64),
-                   np.array(d["weights"], dtype=np.float32))
-
 
 @dataclass(frozen=True, eq=False)
 class PlanChunk:

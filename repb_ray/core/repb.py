@@ -189,7 +189,7 @@ class RePBShard(Shard):
         return table[self.counts[local]]
 
 
-def window_means(policy, stats: dict, window: int):
+def window_means(stats: dict, window: int):
     """Conduct the window means of an epoch: approximate sums, then the exact means of the windows
     where a score is too close to call; leaves each shard's samples marked above/below."""
     exponent = scale_exponent(stats["max_abs"])
@@ -235,7 +235,7 @@ class RePBPolicy(Policy):
         if stats["max_step"] >= max(stats["m"], 1):
             raise ValueError(f"steps must count global steps within the epoch (0, 1, ...), got step "
                              f"{stats['max_step']} for {stats['m']} observed samples in epoch {self.epoch}")
-        yield from window_means(self, stats, p["window"] if p["lwp"] else 0)
+        yield from window_means(stats, p["window"] if p["lwp"] else 0)
         counts = yield Call("plan_counts")
         above, below, out = (sum(c[j] for c in counts) for j in range(3))
         rho = p["rho"]

@@ -162,9 +162,6 @@ class LocalShards:
     def targets(self, front) -> tuple:
         return (front,) * len(self.hosts)
 
-    def kill(self) -> None:
-        pass
-
 
 class ActorShards:
     """The shard group as actors (coordinator_shards = K > 1), each asking for its state's memory."""
@@ -194,7 +191,3 @@ class ActorShards:
 
     def targets(self, front) -> tuple:
         return tuple(self.handles)
-
-    def kill(self) -> None:
-        for h in self.handles:
-            ray.kill(h)
