@@ -98,6 +98,7 @@ class Ownership:
         self.lost: str | None = None     # why this driver lost the run, once it has
         self.on_lost: list = []          # called (from the heartbeat thread) when it is lost
         self._beats = 0
+        self._released = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -233,7 +234,11 @@ class Ownership:
         self.fence.check()
 
     def release(self) -> None:
-        """Stop renewing; mark the generation released (a successor need not wait), unless it was lost."""
+        """Stop renewing; mark the generation released (a successor need not wait), unless it was lost.
+        Once: a second call (after the home was cleared) writes nothing."""
+        if self._released:
+            return
+        self._released = True
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.heartbeat_s + 5)

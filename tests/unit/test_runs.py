@@ -84,7 +84,7 @@ def test_failure_before_the_first_checkpoint_removes_only_this_invocations_files
     (tmp_path / "r1" / "summary.json").write_text("{}")   # written by this invocation
     claim.abandon()
     claim.release()
-    assert not (tmp_path / "r1").exists() and not storage.exists(storage.join(store, "r1", runs.RECORD_FILE))
+    assert not (tmp_path / "r1").exists() and not storage.exists(storage.join(store, "r1"))  # nothing left at all
     assert (tmp_path / "other-run" / "summary.json").exists() and (tmp_path / "mlflow.db").exists()
     assert storage.exists(storage.join(store, "neighbour", "keep.json"))
     # a home and an output folder that were there before keep whatever this invocation did not write
