@@ -120,7 +120,7 @@ def test_a_heartbeat_outage_is_retried_then_stops_the_run_before_it_can_go_stale
     """A transient failure (ESTALE, a 503) is retried and warned about once; one that lasts half the
     staleness period stops the run, before any contender could judge it stale."""
     home = str(tmp_path / "r1")
-    owner = Ownership(home, "r1", stale_s=1.2, heartbeat_s=0.05).acquire()
+    owner = Ownership(home, "r1", stale_s=3.0, heartbeat_s=0.05).acquire()  # stops after 1.5 s without a beat
     stopped = threading.Event()
     owner.on_lost.append(stopped.set)
     folder = os.path.join(home, ownership.OWNER_DIR)
