@@ -160,28 +160,29 @@ class LocalPruner:
         self._served = True
 
 
-def _to_plain(value):
-    """numpy arrays as tensors, numpy scalars as Python numbers, containers recursively."""
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value).copy())
-    if isinstance(value, np.generic):
-        return value.item()
+def _map_leaves(value, leaf):
+    """`value` with `leaf` applied to everything that is not a dict, list or tuple."""
     if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items()}
+        return {k: _map_leaves(v, leaf) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_to_plain(v) for v in value)
-    return value
+        return type(value)(_map_leaves(v, leaf) for v in value)
+    return leaf(value)
+
+
+def _plain_leaf(v):
+    if isinstance(v, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(v).copy())
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _to_plain(value):
+    """numpy arrays as tensors, numpy scalars as Python numbers, at any depth."""
+    return _map_leaves(value, _plain_leaf)
 
 
 def _from_plain(value):
     """The inverse of _to_plain: tensors as numpy arrays."""
-    if isinstance(value, torch.Tensor):
-        return value.numpy()
-    if isinstance(value, dict):
-        return {k: _from_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_from_plain(v) for v in value)
-    return value
+    return _map_leaves(value, lambda v: v.numpy() if isinstance(v, torch.Tensor) else v)
 
 
 class RankBatchSampler:

@@ -93,12 +93,17 @@ def _gather_worker(rank, port, out_dir):
     dist.destroy_process_group()
 
 
-@pytest.mark.slow  # two processes
-def test_gather_observations_across_two_gloo_ranks(tmp_path):
+def _two_ranks(worker, out_dir) -> None:
+    """`worker(rank, port, out_dir)` in two processes of one gloo group on a free 127.0.0.1 port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_gather_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(worker, args=(port, str(out_dir)), nprocs=2, start_method="spawn")
+
+
+@pytest.mark.slow  # two processes
+def test_gather_observations_across_two_gloo_ranks(tmp_path):
+    _two_ranks(_gather_worker, tmp_path)
     r0, r1 = (np.load(tmp_path / f"r{r}.npz") for r in (0, 1))
     for k in ("steps", "ids", "scores"):
         np.testing.assert_array_equal(r0[k], r1[k])
@@ -266,10 +271,7 @@ def _late_group_worker(rank, port, out_dir):
 
 @pytest.mark.slow  # two processes
 def test_a_pruner_made_before_the_process_group_takes_its_rank_once_the_group_is_known(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_late_group_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    _two_ranks(_late_group_worker, tmp_path)
     r = [json.loads(str(np.load(tmp_path / f"late{k}.npy"))) for k in (0, 1)]
     assert [x["before"] for x in r] == [10, 10] and [x["after"] for x in r] == [5, 5]
     assert [(x["rank"], x["world"]) for x in r] == [(0, 2), (1, 2)]
