@@ -20,6 +20,8 @@ import numpy as np
 
 from repb_ray.errors import StorageError
 
+OBJECT_STORES = ("s3", "gs", "gcs")  # schemes whose paths start with the bucket, and where a put is one object
+
 
 def is_uri(location: str) -> bool:
     return "://" in location
@@ -59,18 +61,11 @@ def filesystem(location: str):
         return None, location
     base, query = _split(location)
     parts = urlsplit(base)
-    if parts.scheme in ("s3", "gs", "gcs"):
+    if parts.scheme in OBJECT_STORES:
         root = f"{parts.scheme}://{parts.netloc}" + (f"?{query}" if query else "")
         return _filesystem_of(root), (parts.netloc + parts.path).rstrip("/")
     import pyarrow.fs
     return pyarrow.fs.FileSystem.from_uri(location)
-
-
-def uri_filesystem(location: str):
-    """(pyarrow filesystem, path) for Ray's `storage_filesystem` + `storage_path`, or (None, location)
-    for a local path."""
-    fs, path = filesystem(location)
-    return (None, location) if fs is None else (fs, path)
 
 
 def join(location: str, *parts: str) -> str:
@@ -84,7 +79,7 @@ def uri_of(location: str, path: str) -> str:
     """The URI of `path` (a path within the filesystem of the URI `location`), with its query."""
     base, query = _split(location)
     parts = urlsplit(base)
-    if parts.scheme in ("s3", "gs", "gcs"):
+    if parts.scheme in OBJECT_STORES:
         uri = f"{parts.scheme}://{path}"
     else:
         uri = f"{parts.scheme}://{parts.netloc}{path if path.startswith('/') else '/' + path}"
@@ -173,7 +168,7 @@ def write_bytes(location: str, data: bytes) -> None:
 
 
 def _is_object_store(location: str) -> bool:
-    return is_uri(location) and urlsplit(location).scheme in ("s3", "gs", "gcs")
+    return is_uri(location) and urlsplit(location).scheme in OBJECT_STORES
 
 
 def create_exclusive(location: str, data: bytes) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from ray.data import Datasource, ReadTask
 
+from repb_ray import storage
 from repb_ray.data.plan_index import LOOKUP, PlanIndex, current_index
 from repb_ray.errors import DataError
 
@@ -49,15 +50,9 @@ def _read_ids(block: IdBlock):
         table = ray.get(block.ref)
         return table, table.column("id").to_numpy()
     import pyarrow.parquet as pq
-    fs, path = _filesystem(block.path)
+    fs, path = storage.filesystem(block.path)
     pf = pq.ParquetFile(fs.open_input_file(path)) if fs is not None else pq.ParquetFile(path)
     return pf, pf.read(columns=["id"]).column("id").to_numpy()
-
-
-def _filesystem(path: str):
-    """(pyarrow filesystem or None, path within it): a URI's query (endpoint_override=...) kept."""
-    from repb_ray import storage
-    return storage.filesystem(path)
 
 
 def read_block(block: IdBlock, index: PlanIndex | None) -> list:
@@ -193,7 +188,6 @@ def parquet_files(path) -> list[str]:
     out = []
     for p in paths:
         if "://" in p:
-            from repb_ray import storage
             try:
                 out += storage.list_files(p, ".parquet")
             except FileNotFoundError:
@@ -216,7 +210,7 @@ def read_parquet(path, *, limit: int | None = None, name: str = "parquet"):
     import pyarrow.parquet as pq
     blocks = []
     for f in parquet_files(path):
-        fs, p = _filesystem(f)
+        fs, p = storage.filesystem(f)
         meta = (pq.ParquetFile(p, filesystem=fs) if fs is not None else pq.ParquetFile(p)).metadata
         names = meta.schema.names
         _check_columns(names, f"Parquet file {f}")

@@ -147,7 +147,7 @@ class Ownership:
                 if attempt == 2:
                     raise
                 time.sleep(0.2 * (attempt + 1))
-        return None
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _gone(self, g: int, deadline: float) -> bool:
         """Whether generation g's holder is gone: released, its process ended on this host, or its beat

@@ -91,6 +91,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
                   flush=True)
         console = Console(pruning.coordinator, cfg.epochs, show=progress, decisions=policy_class(cfg.policy).DECISIONS,
                           on_epoch=tracker.epoch).start()
+        fs, path = storage.filesystem(root)  # Ray Train gets the filesystem (a URI's query kept) and the path
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"cfg": worker_config(cfg), "pruning": pruning.handle, "has_test": test_ds is not None},
@@ -100,8 +101,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
                                                    resources_per_worker={"CPU": cfg.cpus_per_worker,
                                                                          **cfg.worker_resources}),
             run_config=ray.train.RunConfig(
-                name=cfg.name, storage_path=storage.uri_filesystem(root)[1],
-                storage_filesystem=storage.uri_filesystem(root)[0],
+                name=cfg.name, storage_path=path, storage_filesystem=fs,
                 failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
                 callbacks=list(callbacks or [])),

@@ -160,10 +160,6 @@ class RunClaim:
     def run_dir(self) -> str:
         return self.cfg.run_dir
 
-    @property
-    def storage_dir(self) -> str:
-        return self.home
-
     def has_checkpoint(self) -> bool:
         """Whether Ray Train saved a checkpoint in the home (a listing that fails raises)."""
         return any(is_checkpoint(e) for e in storage.list_entries(self.home))
