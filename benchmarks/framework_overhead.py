@@ -83,8 +83,8 @@ def main():
     args = ap.parse_args()
     import ray
 
+    from repb_ray.train.driver import run_training
     from repb_ray.train.ray_env import ensure_ray
-    from repb_ray.train.run import run_training
     modes = args.eval_modes.split(",")
     out = tempfile.mkdtemp(prefix="repb_overhead_")
     cfg = Config(task="fashion_mnist", task_args={"train_subset": args.subset}, epochs=args.epochs, policy="full",

@@ -47,7 +47,7 @@ def main():
         pairs = [tuple(json.load(open(p)) for p in args.summaries)]
     else:
         from repb_ray.config import Config
-        from repb_ray.train.run import run_training
+        from repb_ray.train.driver import run_training
         base = Config.from_yaml(os.path.join(os.path.dirname(__file__), "..", "jobs", "configs", "fashion_mnist_repb.yaml"),
                                 [f"task_args.train_subset={args.subset}", f"epochs={args.epochs}",
                                  "tracking_uri=none", "output_dir=/tmp/repb_ray_bench"])

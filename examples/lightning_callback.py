@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from repb_ray.lightning import Pruning  # repb_ray
+from repb_ray.lightning import PruningCallback  # repb_ray
 from repb_ray.torch import end_process_group
 
 
 class Classifier(pl.LightningModule):
-    def __init__(self, pruning: Pruning, lr: float = 0.05):
+    def __init__(self, pruning: PruningCallback, lr: float = 0.05):
         super().__init__()
         self.pruning, self.lr = pruning, lr  # repb_ray (the callback, to weight the loss)
         self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
@@ -55,7 +55,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     x, y = data(args)
     train_set = TensorDataset(x, y)
-    pruning = Pruning("repb", {"rho": 0.5}, num_samples=len(train_set), epochs=args.epochs)  # repb_ray
+    pruning = PruningCallback("repb", {"rho": 0.5}, num_samples=len(train_set), epochs=args.epochs)  # repb_ray
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=args.devices, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[pruning], use_distributed_sampler=False)  # repb_ray (the two last arguments)

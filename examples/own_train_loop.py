@@ -55,9 +55,9 @@ def train_loop(config: dict) -> list:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            session.observe(batch, per_sample)
-        digests.append(session.plan.digest)
-        ray.train.report({"epoch": epoch, "kept": session.plan.kept})
+            session.observe(batch["id"], per_sample)
+        digests.append(session.summary.digest)
+        ray.train.report({"epoch": epoch, "kept": session.summary.kept})
     return digests
 
 

@@ -96,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             cfg = Config.from_yaml(args.config, args.overrides, _values(args))
-            from repb_ray.train.runs import default_name
+            from repb_ray.train.run_home import default_name
             if cfg.name is None:
                 cfg = cfg.replace(name=default_name(args.config, cfg))
             log_dir = cfg.run_dir
-            from repb_ray.train.run import run_training
+            from repb_ray.train.driver import run_training
             run_training(cfg, resume=args.resume, overwrite=args.overwrite, verbose=args.verbose)
         elif args.command == "sweep":
             from repb_ray.tune.spec import SweepSpec

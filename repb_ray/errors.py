@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import traceback
 
+from repb_ray.layout import ERROR_LOG
 from repb_ray.redact import redact_text
 
 
@@ -89,7 +90,7 @@ def write_log(exc: BaseException, directory: str | None) -> str | None:
         for e in _causes(exc):
             if e is not exc and getattr(e, "__traceback__", None) is not None:
                 parts.append("\n--- caused by ---\n" + "".join(traceback.format_exception(type(e), e, e.__traceback__)))
-        path = os.path.join(directory, "error.log")
+        path = os.path.join(directory, ERROR_LOG)
         from repb_ray.storage import write_bytes
         write_bytes(path, redact_text("".join(parts)).encode())
         return path

@@ -4,6 +4,7 @@ from repb_ray.core.bandits import EpsilonGreedyPolicy, UCBPolicy
 from repb_ray.core.baselines import FullPolicy, RandomPolicy
 from repb_ray.core.budget import epoch_sizes, total_steps
 from repb_ray.core.infobatch import InfoBatchPolicy
+from repb_ray.core.local import LocalPolicy
 from repb_ray.core.plan import EpochPlan, PlanChunk, plan_digest
 from repb_ray.core.policy import Policy
 from repb_ray.core.protocol import Call, drive, split_range
@@ -19,7 +20,7 @@ from repb_ray.core.repb import (
 )
 
 __all__ = [
-    "EpochPlan", "PlanChunk", "plan_digest", "Policy", "Call", "drive", "make_policy", "policy_class",
+    "EpochPlan", "PlanChunk", "plan_digest", "Policy", "LocalPolicy", "Call", "drive", "make_policy", "policy_class",
     "split_range", "POLICIES", "POLICY_NAMES", "RePBPolicy", "InfoBatchPolicy", "RandomPolicy", "FullPolicy",
     "EpsilonGreedyPolicy", "UCBPolicy", "prune_windows", "below_window_mean", "lwp_keep", "resample",
     "next_epoch_set", "ctr_weights", "epoch_sizes", "total_steps",

@@ -16,19 +16,27 @@ harness's; the paper tunes them per dataset.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from repb_ray.core.budget import clamp_size, target_size
 from repb_ray.core.checks import check_float, check_int
-from repb_ray.core.policy import Policy, SelectingShard
-from repb_ray.core.protocol import Call
+from repb_ray.core.policy import Policy, SelectingShard, SelectScratch
+from repb_ray.core.protocol import Call, step
 from repb_ray.core.rng import uniforms
 from repb_ray.core.select import order_keys
 
 _NEVER = np.iinfo(np.uint64).max
 
 
+@dataclass
+class BanditScratch(SelectScratch):
+    greedy: np.ndarray | None = None     # the greedy picks, while the uniform part is selected
+
+
 class BanditShard(SelectingShard):
+    SCRATCH = BanditScratch
     STATE = SelectingShard.STATE + ("mean", "var", "observed")
 
     def setup(self) -> None:
@@ -36,6 +44,7 @@ class BanditShard(SelectingShard):
         self.var = np.zeros(self.span, np.float32)
         self.observed = np.zeros(self.span, bool)
 
+    @step
     def absorb(self, alpha: float) -> None:
         """Update the running statistics of the samples trained this epoch."""
         ids, scores = self.buf.arrays()
@@ -50,27 +59,31 @@ class BanditShard(SelectingShard):
         self.mean[local], self.var[local] = new_m, new_v
         self.observed[local] = True
 
+    @step
     def greedy_keys(self, ucb_c: float | None) -> None:
         """Selection keys ordering the samples by descending score (EMA, or mean + c * std)."""
         score = self.mean.astype(np.float64)
         if ucb_c is not None:
             score += ucb_c * np.sqrt(self.var.astype(np.float64))
-        self.tmp["select"] = order_keys(score, largest=True)
+        self.tmp.select = order_keys(score, largest=True)
 
+    @step
     def explore_keys(self, epoch: int) -> None:
         """Keys for the uniform part: the epoch's uniforms, greedy picks excluded."""
-        greedy = self.tmp.pop("keep")
-        self.tmp["greedy"] = greedy
+        greedy = self.tmp.take("keep")
+        self.tmp.greedy = greedy
         keys = np.empty(self.span, np.uint64)
         for start, u in uniforms(self.spec.seed, epoch, self.lo, self.hi):
             keys[start - self.lo: start - self.lo + u.shape[0]] = u.view(np.uint64)  # u >= 0: bits are ordered
         keys[greedy] = _NEVER
-        self.tmp["select"] = keys
+        self.tmp.select = keys
 
+    @step
     def join_greedy(self) -> int:
-        self.tmp["keep"] |= self.tmp.pop("greedy")
-        return int(np.count_nonzero(self.tmp["keep"]))
+        self.tmp.keep |= self.tmp.take("greedy")
+        return int(np.count_nonzero(self.tmp.keep))
 
+    @step
     def keep_plan(self) -> int:
         return self.keep_mask(self.in_plan.copy())
 
@@ -98,20 +111,20 @@ class _BanditPolicy(Policy):
     def conduct_next(self, world_size: int):
         p, e = self.params, self.epoch + 1
         yield from self._validate()
-        yield Call("absorb", (p["ema_alpha"],))
+        yield Call(BanditShard.absorb, (p["ema_alpha"],))
         if (e - 2) % p["select_every"]:
-            kept = yield Call("keep_plan")  # between selections the subset stays
+            kept = yield Call(BanditShard.keep_plan)  # between selections the subset stays
             yield from self._trim_commit(e, kept, 0, world_size, {"size": sum(kept), "selected": False})
             return
         k = self._size(e)
         explore = round(p["epsilon"] * k) if not self.UCB else 0
-        yield Call("greedy_keys", (p["ucb_c"] if self.UCB else None,))
+        yield Call(BanditShard.greedy_keys, (p["ucb_c"] if self.UCB else None,))
         kept = yield from self._select_smallest(k - explore, self.num_samples)
         consumed = 0
         if explore:
-            yield Call("explore_keys", (e,))
+            yield Call(BanditShard.explore_keys, (e,))
             yield from self._select_smallest(explore, self.num_samples)
-            kept = yield Call("join_greedy")
+            kept = yield Call(BanditShard.join_greedy)
             consumed = self.num_samples
         yield from self._trim_commit(e, kept, consumed, world_size, {"size": k, "selected": True})
 

@@ -7,17 +7,19 @@ import numpy as np
 from repb_ray.core.budget import clamp_size, target_size
 from repb_ray.core.checks import check_float
 from repb_ray.core.policy import Policy, SelectingShard
-from repb_ray.core.protocol import Call
+from repb_ray.core.protocol import Call, step
 from repb_ray.core.rng import uniforms
+from repb_ray.core.shard import Shard
 
 
 class RandomShard(SelectingShard):
+    @step
     def draw_keys(self, epoch: int) -> None:
         """Selection keys: this range's uniforms of the epoch's stream."""
         keys = np.empty(self.span, np.uint64)
         for start, u in uniforms(self.spec.seed, epoch, self.lo, self.hi):
             keys[start - self.lo: start - self.lo + u.shape[0]] = u.view(np.uint64)  # u >= 0: bits are ordered
-        self.tmp["select"] = keys
+        self.tmp.select = keys
 
 
 class RandomPolicy(Policy):
@@ -38,10 +40,11 @@ class RandomPolicy(Policy):
         p["prune_ratio"] = check_float("prune_ratio", p["prune_ratio"], lo=0.0, hi=1.0, hi_open=True)
         return p
 
-    def _check_size(self) -> None:
-        if round((1.0 - self.params["prune_ratio"]) * self.num_samples) < 1:
-            raise ValueError(f"prune_ratio={self.params['prune_ratio']:g} keeps no sample of num_samples="
-                             f"{self.num_samples}; lower prune_ratio")
+    @classmethod
+    def _check_size(cls, num_samples: int, params: dict) -> None:
+        if round((1.0 - params["prune_ratio"]) * num_samples) < 1:
+            raise ValueError(f"prune_ratio={params['prune_ratio']:g} keeps no sample of num_samples="
+                             f"{num_samples}; lower prune_ratio")
 
     def _size(self, epoch: int) -> int:
         p = self.params
@@ -53,10 +56,10 @@ class RandomPolicy(Policy):
     def _subset(self, epoch: int, world_size: int):
         k = self._size(epoch)
         if k >= self.num_samples:
-            kept = yield Call("keep_all")
+            kept = yield Call(Shard.keep_all)
             yield from self._trim_commit(epoch, kept, 0, world_size, {"size": k})
             return
-        yield Call("draw_keys", (epoch,))
+        yield Call(RandomShard.draw_keys, (epoch,))
         kept = yield from self._select_smallest(k, self.num_samples)
         yield from self._trim_commit(epoch, kept, self.num_samples, world_size, {"size": k})
 
@@ -65,7 +68,7 @@ class RandomPolicy(Policy):
 
     def conduct_next(self, world_size: int):
         yield from self._validate()
-        yield Call("check_once")
+        yield Call(Shard.check_once)
         yield from self._subset(self.epoch + 1, world_size)
 
 
@@ -78,6 +81,6 @@ class FullPolicy(Policy):
 
     def conduct_next(self, world_size: int):
         yield from self._validate()
-        yield Call("check_once")
-        kept = yield Call("keep_all")
+        yield Call(Shard.check_once)
+        kept = yield Call(Shard.keep_all)
         yield from self._trim_commit(self.epoch + 1, kept, 0, world_size, {})

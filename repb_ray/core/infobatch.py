@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -10,14 +11,21 @@ from repb_ray.core.budget import target_size
 from repb_ray.core.checks import check_bool, check_float, check_int
 from repb_ray.core.exact import digit_sums, group_means, mean_tolerance, scale_exponent
 from repb_ray.core.policy import Policy
-from repb_ray.core.protocol import Call
+from repb_ray.core.protocol import Call, step
 from repb_ray.core.rng import uniforms
-from repb_ray.core.shard import Shard
+from repb_ray.core.shard import Scratch, Shard
 
 BUDGET_MAX_RATIO = 0.9  # the largest r a budget may ask for (weights 1/(1-r) up to 10)
 
 
+@dataclass
+class InfoBatchScratch(Scratch):
+    below: np.ndarray | None = None      # scores below the epoch's mean
+    rescale: np.ndarray | None = None    # the below-mean samples whose kept weight is 1 / (1 - r)
+
+
 class InfoBatchShard(Shard):
+    SCRATCH = InfoBatchScratch
     STATE = Shard.STATE + ("scores", "rescaled")
 
     def setup(self) -> None:
@@ -25,6 +33,7 @@ class InfoBatchShard(Shard):
         self.rescaled = np.zeros(self.span, bool)
         self.ratio = 0.0
 
+    @step
     def absorb(self) -> float:
         """Store this epoch's scores as the samples' last seen loss; max |score| of the range."""
         ids, scores = self.buf.arrays()
@@ -32,35 +41,41 @@ class InfoBatchShard(Shard):
         self.scores[ids - self.lo] = scores
         return float(np.abs(self.scores).max())
 
+    @step
     def score_sum(self) -> float:
         return float(np.add.reduce(self.scores, dtype=np.float64))
 
+    @step
     def below_mean(self, mean: float, tolerance: float) -> bool:
         """Mark the scores below the approximate mean; True when one is within `tolerance` of it."""
-        self.tmp["below"] = self.scores < mean
+        self.tmp.below = self.scores < mean
         return bool((np.abs(self.scores - mean) <= tolerance).any())
 
+    @step
     def score_digits(self, exponent: int) -> np.ndarray:
         return digit_sums(self.scores, None, 1, exponent)
 
+    @step
     def below_exact(self, mean: float) -> None:
-        self.tmp["below"] = self.scores < mean
+        self.tmp.below = self.scores < mean
 
+    @step
     def below_count(self) -> int:
-        return int(np.count_nonzero(self.tmp["below"]))
+        return int(np.count_nonzero(self.tmp.below))
 
+    @step
     def decide(self, epoch: int, ratio: float) -> int:
-        below = self.tmp.pop("below")
+        below = self.tmp.take("below")
         keep = np.empty(self.span, bool)
         for start, u in uniforms(self.spec.seed, epoch, self.lo, self.hi):
             a = start - self.lo
             keep[a: a + u.shape[0]] = ~(below[a: a + u.shape[0]] & (u < ratio))
-        self.tmp["keep"] = keep
-        self.tmp["rescale"] = below
+        self.tmp.keep = keep
+        self.tmp.rescale = below
         return int(np.count_nonzero(keep))
 
     def before_commit(self, epoch: int, keep: np.ndarray, info: dict) -> None:
-        rescale = self.tmp.get("rescale")
+        rescale = self.tmp.rescale
         self.rescaled = np.zeros(self.span, bool) if rescale is None else rescale & keep
         self.ratio = float(info.get("r", 0.0))
 
@@ -110,30 +125,25 @@ class InfoBatchPolicy(Policy):
     def full_data_epoch(self, epoch: int) -> bool:
         return self.params["anneal"] and epoch > self.params["delta"] * self.params["num_epochs"]
 
-    @property
-    def scores(self) -> np.ndarray:
-        shards = self._local()
-        return shards[0].scores if len(shards) == 1 else np.concatenate([s.scores for s in shards])
-
     def conduct_next(self, world_size: int):
         p, e = self.params, self.epoch + 1
         yield from self._validate()
-        exponent = scale_exponent(max((yield Call("absorb"))))
+        exponent = scale_exponent(max((yield Call(InfoBatchShard.absorb))))
         if self.full_data_epoch(e):
-            kept = yield Call("keep_all")
+            kept = yield Call(Shard.keep_all)
             yield from self._trim_commit(e, kept, 0, world_size, {"r": 0.0, "full": True})
             return
         n, max_abs = self.num_samples, math.ldexp(1.0, exponent)
-        mean = sum((yield Call("score_sum"))) / n
-        if any((yield Call("below_mean", (mean, mean_tolerance(n, max_abs, exponent))))):
-            digits = sum((yield Call("score_digits", (exponent,))))
+        mean = sum((yield Call(InfoBatchShard.score_sum))) / n
+        if any((yield Call(InfoBatchShard.below_mean, (mean, mean_tolerance(n, max_abs, exponent))))):
+            digits = sum((yield Call(InfoBatchShard.score_digits, (exponent,))))
             exact = float(group_means(digits, np.array([n]), exponent)[0])
-            yield Call("below_exact", (exact,))
-        below = sum((yield Call("below_count")))
+            yield Call(InfoBatchShard.below_exact, (exact,))
+        below = sum((yield Call(InfoBatchShard.below_count)))
         r = p["prune_ratio"]
         if p["target_pruned"] is not None:
             ahead = sum(self.full_data_epoch(x) for x in range(e + 1, p["num_epochs"] + 1))
             size = target_size(p["target_pruned"], p["num_epochs"], self.num_samples, self.plan_sizes, e, ahead)
             r = min(max((self.num_samples - size) / below, 0.0), BUDGET_MAX_RATIO) if below else 0.0
-        kept = yield Call("decide", (e, r))
+        kept = yield Call(InfoBatchShard.decide, (e, r))
         yield from self._trim_commit(e, kept, self.num_samples, world_size, {"r": r})

@@ -128,3 +128,42 @@ class PlanChunk:
         keep = member[local]
         rank = np.cumsum(member, dtype=np.int64) - 1
         return keep, self.weights[rank[local[keep]]]
+
+
+def pruned_fraction(plan_sizes, num_samples: int) -> float:
+    """1 - sum_E |D_E| / (E n) over the epochs whose plan sizes are given: the one formula for an
+    epoch's pruned fraction (one size) and a run's (all of them)."""
+    sizes = list(plan_sizes)
+    if not sizes:
+        raise ValueError("pruned_fraction needs at least one epoch's plan size")
+    return 1.0 - sum(sizes) / (len(sizes) * num_samples)
+
+
+@dataclass(frozen=True)
+class EpochInfo:
+    """One epoch as every loop sees it, whichever process holds the policy: the epoch (1-based), its
+    plan's size |D_E| of n samples, the world size the plan was trimmed for, and |D_1| .. |D_E|."""
+
+    epoch: int
+    kept: int
+    num_samples: int
+    world_size: int
+    plan_sizes: tuple
+
+    @property
+    def per_rank(self) -> int:
+        """Samples of each rank in this epoch (the plan's size is a multiple of the world size)."""
+        return self.kept // self.world_size
+
+    @property
+    def pruned_fraction(self) -> float:
+        return pruned_fraction([self.kept], self.num_samples)
+
+    @property
+    def cum_pruned_fraction(self) -> float:
+        """Over epochs 1..E, this one included."""
+        return pruned_fraction(self.plan_sizes[: self.epoch], self.num_samples)
+
+    def log(self) -> dict:
+        """The epoch's row of an adapter's epochs_log."""
+        return {"epoch": self.epoch, "kept": self.kept, "pruned_fraction": self.pruned_fraction}

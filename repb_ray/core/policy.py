@@ -1,8 +1,9 @@
-"""Policy: a pruning rule over shards of the id space (one by default), conducted epoch by epoch,
-with the plain single-process API (observe, finish_epoch, plan, state_dict); runs anywhere.
+"""Policy: a pruning rule's global state (epoch, plan sizes, per-epoch decisions) and its end of epoch
+as protocol steps over shards of the id space; runs anywhere. The API of a plain loop (observe,
+finish_epoch, plan, state_dict) is LocalPolicy's (core/local.py), with the shards in its process.
 
 A policy's end of epoch is a generator (`conduct_next`) that yields Calls ("run this step on every
-shard") and combines their small results (core.protocol). The local Policy runs them on in-process
+shard") and combines their small results (core.protocol). LocalPolicy runs them on in-process
 shards; the Ray coordinator runs the same generators on shard actors, so plans are the same for any
 number of shards, bit for bit.
 
@@ -14,22 +15,25 @@ budget (`BUDGET`). Adding a policy is one file with one such class, plus its lin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from repb_ray.core import rng
 from repb_ray.core.budget import check_budget
 from repb_ray.core.checks import check_int, suggest
-from repb_ray.core.plan import EpochPlan, combine_digest
-from repb_ray.core.protocol import Call, Spec, call_shards, check_bounds, drive, split_range
+from repb_ray.core.plan import pruned_fraction
+from repb_ray.core.protocol import Call, Spec, step
 from repb_ray.core.rng import rng_after
 from repb_ray.core.select import RadixSelect, radix_threshold, smallest_mask
-from repb_ray.core.shard import Shard
+from repb_ray.core.shard import Scratch, Shard
 
 STATE_FORMAT = 3
 RUN_PARAMS = ("num_epochs", "target_pruned")  # set by the run (its epochs and budget), not in policy_args
 
 
 class Policy:
-    """Holds the global state (epoch, plan sizes, per-epoch decisions) and, when local, the shards.
+    """The global state (epoch, plan sizes, per-epoch decisions) and the conduct of each epoch's end.
 
     Subclasses set `name`, `PARAMS` (name -> default, `...` when required), `SHARD` and define
     `_check_params` (classmethod), `conduct_first()` and `conduct_next(world_size)`.
@@ -44,29 +48,29 @@ class Policy:
     BUDGET = True                  # whether target_pruned applies
     LABEL_PARAMS: tuple = ()       # parameters that tell variants apart in reports
 
-    def __init__(self, num_samples: int, seed: int = 0, world_size: int = 1, *, shards: int = 1,
-                 bounds=None, local: bool = True, **params):
-        self.num_samples = check_int("num_samples", num_samples, minimum=1)
-        self.seed = check_int("seed", seed, minimum=0)
-        self.world_size = self._check_world_size(world_size)
-        self.params = self.check_params(params)
-        self._check_size()
+    def __init__(self, num_samples: int, seed: int = 0, world_size: int = 1, *, shards: int = 1, **params):
+        self.params = self.check(num_samples, seed, world_size, **params)
+        self.num_samples, self.seed, self.world_size = int(num_samples), int(seed), int(world_size)
+        self.num_shards = check_int("shards", shards, minimum=1)   # the id-range shards it conducts
+        if self.num_shards > self.num_samples:
+            raise ValueError(f"shards={shards} is larger than num_samples={num_samples}; use fewer shards")
         self.spec = Spec(self.name, self.num_samples, self.seed, dict(self.params))
-        if bounds is None:
-            k = check_int("shards", shards, minimum=1)
-            if k > self.num_samples:
-                raise ValueError(f"shards={k} is larger than num_samples={self.num_samples}; use fewer shards")
-            bounds = split_range(self.num_samples, k)
-        self.bounds = check_bounds(bounds, self.num_samples)
         self.epoch = 0
         self.plan_sizes: list[int] = []   # |D_1|, ..., |D_E|: the current epoch E's plan included (not yet trained)
         self.history: list[dict] = []     # the decision of each epoch's plan (DECISIONS keys)
-        self.shards = [self.SHARD(lo, hi, self.spec) for lo, hi in self.bounds] if local else None
-        self._plan: EpochPlan | None = None
-        if local:
-            self._run(self.conduct_first())
 
     # -- parameters -------------------------------------------------------------------------------
+    @classmethod
+    def check(cls, num_samples: int, seed: int = 0, world_size: int = 1, **params) -> dict:
+        """Everything a policy of this class checks when it is made (TypeError/ValueError naming the
+        value and the fix), without making one; returns the parameters with defaults filled in."""
+        n = check_int("num_samples", num_samples, minimum=1)
+        check_int("seed", seed, minimum=0)
+        _check_world_size(world_size, n)
+        p = cls.check_params(params)
+        cls._check_size(n, p)
+        return p
+
     @classmethod
     def check_params(cls, params: dict) -> dict:
         """The parameters with defaults filled in, validated (TypeError/ValueError naming the value)."""
@@ -111,77 +115,17 @@ class Policy:
         extras = [f"W={params['window']}" if k == "window" else f"{k}={params[k]}" for k in varying]
         return cls.display_name + (f" ({', '.join(extras)})" if extras else "")
 
-    def _check_size(self) -> None:
+    @classmethod
+    def _check_size(cls, num_samples: int, params: dict) -> None:
         """Checks that need num_samples (subclasses)."""
 
     def _check_world_size(self, world_size) -> int:
-        ws = check_int("world_size", world_size, minimum=1)
-        if ws > self.num_samples:
-            raise ValueError(f"world_size={ws} is larger than num_samples={self.num_samples}; "
-                             "use fewer workers or more data")
-        return ws
-
-    # -- running the protocol on local shards ------------------------------------------------------
-    def _run(self, gen):
-        self._plan = None
-        return drive(gen, lambda request: call_shards(self._local(), request))
-
-    def _local(self) -> list:
-        if self.shards is None:
-            raise RuntimeError("this policy conducts remote shards; observe and read plans through them")
-        return self.shards
-
-    # -- the epoch loop ---------------------------------------------------------------------------
-    @property
-    def plan(self) -> EpochPlan:
-        if self._plan is None:
-            parts = [s.plan_arrays() for s in self._local()]
-            ids = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-            w = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
-            self._plan = EpochPlan(self.epoch, ids.astype(np.int64, copy=False), w)
-        return self._plan
-
-    def observe(self, step, ids: np.ndarray, scores: np.ndarray) -> None:
-        """Record scores of trained samples: `step` the global step within the epoch (an int for a
-        whole batch, the fast path; or an int64 array, one per sample), ids int64 and scores float32,
-        1-D of one length. Any chunking and any order."""
-        shards = self._local()
-        if len(shards) == 1:
-            shards[0].observe(step, ids, scores)
-            return
-        for j, sel in self._route(ids):
-            shards[j].observe(step if np.ndim(step) == 0 else step[sel], ids[sel], scores[sel])
-
-    def _route(self, ids: np.ndarray):
-        ids = np.asarray(ids)
-        owner = np.searchsorted(np.array([b for _, b in self.bounds[:-1]], np.int64), ids, side="right")
-        for j in np.unique(owner):
-            yield int(j), owner == j
-
-    def finish_epoch(self, world_size: int | None = None) -> EpochPlan:
-        """Decide D_{E+1} and its weights from this epoch's observations; returns the new plan.
-        With world_size, |D_{E+1}| is made divisible by it by moving at most world_size-1 randomly
-        chosen samples out (they count as not trained and can be resampled later)."""
-        ws = self.world_size if world_size is None else self._check_world_size(world_size)
-        self._run(self.conduct_next(ws))
-        return self.plan
-
-    def retrim(self, world_size: int) -> EpochPlan:
-        """Make the current plan's size divisible by a new world size (resuming on another number of
-        workers): the samples moved out are drawn from default_rng([seed, epoch, 1])."""
-        self.world_size = self._check_world_size(world_size)
-        self._run(self.conduct_retrim(world_size))
-        return self.plan
+        return _check_world_size(world_size, self.num_samples)
 
     # -- accounting -------------------------------------------------------------------------------
-    @property
-    def counts(self) -> np.ndarray:
-        shards = self._local()
-        return shards[0].counts if len(shards) == 1 else np.concatenate([s.counts for s in shards])
-
     def pruned_fraction(self) -> float:
         """1 - sum_E |D_E| / (E n) over the epochs planned so far, the current one included."""
-        return 1.0 - sum(self.plan_sizes) / (len(self.plan_sizes) * self.num_samples)
+        return pruned_fraction(self.plan_sizes, self.num_samples)
 
     def budget_status(self, epochs: int | None = None) -> dict | None:
         """With target_pruned: the pruned fraction over the first `epochs` (default num_epochs) epochs
@@ -189,26 +133,14 @@ class Policy:
         target = self.params.get("target_pruned")
         if target is None:
             return None
-        done = self.plan_sizes[: epochs or self.params["num_epochs"]]
-        pruned = 1.0 - sum(done) / (len(done) * self.num_samples)
+        pruned = pruned_fraction(self.plan_sizes[: epochs or self.params["num_epochs"]], self.num_samples)
         return {"target_pruned": target, "pruned": pruned, "reached": abs(pruned - target) <= 0.01}
-
-    def digest(self) -> str:
-        return combine_digest(s.digest_parts() for s in self._local())
 
     # -- state ------------------------------------------------------------------------------------
     def global_state(self) -> dict:
         return {"format": STATE_FORMAT, "policy": self.name, "params": dict(self.params),
                 "num_samples": self.num_samples, "seed": self.seed, "world_size": self.world_size,
                 "epoch": self.epoch, "plan_sizes": list(self.plan_sizes), "history": [dict(h) for h in self.history]}
-
-    def state_dict(self) -> dict:
-        """Global state plus every per-sample array over the whole id range (the same for any number
-        of shards, so a state saved with K shards loads into any other K)."""
-        shards = self._local()
-        parts = [s.state_arrays() for s in shards]
-        arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        return {**self.global_state(), **shards[0].state_scalars(), **arrays}
 
     def check_state(self, state: dict) -> None:
         if state.get("format") != STATE_FORMAT:
@@ -226,41 +158,34 @@ class Policy:
         self.epoch = int(state["epoch"])
         self.plan_sizes = [int(s) for s in state["plan_sizes"]]
         self.history = [dict(h) for h in state.get("history", [])]
-        self._plan = None
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue exactly where the policy that produced `state` was."""
-        self.load_global_state(state)
-        for s in self._local():
-            s.load_arrays(state, self.epoch)
 
     # -- protocol pieces shared by the policies ---------------------------------------------------
     def _validate(self):
-        stats = yield Call("validate")
+        stats = yield Call(Shard.validate)
         return {"m": sum(s["m"] for s in stats), "max_abs": max(s["max_abs"] for s in stats),
                 "max_step": max(s["max_step"] for s in stats)}
 
     def _select_smallest(self, k: int, total: int):
-        """Conduct an exact k-smallest selection over the keys each shard holds in tmp['select'];
-        each shard ends with the chosen mask in tmp['keep']. Returns the kept counts per shard."""
-        if k >= total or len(self.bounds) == 1:
-            return (yield Call("select_local", (k,)))
+        """Conduct an exact k-smallest selection over the keys each shard holds in tmp.select;
+        each shard ends with the chosen mask in tmp.keep. Returns the kept counts per shard."""
+        if k >= total or self.num_shards == 1:
+            return (yield Call(SelectingShard.select_local, (k,)))
         drive_radix = radix_threshold(k)
         request = next(drive_radix)
         while True:
-            hists = yield Call("select_histogram", request)
+            hists = yield Call(SelectingShard.select_histogram, request)
             try:
                 request = drive_radix.send(np.sum(hists, axis=0))
             except StopIteration as stop:
                 threshold, ties = stop.value
                 break
-        counts = yield Call("select_counts", (threshold,))
+        counts = yield Call(SelectingShard.select_counts, (threshold,))
         per = []
         for _below, equal in counts:
             take = min(ties, equal)
             ties -= take
             per.append((threshold, take))
-        return (yield Call("select_apply", per_shard=per))
+        return (yield Call(SelectingShard.select_apply, per_shard=per))
 
     def _trim_commit(self, epoch: int, kept: list[int], consumed: int, world_size: int, info: dict):
         """Trim the proposed plan to a multiple of world_size with the epoch's generator (after the
@@ -276,7 +201,7 @@ class Policy:
             offsets = np.concatenate([[0], np.cumsum(kept)])
             for j in range(len(kept)):
                 drops[j] = (pos[(pos >= offsets[j]) & (pos < offsets[j + 1])] - offsets[j]).tolist()
-        sizes = yield Call("commit", per_shard=[(epoch, d, info) for d in drops])
+        sizes = yield Call(Shard.commit, per_shard=[(epoch, d, info) for d in drops])
         self.epoch = epoch
         self.plan_sizes.append(int(sum(sizes)))
         self.history.append(dict(info))
@@ -284,42 +209,63 @@ class Policy:
 
     def conduct_first(self):
         """Epoch 1: the whole dataset (trimmed to the world size)."""
-        kept = yield Call("keep_all")
+        kept = yield Call(Shard.keep_all)
         yield from self._trim_commit(1, kept, 0, self.world_size, {})
 
     def conduct_next(self, world_size: int):
         raise NotImplementedError
 
     def conduct_retrim(self, world_size: int):
+        """Trim the current plan to a multiple of a new world size, which the policy takes."""
+        self.world_size = self._check_world_size(world_size)
         k = self.plan_sizes[-1]
         extra = k % world_size
         if extra == 0:
             return
         if k - extra == 0:
             raise ValueError(f"the plan of epoch {self.epoch} has {k} samples, fewer than world_size={world_size}")
-        pos = np.sort(np.random.default_rng([self.seed, self.epoch, 1]).choice(k, size=extra, replace=False))
-        kept = yield Call("current_size")
+        pos = np.sort(rng.retrim(self.seed, self.epoch).choice(k, size=extra, replace=False))
+        kept = yield Call(Shard.current_size)
         offsets = np.concatenate([[0], np.cumsum(kept)])
         drops = [(pos[(pos >= offsets[j]) & (pos < offsets[j + 1])] - offsets[j]).tolist() for j in range(len(kept))]
-        sizes = yield Call("retrim", per_shard=[(d,) for d in drops])
+        sizes = yield Call(Shard.retrim, per_shard=[(d,) for d in drops])
         self.plan_sizes[-1] = int(sum(sizes))
 
 
+def _check_world_size(world_size, num_samples: int) -> int:
+    ws = check_int("world_size", world_size, minimum=1)
+    if ws > num_samples:
+        raise ValueError(f"world_size={ws} is larger than num_samples={num_samples}; use fewer workers or more data")
+    return ws
+
+
+@dataclass
+class SelectScratch(Scratch):
+    select: np.ndarray | None = None     # the selection keys of the range (uint64)
+    radix: RadixSelect | None = None     # the radix selection under way over them
+
+
 class SelectingShard(Shard):
-    """A shard that can take part in an exact k-smallest selection over keys in tmp['select']."""
+    """A shard that can take part in an exact k-smallest selection over keys in tmp.select."""
 
+    SCRATCH = SelectScratch
+
+    @step
     def select_local(self, k: int) -> int:
-        self.tmp["keep"] = smallest_mask(self.tmp.pop("select"), k)
-        return int(np.count_nonzero(self.tmp["keep"]))
+        self.tmp.keep = smallest_mask(self.tmp.take("select"), k)
+        return int(np.count_nonzero(self.tmp.keep))
 
+    @step
     def select_histogram(self, prefix: int, bits: int) -> np.ndarray:
-        if "radix" not in self.tmp:
-            self.tmp["radix"] = RadixSelect(self.tmp.pop("select"))
-        return self.tmp["radix"].histogram(prefix, bits)
+        if self.tmp.radix is None:
+            self.tmp.radix = RadixSelect(self.tmp.take("select"))
+        return self.tmp.radix.histogram(prefix, bits)
 
+    @step
     def select_counts(self, threshold: int) -> tuple[int, int]:
-        return self.tmp["radix"].counts(threshold)
+        return self.tmp.radix.counts(threshold)
 
+    @step
     def select_apply(self, threshold: int, ties: int) -> int:
-        self.tmp["keep"] = self.tmp.pop("radix").mask(threshold, ties)
-        return int(np.count_nonzero(self.tmp["keep"]))
+        self.tmp.keep = self.tmp.take("radix").mask(threshold, ties)
+        return int(np.count_nonzero(self.tmp.keep))

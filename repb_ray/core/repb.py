@@ -14,15 +14,17 @@ one array; RePBShard reaches the same mask across shards with partial sums.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from repb_ray.core.budget import target_size
 from repb_ray.core.checks import check_bool, check_float, check_int
 from repb_ray.core.exact import digit_sums, group_means, mean_tolerance, scale_exponent
 from repb_ray.core.policy import Policy
-from repb_ray.core.protocol import Call
+from repb_ray.core.protocol import Call, step
 from repb_ray.core.rng import uniforms
-from repb_ray.core.shard import Shard
+from repb_ray.core.shard import Scratch, Shard
 
 # -- the rule --------------------------------------------------------------------------------------
 
@@ -100,26 +102,38 @@ def rho_for_size(size: float, above: int, below: int, out: int) -> float:
     return float(min(max(1.0 - (size - above) / candidates, 0.0), 1.0))
 
 
+@dataclass
+class RePBScratch(Scratch):
+    runs: tuple | None = None            # (window of each run of observations, run lengths)
+    below: np.ndarray | None = None      # per observation: below its window's mean (approximate compare)
+    unsure: np.ndarray | None = None     # per observation: too close to its window's mean to tell yet
+    state: np.ndarray | None = None      # per id: 0 not in D_E, 1 at or above its window mean, 2 below
+
+
 class RePBShard(Shard):
     """One id range: marks each observed sample at/above (1) or below (2) its window's mean, then
     applies next_epoch_set with this range's uniforms; weights by ctr_weights."""
 
+    SCRATCH = RePBScratch
+
+    @step
     def window_sums(self, window: int, num_windows: int):
         """Float64 sums (any order) and counts of the scores per window (window 0: one per epoch)."""
         steps, starts, lengths = self.buf.run_arrays()
         run_win = window_of(steps, window or None)
-        self.tmp["runs"] = run_win, lengths
+        self.tmp.runs = run_win, lengths
         _, scores = self.buf.arrays()
         sums = np.add.reduceat(scores, starts, dtype=np.float64) if starts.size else np.zeros(0)
         return (np.bincount(run_win, weights=sums, minlength=num_windows),
                 np.bincount(run_win, weights=lengths, minlength=num_windows).astype(np.int64))
 
+    @step
     def below_mean(self, mu: np.ndarray, tolerance: float) -> list[int]:
         """Compare each score with its window's approximate mean; returns the windows that hold a
         score within `tolerance` of it (they need the exact mean), else marks the samples.
         Comparisons run on float32 against thresholds rounded outward, which is exact for float32
         scores: s < t iff s < ceil32(t), and s >= t iff s >= ceil32(t)."""
-        run_win, lengths = self.tmp["runs"]
+        run_win, lengths = self.tmp.runs
         _, scores = self.buf.arrays()
         mu_run = mu[run_win]
         below = scores < np.repeat(ceil32(mu_run), lengths)
@@ -136,13 +150,14 @@ class RePBShard(Shard):
         if not unsure.any():
             self._mark(below)
             return []
-        self.tmp["below"], self.tmp["unsure"] = below, unsure
+        self.tmp.below, self.tmp.unsure = below, unsure
         return np.unique(np.repeat(run_win, lengths)[unsure]).tolist()
 
     def _obs_windows(self) -> np.ndarray:
-        run_win, lengths = self.tmp["runs"]
+        run_win, lengths = self.tmp.runs
         return np.repeat(run_win, lengths)
 
+    @step
     def exact_sums(self, exponent: int, windows: np.ndarray) -> np.ndarray:
         """Exact digit sums of the scores of the listed (sorted) windows."""
         obs_win = self._obs_windows()
@@ -150,33 +165,36 @@ class RePBShard(Shard):
         _, scores = self.buf.arrays()
         return digit_sums(scores[sel], np.searchsorted(windows, obs_win[sel]), windows.shape[0], exponent)
 
+    @step
     def resolve(self, windows: np.ndarray, mu: np.ndarray) -> None:
         """Decide the unsure samples with the exact means of their windows (a shard that had none
         decided all its samples in below_mean)."""
-        if "unsure" not in self.tmp:
+        if self.tmp.unsure is None:
             return
-        below, unsure = self.tmp.pop("below"), self.tmp.pop("unsure")
+        below, unsure = self.tmp.take("below"), self.tmp.take("unsure")
         _, scores = self.buf.arrays()
         below[unsure] = scores[unsure] < mu[np.searchsorted(windows, self._obs_windows()[unsure])]
         self._mark(below)
 
     def _mark(self, below: np.ndarray) -> None:
-        self.tmp["state"] = self.seen(below)  # 0: not in D_E, 1: at or above its window mean, 2: below
+        self.tmp.state = self.seen(below)  # 0: not in D_E, 1: at or above its window mean, 2: below
 
+    @step
     def plan_counts(self) -> tuple[int, int, int]:
         """(above, below, out): plan samples at or above their window mean, below it, ids not in the plan."""
-        n_below = int(np.count_nonzero(self.tmp["state"] == 2))
+        n_below = int(np.count_nonzero(self.tmp.state == 2))
         return self.plan_size - n_below, n_below, self.span - self.plan_size
 
+    @step
     def decide(self, epoch: int, rho: float, resampling: bool) -> int:
         """D_{E+1} on this range: next_epoch_set with this range's uniforms of the epoch's stream."""
-        state = self.tmp.pop("state")
+        state = self.tmp.take("state")
         keep = np.empty(self.span, bool)
         for start, u in uniforms(self.spec.seed, epoch, self.lo, self.hi):
             a = start - self.lo
             st = state[a: a + u.shape[0]]
             keep[a: a + u.shape[0]] = next_epoch_set(st != 0, st == 2, u, rho, resampling)
-        self.tmp["keep"] = keep
+        self.tmp.keep = keep
         return int(np.count_nonzero(keep))
 
     def weights_of(self, local: np.ndarray) -> np.ndarray:
@@ -194,16 +212,16 @@ def window_means(stats: dict, window: int):
     where a score is too close to call; leaves each shard's samples marked above/below."""
     exponent = scale_exponent(stats["max_abs"])
     num_windows = stats["max_step"] // window + 1 if window else 1
-    parts = yield Call("window_sums", (window, num_windows))
+    parts = yield Call(RePBShard.window_sums, (window, num_windows))
     sums, counts = sum(x[0] for x in parts), sum(x[1] for x in parts)
     with np.errstate(invalid="ignore", divide="ignore"):
         mu = sums / counts
     tol = mean_tolerance(int(counts.max()), stats["max_abs"], exponent)
-    unsure = yield Call("below_mean", (mu, tol))
+    unsure = yield Call(RePBShard.below_mean, (mu, tol))
     windows = np.array(sorted(set().union(*unsure)), np.int64)
     if windows.size:
-        digits = sum((yield Call("exact_sums", (exponent, windows))))
-        yield Call("resolve", (windows, group_means(digits, counts[windows], exponent)))
+        digits = sum((yield Call(RePBShard.exact_sums, (exponent, windows))))
+        yield Call(RePBShard.resolve, (windows, group_means(digits, counts[windows], exponent)))
 
 
 class RePBPolicy(Policy):
@@ -236,11 +254,11 @@ class RePBPolicy(Policy):
             raise ValueError(f"steps must count global steps within the epoch (0, 1, ...), got step "
                              f"{stats['max_step']} for {stats['m']} observed samples in epoch {self.epoch}")
         yield from window_means(stats, p["window"] if p["lwp"] else 0)
-        counts = yield Call("plan_counts")
+        counts = yield Call(RePBShard.plan_counts)
         above, below, out = (sum(c[j] for c in counts) for j in range(3))
         rho = p["rho"]
         if p["target_pruned"] is not None:
             size = target_size(p["target_pruned"], p["num_epochs"], self.num_samples, self.plan_sizes, e)
             rho = rho_for_size(size, above, below, out if p["resample"] else 0)
-        kept = yield Call("decide", (e, rho, p["resample"]))
+        kept = yield Call(RePBShard.decide, (e, rho, p["resample"]))
         yield from self._trim_commit(e, kept, self.num_samples, world_size, {"rho": rho})

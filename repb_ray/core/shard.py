@@ -3,20 +3,43 @@ that only need that range; a policy conducts the steps over all shards. Runs any
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from repb_ray.core.observations import ObservationBuffer
 from repb_ray.core.plan import PlanChunk, digest_parts, merge_digest_parts
+from repb_ray.core.protocol import step, steps_of
 
 MAX_EPOCHS = np.iinfo(np.uint16).max - 1  # selection counts N_i are uint16
+
+
+@dataclass
+class Scratch:
+    """What a shard's protocol steps hand each other within one end of epoch (`Shard.tmp`, cleared at
+    `commit`): `keep`, the proposed plan over the range. A policy's shard adds its own fields."""
+
+    keep: np.ndarray | None = None
+
+    def take(self, name: str):
+        """The field's value, cleared (a value used once)."""
+        value = getattr(self, name)
+        setattr(self, name, None)
+        return value
 
 
 class Shard:
     """counts N_i (uint16), membership of the current plan (bool), the epoch's observations, and
     what a subclass adds (STATE lists the arrays saved with the state). Temporary results of the
-    protocol's steps live in `self.tmp` until `commit`."""
+    protocol's steps live in `self.tmp` (a SCRATCH) until `commit`."""
 
     STATE: tuple[str, ...] = ("counts", "in_plan")
+    SCRATCH = Scratch
+    STEPS: frozenset = frozenset()   # the protocol steps (methods marked @step), set when a subclass is defined
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.STEPS = steps_of(cls)
 
     def __init__(self, lo: int, hi: int, spec):
         self.lo, self.hi, self.span = lo, hi, hi - lo
@@ -26,7 +49,7 @@ class Shard:
         self.plan_size = 0
         self.epoch = 0
         self.buf = ObservationBuffer()
-        self.tmp: dict = {}
+        self.tmp = self.SCRATCH()
         self.setup()
 
     def setup(self) -> None:
@@ -44,6 +67,7 @@ class Shard:
         self.buf.add_runs(run_steps, run_sizes, ids, scores)
 
     # -- protocol steps shared by every policy -------------------------------------------------------
+    @step
     def validate(self) -> dict:
         """Cheap whole-epoch checks; returns the number observed, max |score| and max step."""
         ids, scores = self.buf.arrays()
@@ -95,30 +119,35 @@ class Shard:
                          f"observed (first ids: {missing[:5].tolist()}); observe every trained sample before "
                          "finish_epoch")
 
+    @step
     def check_once(self) -> None:
         """The exactly-once check of `seen`, for policies that do not use the scores."""
         self.seen()
 
+    @step
     def current_counts(self) -> np.ndarray:
         return self.counts.copy()
 
+    @step
     def current_size(self) -> int:
         return self.plan_size
 
+    @step
     def keep_all(self) -> int:
-        self.tmp["keep"] = np.ones(self.span, bool)
+        self.tmp.keep = np.ones(self.span, bool)
         return self.span
 
     def keep_mask(self, keep: np.ndarray) -> int:
-        self.tmp["keep"] = keep
+        self.tmp.keep = keep
         return int(np.count_nonzero(keep))
 
+    @step
     def commit(self, epoch: int, drop: list, info: dict) -> int:
-        """Make the proposed `tmp['keep']`, minus the positions (ranks among the kept ids of this
+        """Make the proposed `tmp.keep`, minus the positions (ranks among the kept ids of this
         range) in `drop`, the plan of `epoch`; count it in N_i. Returns the plan size here."""
         if epoch > MAX_EPOCHS:
             raise ValueError(f"epoch {epoch} exceeds the {MAX_EPOCHS} epochs that the uint16 counts hold")
-        keep = self.tmp.pop("keep")
+        keep = self.tmp.take("keep")
         if len(drop):
             keep[np.flatnonzero(keep)[np.asarray(drop, np.int64)]] = False
         self.before_commit(epoch, keep, info)
@@ -126,13 +155,14 @@ class Shard:
         self.counts += keep
         self.plan_size = int(np.count_nonzero(keep))
         self.epoch = epoch
-        self.tmp.clear()
+        self.tmp = self.SCRATCH()
         self.buf.reset(self.plan_size)
         return self.plan_size
 
     def before_commit(self, epoch: int, keep: np.ndarray, info: dict) -> None:
         """Subclass hook: update per-sample state for the new plan (counts not yet incremented)."""
 
+    @step
     def retrim(self, drop: list) -> int:
         """Move the kept ids at positions `drop` out of the current plan (resuming on another world
         size): they count as not trained in this epoch."""
@@ -151,6 +181,7 @@ class Shard:
         """float32 loss weights of the plan members at local positions (sorted)."""
         return np.ones(local.shape[0], np.float32)
 
+    @step
     def plan_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         local = self.plan_local()
         return (local + self.lo if self.lo else local), self.weights_of(local)
@@ -208,8 +239,11 @@ class Shard:
         if mine.any():
             self.buf.add(np.asarray(arrays["pending_steps"], np.int64)[mine].copy(), ids[mine].copy(),
                          np.asarray(arrays["pending_scores"], np.float32)[mine].copy())
-        self.tmp.clear()
+        self.tmp = self.SCRATCH()
 
     def nbytes(self) -> dict:
         """Resident bytes: per-sample state and the observation buffer."""
         return {"state": sum(getattr(self, k).nbytes for k in self.STATE), "buffer": self.buf.nbytes()}
+
+
+Shard.STEPS = steps_of(Shard)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_ORDER_TAG, _ROWS_TAG = 0x0DE4, 0x5407  # stream tags of the block order and the row order
+from repb_ray.core import rng
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,11 @@ class PlanIndex:
 
     def block_order(self, num_blocks: int) -> np.ndarray:
         """The order in which this epoch serves a source's blocks: a pure function of (seed, epoch)."""
-        return np.random.default_rng([self.seed, self.epoch, _ORDER_TAG]).permutation(num_blocks)
+        return rng.block_order(self.seed, self.epoch).permutation(num_blocks)
 
     def row_order(self, first_id: int, rows: int) -> np.ndarray:
         """The order of a block's kept rows this epoch: a pure function of (seed, epoch, block)."""
-        return np.random.default_rng([self.seed, self.epoch, _ROWS_TAG, first_id]).permutation(rows)
+        return rng.row_order(self.seed, self.epoch, first_id).permutation(rows)
 
 
 class PlanLookup:

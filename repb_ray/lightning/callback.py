@@ -1,4 +1,4 @@
-"""Pruning: a Lightning Callback that trains each epoch on a pruning policy's plan. It makes the train
+"""PruningCallback: a Lightning callback that trains each epoch on a pruning policy's plan. It makes the train
 loader (this rank's batches of the plan, `dataloader`), weights each batch's per-sample loss in your
 training_step (`loss`, which also records the scores), decides the next plan when the epoch ends (every
 rank reaches the same one), and makes a step-wise LR scheduler follow the real (pruned) steps. Runs
@@ -10,12 +10,13 @@ import lightning.pytorch as pl
 import torch
 
 from repb_ray.torch.dataset import IndexedDataset
+from repb_ray.torch.epoch import EpochSteps
 from repb_ray.torch.pruner import LocalPruner, RankBatchSampler
 from repb_ray.torch.schedule import RealStepLR
 
 
-class Pruning(pl.Callback):
-    """`Pruning("repb", {"rho": 0.5}, num_samples=len(train_set), epochs=max_epochs)`. In the module:
+class PruningCallback(pl.Callback):
+    """`PruningCallback("repb", {"rho": 0.5}, num_samples=len(train_set), epochs=max_epochs)`. In the module:
     `loss = pruning.loss(per_sample, ids)` with the ids of the batch (`dataloader` yields (ids, item)
     pairs, as repb_ray.torch.IndexedDataset does). Trainer: `callbacks=[pruning]`,
     `use_distributed_sampler=False` (the plan decides each rank's samples)."""
@@ -27,10 +28,7 @@ class Pruning(pl.Callback):
                                   target_pruned=target_pruned)
         self.batch_size: int | None = None
         self.accumulate = 1
-        self._groups: list[int] = []
-        self._batches = 0  # this rank's batches in the epoch
-        self._micro = 0
-        self._epoch = 0   # the epoch being trained: the policy's, taken at each epoch's start
+        self.steps: EpochSteps | None = None   # this epoch's optimizer steps on this rank
         self._decided = True  # the epoch's next plan is decided (at its last batch, before any epoch-end hook)
         self.epochs_log: list[dict] = []
 
@@ -47,18 +45,17 @@ class Pruning(pl.Callback):
         if per_sample.ndim != 1 or per_sample.shape[0] != len(ids):
             raise ValueError(f"loss(per_sample, ids) needs one loss per sample: got shape {list(per_sample.shape)} "
                              f"for {len(ids)} ids (use reduction='none')")
-        step = self._micro // self.accumulate
-        weights = self.pruner.weights(ids, per_sample.device)
+        step = self.steps.step
+        loss = self.steps.loss(per_sample.float(), self.pruner.weights(ids, per_sample.device))
+        self.pruner.observe(ids, per_sample, step)
+        self.steps.advance()
         # Lightning divides the loss by accumulate_grad_batches: undo it, so each group is its own mean
-        loss = (weights * per_sample.float()).sum() * self.accumulate / self._groups[step]
-        self.pruner.observe(step, ids, per_sample)
-        self._micro += 1
-        return loss
+        return loss * self.accumulate
 
     # -- Lightning's hooks ---------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer._accelerator_connector.use_distributed_sampler and trainer.world_size > 1:
-            raise ValueError("repb_ray.lightning.Pruning decides each rank's samples: build the Trainer with "
+            raise ValueError("repb_ray.lightning.PruningCallback decides each rank's samples: build the Trainer with "
                              "use_distributed_sampler=False")
         self.pruner.bind(trainer.global_rank, trainer.world_size)
         self.accumulate = int(trainer.accumulate_grad_batches)
@@ -70,31 +67,24 @@ class Pruning(pl.Callback):
                 config.scheduler = RealStepLR(config.scheduler, steps_per_epoch=per_epoch)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch = self.pruner.epoch  # from the policy, so a resumed run trains the plan it is at
-        self._groups = self.pruner.group_sizes(self._batch(), self.accumulate)
-        self._batches = len(self.pruner.rank_batches(self._batch()))
-        self._micro = 0
+        # the policy's epoch, so a resumed run trains the plan it is at
+        self.steps = EpochSteps(self.pruner.begin_epoch(), self._batch(), self.accumulate)
         self._decided = False
-        for config in trainer.lr_scheduler_configs:
-            if isinstance(config.scheduler, RealStepLR):
-                config.scheduler.start_epoch(self._epoch, len(self._groups))
+        self.steps.start_schedules(config.scheduler for config in trainer.lr_scheduler_configs)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._micro >= self._batches and not self._decided:
+        if self.steps.done and not self._decided:
             self._decide()  # the epoch's last batch: decided before any callback's epoch end (a checkpoint)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not self._decided:
             self._decide()
-        kept = self.epochs_log[-1]["kept"]
-        pl_module.log("pruned_fraction", 1.0 - kept / self.pruner.num_samples, rank_zero_only=True)
+        pl_module.log("pruned_fraction", self.epochs_log[-1]["pruned_fraction"], rank_zero_only=True)
 
     def _decide(self) -> None:
-        kept = len(self.pruner.plan)
         self.pruner.end_epoch()
         self._decided = True
-        self.epochs_log.append({"epoch": self._epoch, "kept": kept,
-                                "pruned_fraction": 1.0 - kept / self.pruner.num_samples})
+        self.epochs_log.append(self.steps.info.log())
 
     def _batch(self) -> int:
         if self.batch_size is None:
@@ -114,7 +104,7 @@ class Pruning(pl.Callback):
 class _LazyRankBatches:
     """RankBatchSampler of the callback's pruner and batch size, resolved at each epoch's iteration."""
 
-    def __init__(self, owner: Pruning):
+    def __init__(self, owner: PruningCallback):
         self.owner = owner
 
     def __iter__(self):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from repb_ray.core import rng as streams
 from repb_ray.errors import TaskError
 from repb_ray.tasks.classification import ClassificationTask
 
 
 def clusters(n: int, *, num_classes: int, dim: int, seed: int, noise: float) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng([seed, 7])
+    rng = streams.synthetic(seed)
     centres = rng.normal(0, 2.0, size=(num_classes, dim)).astype(np.float32)
     y = rng.integers(0, num_classes, size=n).astype(np.int64)
     x = centres[y] + rng.normal(0, noise, size=(n, dim)).astype(np.float32)

@@ -1,8 +1,8 @@
-"""LocalPruner: a pruning policy driven from any PyTorch loop, one process per rank, no Ray. Every rank
-keeps the same policy; each epoch it serves this rank's batches of the plan (the same number on every
-rank), the CTR weights of a batch, keeps the batch's scores on the device, and at the epoch's end
-gathers every rank's scores and decides the next plan (the same on every rank: a plan is a pure
-function of the seed and the scores). The Hugging Face and Lightning adapters are built on it."""
+"""LocalPruner: the EpochSource of any PyTorch loop, one process per rank, no Ray. Every rank keeps the
+same policy; each epoch it serves this rank's batches of the plan (the same number on every rank), the
+CTR weights of a batch, keeps the batch's scores on the device, and at the epoch's end gathers every
+rank's scores and decides the next plan (the same on every rank: a plan is a pure function of the seed
+and the scores). The Hugging Face and Lightning adapters drive it through the EpochSource contract."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import math
 import numpy as np
 import torch
 
-from repb_ray.core.plan import EpochPlan
+from repb_ray.core import rng
+from repb_ray.core.plan import EpochInfo, EpochPlan, pruned_fraction
 from repb_ray.core.registry import make_policy, policy_class
 from repb_ray.torch.distributed import gather_observations
 
@@ -39,10 +40,11 @@ class LocalPruner:
         self._served = False   # a plan of this policy has fed training (batches, weights, scores, a state)
         self._args = (policy, policy_class(policy).run_params(policy_args or {}, epochs=epochs,
                                                                 target_pruned=target_pruned))
-        policy_class(policy)(num_samples=num_samples, seed=seed, local=False, **self._args[1])  # checks n, seed
+        policy_class(policy).check(num_samples, seed, **self._args[1])
         self._policy = None
         self._obs: list = []
         self._order_of: tuple = (None, None)   # (epoch, the epoch's order): computed once per epoch
+        self._step = 0                          # the step of the next observe() without a step
 
     # -- the policy, made at first use ------------------------------------------------------------
     @property
@@ -97,7 +99,7 @@ class LocalPruner:
         plan = self.policy.plan
         self._served = True
         if self._order_of[0] != plan.epoch:
-            self._order_of = (plan.epoch, np.random.default_rng([self.seed, plan.epoch]).permutation(plan.ids))
+            self._order_of = (plan.epoch, rng.local_order(self.seed, plan.epoch).permutation(plan.ids))
         return self._order_of[1]
 
     def rank_batches(self, batch_size: int, rank: int | None = None) -> list[np.ndarray]:
@@ -111,10 +113,17 @@ class LocalPruner:
         per_rank = len(self.policy.plan) // self.world_size
         return math.ceil(math.ceil(per_rank / batch_size) / grad_accum_steps)
 
-    def group_sizes(self, batch_size: int, grad_accum_steps: int = 1) -> list[int]:
-        """Samples of this rank in each optimizer step of the epoch."""
-        from repb_ray.torch.step import group_sizes
-        return group_sizes(len(self.policy.plan) // self.world_size, batch_size, grad_accum_steps)
+    def loader(self, batch_size: int, dataset=None, *, collate_fn=None, interleave: bool = False,
+               **options) -> torch.utils.data.DataLoader:
+        """A DataLoader of this rank's batches of the epoch from `dataset` (map-style, indexed by
+        sample id 0..n-1): `collate_fn` (default torch's) of the items, as a dict with "id" (int64
+        numpy) and "weight" (float32 CTR weights, looked up when the batch is drawn) added; items
+        that are not dicts come under "item". `interleave` as for RankBatchSampler; `options` go to
+        the DataLoader (num_workers, pin_memory, ...)."""
+        if dataset is None:
+            raise ValueError("LocalPruner.loader needs the train dataset (map-style, indexed by sample id 0..n-1)")
+        return torch.utils.data.DataLoader(_Weighted(dataset), batch_sampler=RankBatchSampler(
+            self, batch_size, interleave=interleave, weighted=True), collate_fn=_WeightedCollate(collate_fn), **options)
 
     def weights(self, ids, device=None) -> torch.Tensor:
         """The float32 CTR weights of `ids` (all in the current plan), as a tensor on `device`."""
@@ -123,16 +132,39 @@ class LocalPruner:
         self._served = True
         return torch.from_numpy(plan.weights_for(ids)).to(device)
 
-    # -- observations -----------------------------------------------------------------------------
-    def observe(self, step: int, ids, scores: torch.Tensor) -> None:
-        """A batch's scores at global step `step` of the epoch (kept on their device until the end)."""
+    # -- the epoch contract -----------------------------------------------------------------------
+    @property
+    def info(self) -> EpochInfo:
+        """The current epoch's EpochInfo."""
+        p = self.policy
+        return EpochInfo(p.epoch, len(p.plan), p.num_samples, self.world_size, tuple(p.plan_sizes))
+
+    def begin_epoch(self, epoch: int | None = None) -> EpochInfo:
+        """Start the current epoch (`epoch`, when given, must be the policy's: the plans come in order)."""
+        info = self.info
+        if epoch is not None and epoch != info.epoch:
+            raise RuntimeError(f"asked for the plan of epoch {epoch}, the policy is at epoch {info.epoch}: epochs "
+                               "are trained in order, each ended with end_epoch() (a resumed run loads the "
+                               "pruner's state first)")
+        self._obs, self._step = [], 0
+        return info
+
+    def observe(self, ids, scores: torch.Tensor, step: int | None = None) -> None:
+        """A batch's scores at optimizer step `step` of the epoch (default: one step per call), kept on
+        their device until the epoch ends."""
+        if isinstance(scores, (int, np.integer)) and not isinstance(ids, (int, np.integer)):
+            raise TypeError("observe takes (ids, scores, step): the step comes last")
         ids = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids, np.int64)
         self.policy  # noqa: B018 - settles rank and world size before the policy takes scores
         self._served = True
-        self._obs.append((int(step), ids.astype(np.int64, copy=False), scores.detach().float()))
+        step = self._step if step is None else int(step)
+        self._step = step + 1
+        scores = scores.detach() if isinstance(scores, torch.Tensor) else torch.from_numpy(np.asarray(scores))
+        self._obs.append((step, ids.astype(np.int64, copy=False), scores.float()))
 
-    def end_epoch(self) -> EpochPlan:
-        """Gather every rank's observations of the epoch and decide the next plan (on every rank)."""
+    def end_epoch(self) -> EpochInfo:
+        """Gather every rank's observations of the epoch and decide the next plan (on every rank);
+        returns the next epoch's info."""
         if self._obs:
             steps = np.concatenate([np.full(len(i), s, np.int64) for s, i, _ in self._obs])
             ids = np.concatenate([i for _, i, _ in self._obs])
@@ -142,12 +174,14 @@ class LocalPruner:
         self._obs = []
         steps, ids, scores = gather_observations(steps, ids, scores)
         self.policy.observe(steps, ids, scores)
-        return self.policy.finish_epoch(world_size=self.world_size)
+        self.policy.finish_epoch(world_size=self.world_size)
+        self._step = 0
+        return self.info
 
     def pruned_fraction(self, epochs: int | None = None) -> float:
         """1 - trained / (epochs n) over the first `epochs` epochs (default: those trained so far)."""
-        sizes = self.policy.plan_sizes[: epochs or max(self.policy.epoch - 1, 1)]
-        return 1.0 - sum(sizes) / (len(sizes) * self.policy.num_samples)
+        return pruned_fraction(self.policy.plan_sizes[: epochs or max(self.policy.epoch - 1, 1)],
+                               self.policy.num_samples)
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -192,17 +226,52 @@ class RankBatchSampler:
     It has no `batch_size` attribute on purpose: its last batches are shorter, and a sharding wrapper
     must take them as they are (accelerate's dynamic-batch mode), not pad them to a full batch."""
 
-    def __init__(self, pruner: LocalPruner, size: int, interleave: bool = False):
-        self.pruner, self.size, self.interleave = pruner, size, interleave
+    def __init__(self, pruner: LocalPruner, size: int, interleave: bool = False, weighted: bool = False):
+        self.pruner, self.size, self.interleave, self.weighted = pruner, size, interleave, weighted
+
+    def _indices(self, batch: np.ndarray) -> list:
+        """A batch's sampler indices: ids, or (id, weight) pairs drawn from the live plan (a weighted
+        batch is looked up in the process that iterates the sampler, so loader workers need no plan)."""
+        if not self.weighted:
+            return batch.tolist()
+        return list(zip(batch.tolist(), self.pruner.policy.plan.weights_for(batch).tolist()))
 
     def __iter__(self):
         if not self.interleave:
-            yield from (b.tolist() for b in self.pruner.rank_batches(self.size))
+            yield from (self._indices(b) for b in self.pruner.rank_batches(self.size))
             return
         per_rank = [self.pruner.rank_batches(self.size, r) for r in range(self.pruner.world_size)]
         for round_ in zip(*per_rank):
-            yield from (b.tolist() for b in round_)
+            yield from (self._indices(b) for b in round_)
 
     def __len__(self) -> int:
         n = len(self.pruner.rank_batches(self.size))
         return n * self.pruner.world_size if self.interleave else n
+
+
+class _Weighted(torch.utils.data.Dataset):
+    """dataset[(id, weight)] -> (id, weight, dataset[id])."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        i, w = key
+        return i, w, self.dataset[i]
+
+
+class _WeightedCollate:
+    """Collate (id, weight, item) triples: the items by `collate_fn`, "id" and "weight" added."""
+
+    def __init__(self, collate_fn=None):
+        self.collate_fn = collate_fn or torch.utils.data.default_collate
+
+    def __call__(self, triples):
+        batch = self.collate_fn([item for _, _, item in triples])
+        batch = dict(batch) if isinstance(batch, dict) or hasattr(batch, "keys") else {"item": batch}
+        batch["id"] = np.fromiter((i for i, _, _ in triples), np.int64, len(triples))
+        batch["weight"] = torch.tensor([w for _, w, _ in triples], dtype=torch.float32)
+        return batch

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import Sampler
 
+from repb_ray.core import rng
 from repb_ray.core.checks import check_int
 from repb_ray.core.plan import EpochPlan
 
@@ -36,7 +37,7 @@ class PlanSampler(Sampler[int]):
     def ids(self) -> np.ndarray:
         ids = self.plan.ids
         if self.shuffle:
-            ids = np.random.default_rng([self.seed, self.plan.epoch]).permutation(ids)
+            ids = rng.local_order(self.seed, self.plan.epoch).permutation(ids)
         return ids[self.rank::self.world_size]
 
     def __iter__(self):

@@ -62,7 +62,8 @@ class TrainStep:
         weights = batch["weight"].to(per_sample.device, non_blocking=True)
         loss = weighted_loss(per_sample, weights, normalize=self.normalize)
         scores = self.scorer(per_sample)
-        scaled = loss if group_size is None or group_size == n else loss * (n / group_size)
+        scaled = (loss if group_size is None or group_size == n
+                  else weighted_loss(per_sample, weights, normalize=self.normalize, group_size=group_size))
         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         return loss.detach(), scores
 
@@ -86,13 +87,6 @@ class TrainStep:
     def load_state_dict(self, state: dict) -> None:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-
-
-def group_sizes(samples: int, batch_size: int, grad_accum_steps: int) -> list[int]:
-    """The samples of each optimizer step of an epoch of `samples` on this rank, in batches of
-    `batch_size` (the last one partial) grouped `grad_accum_steps` at a time (the last group partial)."""
-    sizes = [min(batch_size, samples - a) for a in range(0, samples, batch_size)]
-    return [sum(sizes[g: g + grad_accum_steps]) for g in range(0, len(sizes), grad_accum_steps)]
 
 
 def train_step(task, task_path: str, model, optimizer, batch: dict, scorer, *, normalize: bool = False,

@@ -13,6 +13,7 @@ import numpy as np
 
 from repb_ray.config import Config
 from repb_ray.errors import ConfigError, first_line
+from repb_ray.layout import COUNTS_FILE, CURVES_FILE, SUMMARY_FILE
 from repb_ray.redact import redact_text
 from repb_ray.tracking import mlflow_tracking as mt
 
@@ -114,12 +115,12 @@ class RunTracker:
             self.flush()
             if self.pending:
                 self.untracked.append(f"metrics of epochs {[m['epoch'] for m in self.pending]}")
-        self._try("summary.json", mt.log_artifact, self.uri, self.run_id, summary_path)
+        self._try(SUMMARY_FILE, mt.log_artifact, self.uri, self.run_id, summary_path)
         if history:
-            png = run_curves(history, os.path.join(self.cfg.run_dir, "curves.png"), self.cfg.name, metric)
-            self._try("curves.png", mt.log_artifact, self.uri, self.run_id, png, "plots")
+            png = run_curves(history, os.path.join(self.cfg.run_dir, CURVES_FILE), self.cfg.name, metric)
+            self._try(CURVES_FILE, mt.log_artifact, self.uri, self.run_id, png, "plots")
         if counts is not None:
-            path = os.path.join(self.cfg.run_dir, "selection_counts.npz")
+            path = os.path.join(self.cfg.run_dir, COUNTS_FILE)
             np.savez_compressed(path, counts=counts, epochs=np.int64(len(history)))
             self._try("selection_counts.npz", mt.log_artifact, self.uri, self.run_id, path)
         model_format = None

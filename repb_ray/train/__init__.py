@@ -30,7 +30,7 @@ How one loss becomes the next epoch's plan (file:function, in which process):
       train/data_config.py PlanDataConfig         equal, disjoint, ordered shares per rank
 
 Public pieces: `Pruning` and `PruningSession` (your own Ray Train loop), `run_training` (the
-framework's run), `PlanSummary`. Imported on first use, so `repb_ray.train.runs` stays light.
+framework's run), `PlanSummary`. Imported on first use, so `repb_ray.train.run_home` stays light.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ _EXPORTS = {
     "PruningHandle": "repb_ray.train.pruning",
     "PruningSession": "repb_ray.train.session",
     "PlanSummary": "repb_ray.train.messages",
-    "run_training": "repb_ray.train.run",
+    "run_training": "repb_ray.train.driver",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,4 +1,4 @@
-"""What the driver learns while a run trains, from what rank 0 reports to the coordinator: a
+"""What the driver learns while a run trains, from what rank 0 posts on the run's ProgressBoard: a
 progress bar within each epoch on a terminal (plain lines every `every_s` seconds otherwise, e.g.
 under `ray job submit`), one line per epoch, and each epoch's metrics handed to listeners (the
 MLflow tracker). Runs in a thread of the driver."""
@@ -40,13 +40,13 @@ def bar(p: dict, epochs: int, first: tuple[float, int] | None = None, now: float
 
 
 class Console:
-    """Polls the coordinator; prints (unless `show` is False) a line per epoch once its metrics are complete
+    """Polls the ProgressBoard `board`; prints (unless `show` is False) a line per epoch once its metrics are complete
     and calls `on_epoch(metrics)` for each report of an epoch (twice when evaluated asynchronously)."""
 
-    def __init__(self, coordinator, epochs: int, stream=None, interactive: bool | None = None,
+    def __init__(self, board, epochs: int, stream=None, interactive: bool | None = None,
                  every_s: float = 30.0, poll_s: float = 0.5, show: bool = True, decisions: tuple = (),
                  on_epoch: Callable[[dict], None] | None = None):
-        self.coord, self.epochs, self.stream = coordinator, epochs, stream or sys.stdout
+        self.board, self.epochs, self.stream = board, epochs, stream or sys.stdout
         self.interactive = self.stream.isatty() if interactive is None else interactive
         self.every_s, self.poll_s, self.show, self.decisions = every_s, poll_s, show, decisions
         self.on_epoch = on_epoch
@@ -76,8 +76,8 @@ class Console:
     def _poll(self) -> None:
         import ray
         try:
-            state = ray.get(self.coord.progress.remote(self._seen), timeout=5)
-        except Exception:  # the coordinator is restarting: try again on the next poll
+            state = ray.get(self.board.read.remote(self._seen), timeout=5)
+        except Exception:  # the board is restarting: try again on the next poll
             return
         for seq, m in state["epochs"]:
             self._seen = max(self._seen, seq)

@@ -18,7 +18,9 @@ from repb_ray import storage
 from repb_ray.core.plan import combine_digest
 from repb_ray.core.protocol import Call, Spec, drive, split_range
 from repb_ray.core.registry import policy_class
+from repb_ray.core.shard import Shard
 from repb_ray.data.plan_index import PlanIndex
+from repb_ray.layout import is_state
 from repb_ray.train.messages import EpochDone, Observations, PlanSummary, Routing
 from repb_ray.train.shards import ActorShards, CoordinatorRestarted, LocalShards, ShardHost, StaleCall, memory_request
 
@@ -57,9 +59,6 @@ class Coordinator:
         self.generation = None
         self._lock = threading.Lock()
         self._waiters: list = []
-        self._progress: dict = {}
-        self._epochs: list = []   # (seq, metrics) of the epochs reported so far, in epoch order
-        self._seq = 0
         self._published = None
         self._error = None
         self._ready: set = set()
@@ -86,7 +85,7 @@ class Coordinator:
                 raise ValueError(f"the checkpoint's coordinator state has {epoch_state.get('shards')} shards, this run "
                                  f"has coordinator_shards={self.num_shards}; resume with the same number of shards")
         self.policy = policy_class(self.spec.name)(num_samples=self.spec.num_samples, seed=self.spec.seed,
-                                                   world_size=self.world_size, bounds=self.bounds, local=False,
+                                                   world_size=self.world_size, shards=self.num_shards,
                                                    **self.spec.params)
         if self.group is None:
             if self.num_shards == 1:
@@ -102,12 +101,11 @@ class Coordinator:
         call = self._caller(generation, {})
         if location is not None:
             self.policy.load_global_state(epoch_state)
-        self.group.each("reset", [(generation, location, self.policy.epoch)] * len(self.group))
+        self.group.each(ShardHost.reset, [(generation, location, self.policy.epoch)] * len(self.group))
         if location is None:
             drive(self.policy.conduct_first(), call)
         p = self.policy
         if world_size != p.world_size or (p.plan_sizes and p.plan_sizes[-1] % world_size):
-            p.world_size = world_size
             drive(p.conduct_retrim(world_size), call)
         self.world_size = world_size
         self._begin_and_publish(generation, {})
@@ -119,15 +117,15 @@ class Coordinator:
         def call(request):
             t = time.perf_counter()
             out = self.group.call(generation, request)
-            steps[request.method] = steps.get(request.method, 0.0) + time.perf_counter() - t
+            steps[request.name] = steps.get(request.name, 0.0) + time.perf_counter() - t
             return out
         return call
 
     def _begin_and_publish(self, generation: str, timing: dict) -> None:
         t0 = time.perf_counter()
         p, k = self.policy, len(self.group)
-        self.group.each("begin", [(generation, p.epoch, self.world_size)] * k)
-        published = self.group.each("publish", [(generation, self.chunk)] * k)
+        self.group.each(ShardHost.begin, [(generation, p.epoch, self.world_size)] * k)
+        published = self.group.each(ShardHost.publish, [(generation, self.chunk)] * k)
         entries = [x for shard_entries, _ in published for x in shard_entries]
         parts = [part for _, part in published]
         count = sum(x[0] for x in parts)
@@ -185,7 +183,7 @@ class Coordinator:
         generation = self.generation
         if self.fence is not None:
             await asyncio.to_thread(self.fence.check)
-        await asyncio.to_thread(self.group.each, "save", [(generation, location)] * len(self.group))
+        await asyncio.to_thread(self.group.each, ShardHost.save, [(generation, location)] * len(self.group))
         meta = {**self.policy.global_state(), "shards": self.num_shards, "bounds": self.bounds,
                 "owner_generation": None if self.fence is None else self.fence.generation}
         await asyncio.to_thread(storage.save_npz, storage.join(location, GLOBAL_FILE), {}, meta)
@@ -198,7 +196,7 @@ class Coordinator:
         try:
             if self.fence is not None:
                 self.fence.check()
-            for d in [d for d in storage.list_dirs(self.state_root) if d.startswith("epoch_")][:-KEEP_STATES]:
+            for d in [d for d in storage.list_dirs(self.state_root) if is_state(d)][:-KEEP_STATES]:
                 storage.remove(storage.join(self.state_root, d))
         except OSError as exc:
             print(f"[repb_ray] coordinator: old states kept ({type(exc).__name__}: {exc})", flush=True)
@@ -215,17 +213,20 @@ class Coordinator:
                                        "reset it yet); the run resumes from its checkpoint")
 
     async def observe(self, msg: Observations) -> None:
+        """A chunk of observations for a shard in this process."""
         self._check_started()
-        if self.group.hosts[msg.shard].observe(msg) and all(h.ready() for h in self.group.hosts):
-            self._start_decision(msg.generation, msg.epoch)
+        if self.group.hosts[msg.shard].observe(msg):
+            await self.shard_ready(msg.generation, msg.epoch, msg.shard)
 
     async def finish(self, msg: EpochDone) -> None:
+        """A rank's end of epoch, for a shard in this process."""
         self._check_started()
-        if self.group.hosts[msg.shard].finish(msg) and all(h.ready() for h in self.group.hosts):
-            self._start_decision(msg.generation, msg.epoch)
+        if self.group.hosts[msg.shard].finish(msg):
+            await self.shard_ready(msg.generation, msg.epoch, msg.shard)
 
     async def shard_ready(self, generation: str, epoch: int, index: int) -> None:
-        """A shard actor has every rank's observations of `epoch`."""
+        """Shard `index` (in this process or an actor) has every rank's observations of `epoch`; the
+        decision starts when every shard has: the one readiness path of both shard groups."""
         if generation != self.generation or epoch != self.policy.epoch:
             return
         self._ready.add(index)
@@ -264,7 +265,7 @@ class Coordinator:
                 pass
 
     def _missing(self) -> list[int]:
-        lists = self.group.each("missing", [()] * len(self.group))
+        lists = self.group.each(ShardHost.missing, [()] * len(self.group))
         return sorted(set().union(*lists))
 
     @ray.method(concurrency_group=WAIT_GROUP)
@@ -285,38 +286,20 @@ class Coordinator:
         with self._lock:
             return None if self._published is None else self._published[1]
 
-    # -- progress, for the driver's console and tracking ---------------------------------------------------
-    @ray.method(concurrency_group=WAIT_GROUP)
-    def report_progress(self, progress: dict) -> None:
-        """Rank 0: where the epoch is (epoch, samples, kept, start) or an epoch's metrics (`done`; an epoch
-        evaluated asynchronously comes twice, the second time with its test metrics). A report of epoch E
-        replaces those of E and later (a resumed run trains them again)."""
-        if "done" in progress:
-            done = progress["done"]
-            self._seq += 1
-            self._epochs = [(s, m) for s, m in self._epochs if m["epoch"] < done["epoch"]] + [(self._seq, done)]
-        else:
-            self._progress = progress
-
-    @ray.method(concurrency_group=WAIT_GROUP)
-    def progress(self, since: int = 0) -> dict:
-        """The epoch reports numbered after `since`, as (number, metrics), and where the current epoch is."""
-        return {"epochs": [(s, m) for s, m in self._epochs if s > since], "now": self._progress}
-
     # -- reading the state (driver, audits, benchmarks) -------------------------------------------------
     async def selection_counts(self) -> np.ndarray:
         """N_i of every sample (how many epochs' plans held it), in id order."""
-        parts = await asyncio.to_thread(self.group.call, self.generation, Call("current_counts"))
+        parts = await asyncio.to_thread(self.group.call, self.generation, Call(Shard.current_counts))
         return np.concatenate(parts)
 
     async def plan_arrays(self) -> tuple:
         """(ids, weights) of the whole current plan, gathered in one place (tests and audits only)."""
-        parts = await asyncio.to_thread(self.group.call, self.generation, Call("plan_arrays"))
+        parts = await asyncio.to_thread(self.group.call, self.generation, Call(Shard.plan_arrays))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     async def memory(self) -> list[dict]:
         """Resident bytes of each shard's state and observation buffer."""
-        return await asyncio.to_thread(self.group.each, "nbytes", [()] * len(self.group))
+        return await asyncio.to_thread(self.group.each, ShardHost.nbytes, [()] * len(self.group))
 
     def shard_handles(self) -> tuple:
         """The shard actors (empty when the shards live in this process): for benchmarks that measure them."""

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from repb_ray.core.plan import EpochInfo
+
 # The metric keys of an asynchronously evaluated epoch: its report says its test metrics are pending; the next
 # report carries the completed row of that epoch.
 EVAL_PENDING = "eval_pending"
@@ -69,3 +71,7 @@ class PlanSummary:
     world_size: int
     budget: dict | None        # Policy.budget_status()
     timing: dict = field(default_factory=dict)  # seconds of the end of epoch that made it, per step
+
+    @property
+    def info(self) -> EpochInfo:
+        return EpochInfo(self.epoch, self.kept, self.num_samples, self.world_size, tuple(self.plan_sizes))

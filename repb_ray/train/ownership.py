@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from repb_ray import storage
 from repb_ray.errors import OwnershipLost, RunError, StorageError
+from repb_ray.layout import OWNER_DIR
 
-OWNER_DIR = "_owner"
 HEARTBEAT_S = 10.0
 STALE_S = 60.0
 # tests shorten both through these variables (read when an Ownership is made, in the driver)

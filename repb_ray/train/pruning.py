@@ -26,7 +26,8 @@ import ray
 
 from repb_ray import storage
 from repb_ray.core.registry import policy_class
-from repb_ray.train import coordinator
+from repb_ray.layout import COORDINATOR_DIR
+from repb_ray.train import coordinator, progress
 from repb_ray.train.data_config import PlanDataConfig
 
 
@@ -44,6 +45,7 @@ class PruningHandle:
     shuffle_rows: int = 4096
     prefetch_batches: int = 2
     owner_generation: int | None = None  # the run's owner (ownership.Fence), written into every checkpoint
+    progress: object = None              # the run's ProgressBoard (rank 0 posts there), or None
 
 
 class Pruning:
@@ -58,16 +60,16 @@ class Pruning:
                  name: str = "run", observe_every: int = 32, timeout_s: float = 600.0, shuffle_rows: int = 4096,
                  prefetch_batches: int = 2, chunk: int | None = None, home: str | None = None, fence=None):
         params = dict(policy_args or {})
-        policy_class(policy)(num_samples=num_samples, seed=seed, world_size=max(1, num_workers), local=False,
-                             **params)  # bad parameters fail here, before any actor starts
+        policy_class(policy).check(num_samples, seed, max(1, num_workers), **params)  # before any actor starts
         if home is None and storage_path:
             home = storage.join(storage_path, name)
-        state_root = storage.join(home, "coordinator") if home else None
+        state_root = storage.join(home, COORDINATOR_DIR) if home else None
         self.coordinator = coordinator.create(policy, num_samples, seed, max(1, num_workers), params,
                                               shards=shards, chunk=chunk, state_root=state_root, fence=fence)
+        self.progress = progress.create()
         self.handle = PruningHandle(self.coordinator, seed, num_samples, state_root is not None, observe_every,
                                     timeout_s, shuffle_rows, prefetch_batches,
-                                    None if fence is None else fence.generation)
+                                    None if fence is None else fence.generation, self.progress)
 
     def dataset(self, ds, task_ref=None):
         """Your train dataset (an int64 `id` column 0..n-1), pruned to each epoch's plan; the rows
@@ -82,3 +84,4 @@ class Pruning:
 
     def shutdown(self) -> None:
         ray.kill(self.coordinator)
+        ray.kill(self.progress)

@@ -145,7 +145,7 @@ def check_shared_paths(cfg: Config, probe=_probe_on_nodes) -> None:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) <= 1:
         return
-    from repb_ray.train.runs import storage_root
+    from repb_ray.train.run_home import storage_root
     root = storage_root(cfg)
     if "://" in root:
         return

@@ -11,6 +11,9 @@ import numpy as np
 import ray
 import ray.train
 
+from repb_ray.core import rng
+from repb_ray.core.plan import EpochInfo
+from repb_ray.layout import state_name
 from repb_ray.train.collate import TensorCollate
 from repb_ray.train.messages import PlanSummary
 from repb_ray.train.pruning import PruningHandle
@@ -25,8 +28,9 @@ def nonfinite_score_error(ids: np.ndarray, scores: np.ndarray, epoch: int) -> Ex
 
 
 class PruningSession:
-    """Per rank: `start` (rank 0 resets the coordinator), then for each epoch `begin_epoch`,
-    `batches`, `observe` per batch, `end_epoch` (or `epochs`, which does both ends)."""
+    """The EpochSource of a Ray Train worker. Per rank: `start` (rank 0 resets the coordinator), then
+    for each epoch `begin_epoch`, the batches of `loader` (or `batches`), `observe` per batch,
+    `end_epoch` (or `epochs`, which does both ends)."""
 
     def __init__(self, handle: PruningHandle, *, rank: int | None = None, world_size: int | None = None):
         self.handle = handle
@@ -35,14 +39,18 @@ class PruningSession:
             ctx = ray.train.get_context()
             rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.rank, self.world_size = rank, world_size
-        self.plan: PlanSummary | None = None   # the current epoch's published plan
-        self.step = 0                          # the global step within the epoch of the next batch
+        self.summary: PlanSummary | None = None   # the current epoch's published plan
+        self.step = 0                             # the global step within the epoch of the next batch
         self.samples = 0
         self.on_score_error = nonfinite_score_error
         self._sender: ObservationSender | None = None
         self._routing = None
         self._progress_t = 0.0
         self._epoch_start = time.time()
+
+    @property
+    def info(self) -> EpochInfo:
+        return self.summary.info
 
     # -- start / save --------------------------------------------------------------------------------
     def start(self, state: str | None = None) -> int:
@@ -52,56 +60,64 @@ class PruningSession:
             ray.get(self.coordinator.reset.remote(state, self.world_size))
         _barrier()
         self._routing = ray.get(self.coordinator.routing.remote())
-        self.plan = ray.get(self.coordinator.summary.remote())
-        return self.plan.epoch
+        self.summary = ray.get(self.coordinator.summary.remote())
+        return self.summary.epoch
 
     def save(self, epoch: int) -> str | None:
         """Rank 0: save the coordinator's state for the checkpoint of `epoch` (each shard writes its
         own file); returns the state's name, to keep in the checkpoint (None without storage)."""
         if self.rank != 0 or not self.handle.stateful:
             return None
-        return ray.get(self.coordinator.save.remote(f"epoch_{epoch:05d}"))
+        return ray.get(self.coordinator.save.remote(state_name(epoch)))
+
+    def state_dict(self) -> dict:
+        """Rank 0 saves the coordinator's state as of the current plan: {"coordinator_state": its name}."""
+        return {"coordinator_state": self.save(self.summary.epoch - 1)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.start(state.get("coordinator_state"))
 
     # -- the epochs ----------------------------------------------------------------------------------
     def wait_plan(self, epoch: int) -> PlanSummary:
-        self.plan = ray.get(self.coordinator.wait_plan.remote(self._routing.generation, epoch, self.handle.timeout_s))
-        return self.plan
+        self.summary = ray.get(self.coordinator.wait_plan.remote(self._routing.generation, epoch,
+                                                                 self.handle.timeout_s))
+        return self.summary
 
     def epochs(self, num_epochs: int, start: int | None = None):
         """Yield the epochs start..num_epochs, each once its plan is published; closing an epoch
         sends the rest of the observations and waits for the next plan."""
-        first = start or self.plan.epoch
+        first = start or self.summary.epoch
         for epoch in range(first, num_epochs + 1):
             self.begin_epoch(epoch)
             yield epoch
             self.end_epoch()
 
-    def begin_epoch(self, epoch: int) -> PlanSummary:
+    def begin_epoch(self, epoch: int) -> EpochInfo:
         self.wait_plan(epoch)
         self.step, self.samples = 0, 0
         self._epoch_start = time.time()
         self._sender = ObservationSender(self._routing, epoch, self.rank, self.handle.observe_every,
                                          self.on_score_error)
-        return self.plan
+        return self.info
 
-    def end_epoch(self) -> PlanSummary:
-        """Send this rank's last observations; returns the plan of the next epoch once decided."""
+    def end_epoch(self) -> EpochInfo:
+        """Send this rank's last observations; returns the next epoch's info once its plan is decided."""
         self._sender.close()
         self._sender = None
-        return self.wait_plan(self.plan.epoch + 1)
+        return self.wait_plan(self.summary.epoch + 1).info
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """This rank's batches in the current epoch (every rank has the same number)."""
-        return math.ceil(self.plan.kept / self.world_size / batch_size)
+        return math.ceil(self.summary.kept / self.world_size / batch_size)
 
     def shuffle_seed(self) -> int:
         """The local shuffle buffer's seed for this rank and epoch."""
-        return int(np.random.default_rng([self.handle.seed, self.plan.epoch, 0xB0F, self.rank]).integers(2**31))
+        return rng.shuffle_seed(self.handle.seed, self.summary.epoch, self.rank)
 
     def batches(self, shard, batch_size: int, device=None):
         """This rank's batches of the epoch as dicts of tensors ("id" stays on the CPU), shuffled
         across blocks by a buffer seeded by (seed, epoch, rank); checks they come from this plan."""
-        epoch = self.plan.epoch
+        epoch = self.summary.epoch
         shuffle = self.handle.shuffle_rows
         for batch in shard.iter_torch_batches(batch_size=batch_size, collate_fn=TensorCollate(device),
                                               prefetch_batches=self.handle.prefetch_batches,
@@ -112,34 +128,53 @@ class PruningSession:
                 raise RuntimeError(f"rank {self.rank} got rows of plan {got} in epoch {epoch}")
             yield batch
 
-    def observe(self, batch: dict, scores, step: int | None = None) -> None:
-        """Record the batch's per-sample scores (a tensor [B] or float32 numpy) at the current global
-        step (or `step`: with gradient accumulation, the optimizer step the batch belongs to); kept on
-        the device until `observe_every` steps are sent together (one host copy per chunk)."""
-        ids = batch["id"]
+    def loader(self, batch_size: int, dataset=None, *, device=None, **options) -> _EpochBatches:
+        """This epoch's batches from `dataset` (this worker's Ray Data shard; default: the "train"
+        shard), with a length (the batches of every rank). Ray Data decides the workers and the
+        collation, so DataLoader `options` (collate_fn, num_workers, pin_memory, ...) have no use here."""
+        return _EpochBatches(self, dataset if dataset is not None else ray.train.get_dataset_shard("train"),
+                             batch_size, device)
+
+    def observe(self, ids, scores, step: int | None = None) -> None:
+        """Record the batch's per-sample scores (a tensor [B] or float32 numpy) at optimizer step
+        `step` of the epoch (default: one step per call); kept on the device until `observe_every`
+        steps are sent together (one host copy per chunk)."""
+        if isinstance(ids, dict):
+            raise TypeError("observe takes the batch's ids: session.observe(batch['id'], scores)")
         ids = ids.numpy() if hasattr(ids, "numpy") else np.asarray(ids)
         if ids.dtype != np.int64:
             raise TypeError(f"the batch's id column has dtype {ids.dtype}; ids must be int64 (0..n-1)")
         if hasattr(scores, "detach"):
             scores = scores.detach()
-        self._sender.add(self.step if step is None else step, ids, scores)
-        if step is None:
-            self.step += 1
-        else:
-            self.step = step + 1
+        step = self.step if step is None else int(step)
+        self._sender.add(step, ids, scores)
+        self.step = step + 1
         self.samples += ids.shape[0]
-        if self.rank == 0:
+        if self.rank == 0 and self.handle.progress is not None:
             now = time.monotonic()
             if now - self._progress_t >= PROGRESS_EVERY_S:
                 self._progress_t = now
-                self.coordinator.report_progress.remote({"epoch": self.plan.epoch, "step": self.step,
-                                                         "samples": self.samples * self.world_size,
-                                                         "kept": self.plan.kept, "start": self._epoch_start})
+                self.handle.progress.post.remote({"epoch": self.summary.epoch, "step": self.step,
+                                                  "samples": self.samples * self.world_size,
+                                                  "kept": self.summary.kept, "start": self._epoch_start})
 
     def report_epoch(self, metrics: dict) -> None:
         """Rank 0: the epoch's metrics, for the driver's console and tracking."""
-        if self.rank == 0:
-            self.coordinator.report_progress.remote({"done": dict(metrics)})
+        if self.rank == 0 and self.handle.progress is not None:
+            self.handle.progress.post.remote({"done": dict(metrics)})
+
+
+class _EpochBatches:
+    """A PruningSession's batches of the current epoch, with the epoch's number of batches as length."""
+
+    def __init__(self, session: PruningSession, shard, batch_size: int, device):
+        self.session, self.shard, self.batch_size, self.device = session, shard, batch_size, device
+
+    def __len__(self) -> int:
+        return self.session.steps_per_epoch(self.batch_size)
+
+    def __iter__(self):
+        return self.session.batches(self.shard, self.batch_size, self.device)
 
 
 def _barrier() -> None:

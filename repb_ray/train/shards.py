@@ -11,7 +11,7 @@ import numpy as np
 import ray
 
 from repb_ray import storage
-from repb_ray.core.protocol import Call, Spec, call_shards
+from repb_ray.core.protocol import Call, Spec, run_step
 from repb_ray.core.registry import policy_class
 from repb_ray.train.messages import EpochDone, Observations
 
@@ -64,10 +64,10 @@ class ShardHost:
         shard.load_arrays({**arrays, **{k: v for k, v in meta.items() if k not in ("lo", "hi")}}, epoch)
         self.shard = shard
 
-    def call(self, generation: str, method: str, *args):
-        """One protocol step on the shard."""
+    def call(self, generation: str, name: str, *args):
+        """One protocol step (a Call's name) on the shard."""
         self._check_generation(generation)
-        return getattr(self.shard, method)(*args)
+        return run_step(self.shard, name, args)
 
     def begin(self, generation: str, epoch: int, world_size: int) -> None:
         self._check_generation(generation)
@@ -153,11 +153,12 @@ class LocalShards:
     def __len__(self) -> int:
         return len(self.hosts)
 
-    def each(self, method: str, per_shard: list[tuple]) -> list:
-        return call_shards(self.hosts, Call(method, per_shard=per_shard))
+    def each(self, method, per_shard: list[tuple]) -> list:
+        """The ShardHost method `method` (by reference) on every host, with its own arguments."""
+        return [getattr(h, method.__name__)(*a) for h, a in zip(self.hosts, per_shard)]
 
     def call(self, generation: str, request: Call) -> list:
-        return self.each("call", [(generation, request.method, *a) for a in request.args_for(len(self))])
+        return self.each(ShardHost.call, [(generation, request.name, *a) for a in request.args_for(len(self))])
 
     def targets(self, front) -> tuple:
         return (front,) * len(self.hosts)
@@ -175,7 +176,8 @@ class ActorShards:
     def __len__(self) -> int:
         return len(self.handles)
 
-    def each(self, method: str, per_shard: list[tuple]) -> list:
+    def each(self, method, per_shard: list[tuple]) -> list:
+        """The ShardHost method `method` (by reference) on every shard actor, with its own arguments."""
         puts: dict = {}
 
         def big(a):
@@ -184,10 +186,11 @@ class ActorShards:
                     puts[id(a)] = ray.put(a)
                 return puts[id(a)]
             return a
-        return ray.get([getattr(h, method).remote(*[big(a) for a in args]) for h, args in zip(self.handles, per_shard)])
+        return ray.get([getattr(h, method.__name__).remote(*[big(a) for a in args])
+                        for h, args in zip(self.handles, per_shard)])
 
     def call(self, generation: str, request: Call) -> list:
-        return self.each("call", [(generation, request.method, *a) for a in request.args_for(len(self))])
+        return self.each(ShardHost.call, [(generation, request.name, *a) for a in request.args_for(len(self))])
 
     def targets(self, front) -> tuple:
         return tuple(self.handles)

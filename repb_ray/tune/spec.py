@@ -12,8 +12,6 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import numpy as np
-
 from repb_ray.config import (
     Config,
     ConfigError,
@@ -23,6 +21,7 @@ from repb_ray.config import (
     moved_key_hint,
     parse_overrides,
 )
+from repb_ray.core import rng as rng_streams
 from repb_ray.core.checks import suggest
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -205,7 +204,7 @@ class SweepSpec:
         if self.search_alg == "grid":
             for combo in (_cross(grid) if self.search else []):
                 for s in range(self.num_samples if randoms else 1):
-                    rng = np.random.default_rng([self.sweep_seed, len(out), s])
+                    rng = rng_streams.sweep_draws(self.sweep_seed, len(out), s)
                     out.append({**combo, **{k: _draw(d, rng) for k, d in randoms.items()}})
         for g in self.grids:
             out += _cross(g)

@@ -14,22 +14,23 @@ from dataclasses import dataclass
 
 from ray import tune
 
-from repb_ray import storage
+from repb_ray import layout, storage
 from repb_ray.config import Config, ConfigError, apply_overrides
 from repb_ray.credentials import tracking_credentials
 from repb_ray.errors import RunError
+from repb_ray.layout import OWNER_DIR, TRIALS_DIR
 from repb_ray.redact import redact, redact_text
-from repb_ray.train import runs
-from repb_ray.train.ownership import HEARTBEAT_S, OWNER_DIR, STALE_S, Ownership
+from repb_ray.train import run_home
+from repb_ray.train.ownership import HEARTBEAT_S, STALE_S, Ownership
 from repb_ray.tune import state_digest
 from repb_ray.tune.admission import Admission, TrialDemand, capacity
 from repb_ray.tune.progress import TERMINAL, Progress
-from repb_ray.tune.report import build_report, label_trials
 from repb_ray.tune.spec import SweepSpec
 from repb_ray.tune.state_digest import StateDigest
+from repb_ray.tune.tables import build_report, label_trials
 
 TRIAL_RESOURCES = {"cpu": 0, "memory": 1e6}  # the trial function itself holds no CPU; its Train workers do
-TUNE_DIR, TRIALS_DIR = "tune", "trials"
+TUNE_DIR = "tune"
 TRIAL_LEASE_WAIT_S = STALE_S + HEARTBEAT_S  # a restarted trial waits this long for its earlier driver to go stale
 REPORTS = ("sweep_summary.json", "sweep_table.txt", "paper_table.md", "metric_vs_pruned.png", "pareto.png",
            "pruned_per_epoch.png", "knobs.png")
@@ -93,7 +94,7 @@ def run_trial(config: dict, context: TrialContext) -> None:
     trial's run held by a driver that still looks alive is its earlier incarnation, dying or dead on
     another host: waited for until its heartbeat goes stale."""
     from repb_ray.credentials import apply_tracking_credentials
-    from repb_ray.train.run import run_training
+    from repb_ray.train.driver import run_training
     from repb_ray.tune.reporter import EpochReporter
     apply_tracking_credentials(context.tracking_env)
     index = config.get("index")
@@ -102,7 +103,7 @@ def run_trial(config: dict, context: TrialContext) -> None:
                             "output_dir": context.trials_dir, "storage_path": context.home,
                             "tracking_uri": context.tracking_uri or "none",
                             "tags": {**context.base.get("tags", {}), "sweep_trial": name}})
-    summary = runs.finished_summary(cfg)
+    summary = run_home.finished_summary(cfg)
     if summary is not None:
         tune.report(final_epoch(summary))
         return
@@ -122,15 +123,15 @@ class SweepClaim:
     homes) and its output folder OUTPUT/SWEEP (sweep.json, Tune's state, the reports)."""
 
     def __init__(self, spec: SweepSpec, base: Config, out: str, overwrite: bool):
-        self.out, self.record_path = out, os.path.join(out, runs.SWEEP_FILE)
-        self.home = storage.join(runs.storage_root(base), spec.name)
-        if os.path.exists(os.path.join(out, "run.json")) or os.path.exists(os.path.join(out, runs.SUMMARY_FILE)):
+        self.out, self.record_path = out, os.path.join(out, layout.SWEEP_FILE)
+        self.home = storage.join(run_home.storage_root(base), spec.name)
+        if os.path.exists(os.path.join(out, "run.json")) or os.path.exists(os.path.join(out, layout.SUMMARY_FILE)):
             raise ConfigError(f"{out} is the folder of a training run; give the sweep another name (--set sweep.name=...)")
-        mine = {runs.SWEEP_FILE, TUNE_DIR, TRIALS_DIR, *REPORTS}
+        mine = {layout.SWEEP_FILE, TUNE_DIR, TRIALS_DIR, *REPORTS}
         if overwrite and os.path.isdir(out) and os.listdir(out) and not os.path.exists(self.record_path):
-            raise ConfigError(f"--overwrite: {out} is not a sweep's folder (no {runs.SWEEP_FILE}); repb_ray deletes only "
+            raise ConfigError(f"--overwrite: {out} is not a sweep's folder (no {layout.SWEEP_FILE}); repb_ray deletes only "
                                   "what its sweeps wrote: give the sweep another name (--set sweep.name=...)")
-        runs.check_home(self.home, spec.name, what="sweep")
+        run_home.check_home(self.home, spec.name, what="sweep")
         self.owner = Ownership(self.home, spec.name, what="sweep").acquire()
         try:
             os.makedirs(out, exist_ok=True)
@@ -154,15 +155,15 @@ class SweepClaim:
         (a trial home holding anything a run does not write is refused, not deleted)."""
         self.owner.check()
         for name, is_dir in storage.list_entries(self.home).items():
-            if name in (OWNER_DIR, runs.SWEEP_RECORD) or not is_dir:
+            if name in (OWNER_DIR, layout.SWEEP_RECORD) or not is_dir:
                 continue
             trial_home = storage.join(self.home, name)
-            record = runs.read_record(storage.join(trial_home, runs.RECORD_FILE))
+            record = run_home.read_record(storage.join(trial_home, layout.RECORD_FILE))
             entries = storage.list_entries(trial_home)
-            if record is None or record.get("name") != name or not all(runs.run_entry(e) for e in entries):
+            if record is None or record.get("name") != name or not all(run_home.run_entry(e) for e in entries):
                 raise ConfigError(f"--overwrite: {storage.display(trial_home)} is not one of this sweep's trials; "
                                   "repb_ray deletes only what its runs wrote: remove it yourself")
-            runs.clear_home(trial_home, entries)
+            run_home.clear_home(trial_home, entries)
             storage.remove(trial_home)
         for entry in mine:
             storage.remove(os.path.join(self.out, entry))
@@ -171,7 +172,7 @@ class SweepClaim:
         self.owner.check()
         self.record.update(fields)
         storage.write_json(self.record_path, self.record)
-        storage.write_json(storage.join(self.home, runs.SWEEP_RECORD), {"name": self.record["name"],
+        storage.write_json(storage.join(self.home, layout.SWEEP_RECORD), {"name": self.record["name"],
                                                                        "fingerprint": self.record["fingerprint"],
                                                                        "created": self.record["created"]})
 

@@ -1,4 +1,4 @@
-"""A small image classifier trained with Lightning and repb_ray.lightning.Pruning (run by the adapter
+"""A small image classifier trained with Lightning and repb_ray.lightning.PruningCallback (run by the adapter
 tests: in-process, as 2 processes under torchrun, and as 2 Ray Train workers through Ray's Lightning
 integration)."""
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from repb_ray.lightning import Pruning
+from repb_ray.lightning import PruningCallback
 
 
 def images(n: int, seed: int = 0):
@@ -27,7 +27,7 @@ def images(n: int, seed: int = 0):
 
 
 class Classifier(pl.LightningModule):
-    def __init__(self, pruning: Pruning, steps_per_epoch: int):
+    def __init__(self, pruning: PruningCallback, steps_per_epoch: int):
         super().__init__()
         torch.manual_seed(0)
         self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
@@ -45,9 +45,9 @@ class Classifier(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def train(n: int = 120, epochs: int = 3, batch: int = 16, accumulate: int = 1, pruning_cls=Pruning, on_ray=False,
+def train(n: int = 120, epochs: int = 3, batch: int = 16, accumulate: int = 1, pruning_cls=PruningCallback, on_ray=False,
           before: tuple = (), ckpt_path: str | None = None):
-    """`before`: callbacks listed ahead of Pruning (a checkpointing one); `ckpt_path`: resume from it."""
+    """`before`: callbacks listed ahead of PruningCallback (a checkpointing one); `ckpt_path`: resume from it."""
     pruning = pruning_cls("repb", {"rho": 0.6}, num_samples=n, epochs=epochs)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps = math.ceil(math.ceil(n / world / batch) / accumulate)
@@ -91,7 +91,7 @@ class FailOnce(pl.Callback):
 def ray_loop(config: dict) -> dict:
     """The Ray Train worker function: the same training, through RayDDPStrategy; each rank writes what it
     decided to config["out"]/rank<r>.json. With config["fail_at_epoch"], Ray's RayTrainReportCallback
-    checkpoints every epoch (listed before Pruning), rank 1 fails once at that epoch, and the restarted
+    checkpoints every epoch (listed before PruningCallback), rank 1 fails once at that epoch, and the restarted
     workers resume from Ray's last checkpoint."""
     torch.set_num_threads(1)
     fail_at = config.get("fail_at_epoch")

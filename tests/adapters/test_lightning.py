@@ -1,4 +1,4 @@
-"""RePB in PyTorch Lightning: the Pruning callback on a small image classifier: pruning happens, the
+"""RePB in PyTorch Lightning: the PruningCallback on a small image classifier: pruning happens, the
 plans are those of the core policy fed the same scores, the LR schedule follows the real steps, and 2
 processes (torchrun, Lightning's DDP) reach the same plans."""
 
@@ -17,14 +17,14 @@ import lightning.pytorch as pl  # noqa: E402
 from lightning_script import train  # noqa: E402
 
 from repb_ray.core import make_policy  # noqa: E402
-from repb_ray.lightning import Pruning  # noqa: E402
+from repb_ray.lightning import PruningCallback  # noqa: E402
 from repb_ray.torch import RealStepLR  # noqa: E402
 
 pytestmark = [pytest.mark.slow]
 
 
-class Recording(Pruning):
-    """Pruning that keeps every epoch's observations, to replay them into a plain policy."""
+class Recording(PruningCallback):
+    """PruningCallback that keeps every epoch's observations, to replay them into a plain policy."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -59,7 +59,7 @@ def test_gradient_accumulation_keeps_every_group_a_mean():
 
 def test_distributed_sampler_must_be_off():
     import lightning.pytorch as pl
-    pruning = Pruning("repb", {}, num_samples=8, epochs=1)
+    pruning = PruningCallback("repb", {}, num_samples=8, epochs=1)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, callbacks=[pruning], logger=False)
     assert trainer._accelerator_connector.use_distributed_sampler  # the default; refused only with several ranks
 
@@ -93,7 +93,7 @@ def test_the_example_script_runs():
 
 
 class SaveAtEpochEnd(pl.Callback):
-    """A checkpoint written in on_train_epoch_end by a callback listed before Pruning (as Ray's
+    """A checkpoint written in on_train_epoch_end by a callback listed before PruningCallback (as Ray's
     RayTrainReportCallback can be): it must already hold the next plan."""
 
     def __init__(self, path):
@@ -104,15 +104,15 @@ class SaveAtEpochEnd(pl.Callback):
 
 
 def test_a_run_resumed_from_its_lightning_checkpoint_trains_every_plan_once_in_order(tmp_path):
-    """Checkpointing on, the checkpoint written before Pruning's own epoch end: the state is plain types
+    """Checkpointing on, the checkpoint written before PruningCallback's own epoch end: the state is plain types
     and tensors (torch.load(weights_only=True) reads it), and the resumed run trains plan 3 where the
     uninterrupted run did, with the same decisions and the same OneCycleLR position (Lightning restores
-    the bare scheduler before Pruning wraps it again)."""
+    the bare scheduler before PruningCallback wraps it again)."""
     ckpt = str(tmp_path / "epoch2.ckpt")
     whole, _, t_whole = train(epochs=3)
     train(epochs=2, before=(SaveAtEpochEnd(ckpt),))
     state = torch.load(ckpt, weights_only=True)  # nothing but plain types and tensors
-    assert state["callbacks"]["Pruning"]["policy"]["epoch"] == 3  # the next plan was decided before the save
+    assert state["callbacks"]["PruningCallback"]["policy"]["epoch"] == 3  # the next plan was decided before the save
     resumed, _, t_resumed = train(epochs=3, ckpt_path=ckpt)
     assert [e["epoch"] for e in resumed.epochs_log] == [1, 2, 3]
     assert [e["kept"] for e in resumed.epochs_log] == [e["kept"] for e in whole.epochs_log]

@@ -43,7 +43,7 @@ def test_infobatch_keeps_stale_scores_of_pruned_samples():
     run_epoch(p, lambda ids: ids.astype(np.float32))
     pruned = np.setdiff1d(np.arange(1000), p.plan.ids)
     run_epoch(p, lambda ids: np.full(ids.size, 7.0, np.float32))
-    np.testing.assert_array_equal(p.scores[pruned], pruned.astype(np.float32))
+    np.testing.assert_array_equal(p.shard_array("scores")[pruned], pruned.astype(np.float32))
 
 
 def test_random_star_size_and_uniform_draws():

@@ -66,5 +66,5 @@ def test_infobatch_global_mean_is_exact_too():
     p.observe(0, np.arange(4, dtype=np.int64), np.array([2.0**30, 2.0**-30, -(2.0**30), 0.0], np.float32))
     p.finish_epoch()
     assert p.shards[0].rescaled.tolist() == [False, False, True, True] or len(p.plan) < 4
-    below = p.scores < float(2.0**-32)
+    below = p.shard_array("scores") < float(2.0**-32)
     assert below.tolist() == [False, False, True, True]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from helpers import run_epoch
 
-from repb_ray.core import make_policy, policy_class
+from repb_ray.core import make_policy
 
 pytestmark = pytest.mark.unit  # in-process, seconds
 
@@ -38,7 +38,7 @@ def _scores(ids, e):
 
 def _run(name, params, shards=None, bounds=None, world_size=2, epochs=5):
     kw = {"bounds": bounds} if bounds else {"shards": shards or 1}
-    p = policy_class(name)(num_samples=N, seed=3, world_size=world_size, **kw, **params)
+    p = make_policy(name, num_samples=N, seed=3, world_size=world_size, **kw, **params)
     plans = [(p.plan.ids.copy(), p.plan.weights.copy())]
     for e in range(epochs):
         plan = run_epoch(p, lambda ids, e=e: _scores(ids, e), batch=16, rng=np.random.default_rng(e), world_size=world_size)
@@ -67,7 +67,7 @@ def test_state_moves_between_shard_counts(name, params):
     for k in s1:
         if isinstance(s1[k], np.ndarray):
             np.testing.assert_array_equal(s1[k], s3[k], err_msg=k)
-    q = policy_class(name)(num_samples=N, seed=3, world_size=2, shards=5, **params)
+    q = make_policy(name, num_samples=N, seed=3, world_size=2, shards=5, **params)
     q.load_state_dict(s3)
     a = run_epoch(q, lambda ids: _scores(ids, 9), batch=16, rng=np.random.default_rng(9), world_size=2)
     b = run_epoch(p1, lambda ids: _scores(ids, 9), batch=16, rng=np.random.default_rng(9), world_size=2)

@@ -239,7 +239,8 @@ def test_a_name_with_another_config_is_refused_before_ray_starts(tmp_path, capsy
     out = tmp_path / "out"
     (out / "ray_results" / "mine").mkdir(parents=True)
     from repb_ray.config import Config
-    from repb_ray.train.runs import RECORD_FILE, fingerprint, identity
+    from repb_ray.layout import RECORD_FILE
+    from repb_ray.train.run_home import fingerprint, identity
     old = Config.from_yaml(SMOKE, ["name=mine"])
     (out / "ray_results" / "mine" / RECORD_FILE).write_text(json.dumps({"name": "mine", "fingerprint": fingerprint(old),
                                                                         "identity": identity(old)}))
@@ -257,7 +258,8 @@ def test_resume_with_a_change_the_run_cannot_take_is_refused_at_claim_time(tmp_p
     out = tmp_path / "out"
     (out / "ray_results" / "mine").mkdir(parents=True)
     from repb_ray.config import Config
-    from repb_ray.train.runs import RECORD_FILE, fingerprint, identity
+    from repb_ray.layout import RECORD_FILE
+    from repb_ray.train.run_home import fingerprint, identity
     old = Config.from_yaml(SMOKE, ["name=mine", "target_pruned=0.3"] if fixed is None else ["name=mine"])
     (out / "ray_results" / "mine" / RECORD_FILE).write_text(json.dumps({"name": "mine", "fingerprint": fingerprint(old),
                                                                         "identity": identity(old)}))

@@ -77,7 +77,7 @@ def test_lightning_callback_on_two_ray_workers(ray_session, tmp_path):
 
 
 def test_lightning_callback_resumed_by_ray_from_its_checkpoint_trains_every_plan_once(ray_session, tmp_path):
-    """Ray's RayTrainReportCallback checkpoints each epoch (ahead of Pruning), a worker fails at epoch 3,
+    """Ray's RayTrainReportCallback checkpoints each epoch (ahead of PruningCallback), a worker fails at epoch 3,
     the restarted workers resume from epoch 2's checkpoint: the same plans as the run that did not fail."""
     pytest.importorskip("lightning")
     import ray.train

@@ -30,7 +30,7 @@ def _run(policy, params, n=4096, epochs=4, seed=0, shuffle_rows=256, source=None
                 pos = np.arange(done, done + len(ids))
                 done += len(ids)
                 s = score(ids, pos, epoch) if score else np.ones(len(ids), np.float32)
-                session.observe(batch, s)
+                session.observe(batch["id"], s)
                 seen.append(ids)
             orders.append(np.concatenate(seen))
             session.end_epoch()
@@ -150,7 +150,7 @@ def test_many_plan_chunks_serve_exactly_the_plan_and_its_weights(ray_session, tm
                 ids.append(batch["id"].numpy().copy())
                 weights.append(batch["weight"].numpy().copy())
                 assert np.array_equal(batch["x"].numpy().reshape(-1), batch["id"].numpy())  # rows stay whole
-                session.observe(batch, (batch["id"] % 13).float())
+                session.observe(batch["id"], (batch["id"] % 13).float())
             ids, weights = np.concatenate(ids), np.concatenate(weights)
             order = np.argsort(ids)
             np.testing.assert_array_equal(ids[order], plan_ids, err_msg=f"ids of epoch {epoch}")

@@ -7,8 +7,9 @@ import os
 import pytest
 from helpers import ROOT, PicklePayload
 
+from repb_ray import layout
 from repb_ray.config import Config
-from repb_ray.train import runs
+from repb_ray.train import run_home
 from repb_ray.tune.spec import SweepSpec
 from repb_ray.tune.sweep import TRIAL_RESOURCES, TrialContext, run_sweep, run_trial
 
@@ -47,9 +48,9 @@ def test_a_restarted_trial_whose_run_had_ended_reports_its_last_epoch(ray_sessio
     assert again["epoch"] == 2 and again["test_accuracy"] == summary["final_metric"]
     assert os.stat(run_dir / "summary.json").st_mtime_ns == stamp  # not trained again
     # the run's last checkpoint saved, its summary not yet written
-    record_file = home / "t000-s0" / runs.RECORD_FILE  # the trial's home is in its sweep's
+    record_file = home / "t000-s0" / layout.RECORD_FILE  # the trial's home is in its sweep's
     record = json.loads(record_file.read_text())
-    del record[runs.FINISHED]
+    del record[run_home.FINISHED]
     record_file.write_text(json.dumps(record))
     os.unlink(run_dir / "summary.json")
     last, epochs = _tune_once(context, tmp_path, "last")

@@ -46,7 +46,7 @@ def png_parquet(tmp_path_factory):
 
 
 def test_parquet_image_task_decodes_only_plan_rows(ray_session, png_parquet, tmp_path):
-    from repb_ray.train.run import run_training
+    from repb_ray.train.driver import run_training
     log = tmp_path / "decoded"
     log.mkdir()
     cfg = Config(task="task_fixtures:LoggingImages", output_dir=str(tmp_path / "out"), name="pngs",
@@ -64,7 +64,7 @@ def test_parquet_image_task_decodes_only_plan_rows(ray_session, png_parquet, tmp
 
 
 def test_tiny_causal_lm_reports_perplexity(ray_session, tmp_path):
-    from repb_ray.train.run import run_training
+    from repb_ray.train.driver import run_training
     cfg = Config(task="tiny_lm:TinyLM", task_args={"size": 256}, output_dir=str(tmp_path), name="lm", epochs=2,
                  batch_size=16, num_workers=2, lr=0.5, tracking_uri="none")
     s = run_training(cfg, progress=False)
@@ -106,7 +106,7 @@ def test_task_in_a_temporary_directory_through_the_cli(ray_session, tmp_path):
 
 
 def test_own_train_loop_reaches_the_built_in_plans(ray_session, smoke_config, tmp_path):
-    from repb_ray.train.run import run_training
+    from repb_ray.train.driver import run_training
     sys.path.insert(0, os.path.join(ROOT, "examples"))
     try:
         from own_train_loop import run

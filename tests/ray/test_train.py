@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from helpers import ROOT
 
+from repb_ray import layout
 from repb_ray.cli import main as cli_main
 from repb_ray.config import Config
 from repb_ray.core import plan_digest
@@ -52,7 +53,7 @@ def test_summary_has_every_field(reference_run):
 def test_async_evaluation_reports_what_the_synchronous_path_does(reference_run, smoke_config, tmp_path):
     """Evaluating epoch E while E+1 trains changes nothing but when the metrics arrive: the same plans,
     losses and test metrics, each for its own epoch."""
-    from repb_ray.train.run import run_training
+    from repb_ray.train.driver import run_training
     _, ref = reference_run  # eval_mode async (the default)
     cfg = Config.from_yaml(smoke_config, ["epochs=3", f"output_dir={tmp_path}", "tracking_uri=none"])
     s = run_training(cfg.replace(name="sync", eval_mode="sync"), progress=False)
@@ -111,7 +112,7 @@ def test_resume_gives_the_uninterrupted_plans(reference_run, smoke_config, tmp_p
     """A crashed worker, or the coordinator's or one shard actor's process killed by pid mid-epoch: the
     run resumes from its last checkpoint and ends with the clean run's plans and losses, bit for bit
     (plans do not depend on the number of shards)."""
-    from repb_ray.train.run import run_training
+    from repb_ray.train.driver import run_training
     _, ref = reference_run
     cfg = Config.from_yaml(smoke_config, ["epochs=3", f"output_dir={tmp_path}", "tracking_uri=none"])
     s = run_training(cfg.replace(name="resumed", fail_at=fail_at, max_failures=2, coordinator_shards=shards),
@@ -124,7 +125,7 @@ def test_resume_gives_the_uninterrupted_plans(reference_run, smoke_config, tmp_p
 
 
 def test_local_mode_runs_every_policy_in_one_harness(ray_session, smoke_config, tmp_path):
-    from repb_ray.train.run import run_training
+    from repb_ray.train.driver import run_training
     cfg = Config.from_yaml(smoke_config, [f"output_dir={tmp_path}", "tracking_uri=none", "num_workers=0"])
     pruned = {}
     for policy in ("infobatch", "random", "full", "egreedy", "ucb"):
@@ -196,11 +197,11 @@ def test_a_run_in_a_trial_thread_that_is_taken_over_stops_and_deletes_nothing(ra
 
     from repb_ray import storage
     from repb_ray.errors import OwnershipLost
-    from repb_ray.train import runs
+    from repb_ray.train import run_home
+    from repb_ray.train.driver import run_training
     from repb_ray.train.ownership import HEARTBEAT_ENV, STALE_ENV, claim_path
-    from repb_ray.train.run import run_training
     cfg = Config.from_yaml(smoke_config, ["epochs=30", f"output_dir={tmp_path}", "tracking_uri=none", "name=stolen"])
-    home = runs.home_of(cfg)
+    home = run_home.home_of(cfg)
     outcome = {}
     os.environ.update({HEARTBEAT_ENV: "0.2", STALE_ENV: "5"})
     try:
@@ -222,5 +223,5 @@ def test_a_run_in_a_trial_thread_that_is_taken_over_stops_and_deletes_nothing(ra
             os.environ.pop(key, None)
     assert not t.is_alive() and "summary" not in outcome
     assert isinstance(outcome["error"], OwnershipLost) and "taken over by another driver" in str(outcome["error"])
-    assert os.path.exists(os.path.join(home, runs.RECORD_FILE)) and os.path.exists(claim_path(home, 2))
+    assert os.path.exists(os.path.join(home, layout.RECORD_FILE)) and os.path.exists(claim_path(home, 2))
     assert any(e.startswith("epoch_") for e in os.listdir(home))  # checkpoints kept

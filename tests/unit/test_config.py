@@ -114,7 +114,7 @@ def test_config_imports_neither_torch_nor_ray():
             "sys.meta_path.insert(0, Block())\n"
             "import repb_ray.config, repb_ray.errors, repb_ray.core, repb_ray.redact, repb_ray.storage\n"
             "from repb_ray.tune.spec import SweepSpec\n"
-            "from repb_ray.tune import report\n"
+            "from repb_ray.tune import tables\n"
             "repb_ray.config.Config(policy='infobatch')\n"
             "print('ok')\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

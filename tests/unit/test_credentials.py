@@ -11,7 +11,7 @@ from repb_ray.config import Config
 from repb_ray.errors import ConfigError
 from repb_ray.redact import redact_text
 from repb_ray.tasks.loader import instantiate
-from repb_ray.train import runs
+from repb_ray.train import run_home
 
 pytestmark = pytest.mark.unit  # in-process, seconds
 
@@ -37,10 +37,10 @@ def test_a_literal_secret_in_a_config_is_refused_at_any_depth(where):
 def test_a_secret_by_reference_is_kept_and_resolved_only_where_the_task_is_built(monkeypatch_env):
     ref = {"env": "REPB_TEST_TOKEN"}
     cfg = Config(task="synthetic", task_args={"size": 64}, tags={"api_key": ref}, name="r")
-    before = runs.fingerprint(cfg)
+    before = run_home.fingerprint(cfg)
     monkeypatch_env["REPB_TEST_TOKEN"] = "rotated-value-1"
-    assert runs.fingerprint(cfg) == before  # rotating the secret is the same run
-    assert "rotated-value-1" not in repr(cfg.to_dict()) and runs.identity(cfg) == runs.identity(cfg)
+    assert run_home.fingerprint(cfg) == before  # rotating the secret is the same run
+    assert "rotated-value-1" not in repr(cfg.to_dict()) and run_home.identity(cfg) == run_home.identity(cfg)
     assert credentials.resolve({"a": ref, "b": [ref], "c": 1}) == {"a": "rotated-value-1", "b": ["rotated-value-1"],
                                                                     "c": 1}
     del monkeypatch_env["REPB_TEST_TOKEN"]

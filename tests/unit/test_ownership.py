@@ -15,7 +15,7 @@ import pytest
 
 from repb_ray import storage
 from repb_ray.errors import OwnershipLost, RunError
-from repb_ray.train import ownership
+from repb_ray.layout import OWNER_DIR
 from repb_ray.train.ownership import Ownership, beat_path, claim_path, latest_generation
 
 pytestmark = pytest.mark.unit
@@ -123,7 +123,7 @@ def test_a_heartbeat_outage_is_retried_then_stops_the_run_before_it_can_go_stale
     owner = Ownership(home, "r1", stale_s=3.0, heartbeat_s=0.05).acquire()  # stops after 1.5 s without a beat
     stopped = threading.Event()
     owner.on_lost.append(stopped.set)
-    folder = os.path.join(home, ownership.OWNER_DIR)
+    folder = os.path.join(home, OWNER_DIR)
 
     def outage(seconds):
         os.rename(folder, folder + ".away")  # the folder is gone and a file stands in its way: every beat fails

@@ -5,8 +5,8 @@ import pytest
 from repb_ray.config import Config, ConfigError
 from repb_ray.tune.admission import TrialDemand, capacity
 from repb_ray.tune.progress import progress_line
-from repb_ray.tune.report import aggregate, format_table, label_trials, paper_table, pareto_front
 from repb_ray.tune.spec import SweepSpec
+from repb_ray.tune.tables import aggregate, format_table, label_trials, paper_table, pareto_front
 
 pytestmark = pytest.mark.unit  # in-process, seconds
 
@@ -110,8 +110,8 @@ def test_paired_statistics_on_a_hand_made_result_set():
     """Three seeds. Random* - RePB = -0.02, -0.01, -0.03: mean -0.02, sd 0.01, t = -3.464, p = 0.0742, 95%
     interval -0.02 +- 4.3027 * 0.01 / sqrt(3) = [-0.0448, 0.0048]: not significant. UCB - RePB = 0.04, 0.035,
     0.03: t = 12.12, p = 0.0067, interval [0.0226, 0.0474]: significant (also after Holm: 2 x 0.0067)."""
-    from repb_ray.tune.report import compare, difference_table
     from repb_ray.tune.stats import estimate, t_quantile
+    from repb_ray.tune.tables import compare, difference_table
     rows = [_row("Full data", 0.0, s, v, 0.0) for s, v in enumerate((0.90, 0.91, 0.92))]
     rows += [_row("RePB", 0.5, s, v, 0.5, 0.5) for s, v in enumerate((0.88, 0.89, 0.90))]
     rows += [_row("Random*", 0.5, s, v, 0.5, 0.5) for s, v in enumerate((0.86, 0.88, 0.87))]

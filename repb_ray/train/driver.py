@@ -23,7 +23,7 @@ from repb_ray.redact import redact, redact_text
 from repb_ray.tasks.loader import TaskRef, instantiate
 from repb_ray.tracking import mlflow_tracking as mt
 from repb_ray.tracking.run_tracker import RunTracker
-from repb_ray.train import runs
+from repb_ray.train import run_home
 from repb_ray.train.console import Console
 from repb_ray.train.loop import train_loop_per_worker
 from repb_ray.train.pruning import Pruning
@@ -48,7 +48,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
     identity); a run that fails before its first checkpoint leaves no run behind but its error.log.
     lease_wait_s: how long a live-looking holder of the run's lease is waited for before refusing."""
     if cfg.name is None:
-        cfg = cfg.replace(name=runs.default_name(None, cfg))
+        cfg = cfg.replace(name=run_home.default_name(None, cfg))
     t_start = time.perf_counter()
     check_cluster_paths(cfg)
     task_ref = TaskRef(cfg.task, cfg.task_args)
@@ -57,8 +57,8 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
     if tracking_uri:
         mt.prepare_client_env()
         mt.check_reachable(tracking_uri)  # one line within seconds, before Ray starts
-    claim = runs.claim(cfg, resume=resume, overwrite=overwrite, lease_wait_s=lease_wait_s)
-    root = runs.storage_root(cfg)
+    claim = run_home.claim(cfg, resume=resume, overwrite=overwrite, lease_wait_s=lease_wait_s)
+    root = run_home.storage_root(cfg)
     pruning = tracker = console = None
     claim.owner.on_lost.append(_stopper(lambda: pruning, threading.current_thread() is threading.main_thread()))
     try:
@@ -89,7 +89,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
             print(f"[repb_ray] {'resuming' if claim.state == 'resume' else 'run'} {cfg.name}: {cfg.policy} on {cfg.task} "
                   f"({n} samples), {cfg.num_workers} worker(s), {cfg.epochs} epochs; outputs in {cfg.run_dir}",
                   flush=True)
-        console = Console(pruning.coordinator, cfg.epochs, show=progress, decisions=policy_class(cfg.policy).DECISIONS,
+        console = Console(pruning.progress, cfg.epochs, show=progress, decisions=policy_class(cfg.policy).DECISIONS,
                           on_epoch=tracker.epoch).start()
         fs, path = storage.filesystem(root)  # Ray Train gets the filesystem (a URI's query kept) and the path
         trainer = TorchTrainer(
@@ -111,7 +111,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
         console = None
         history = list(result.return_value or [])
         summary = build_summary(cfg, task, history, num_samples=n, wall_time_s=time.perf_counter() - t_start)
-        path = os.path.join(cfg.run_dir, runs.SUMMARY_FILE)
+        path = run_home.layout_of(cfg).summary
         summary["mlflow_run_id"] = tracker.run_id
         _write_json(path, summary)
         model = _final_model(task, result.checkpoint) if tracker.run_id else None
@@ -154,7 +154,7 @@ def _stopper(pruning_of, main_thread: bool):
     return stop
 
 
-def _cleanup_failed(claim: runs.RunClaim) -> None:
+def _cleanup_failed(claim: run_home.RunClaim) -> None:
     """After a failure: a run that has no checkpoint yet leaves nothing behind but its error.log. A
     driver that lost its run, or cannot list the home, deletes nothing."""
     if claim.owner.lost:

@@ -19,25 +19,26 @@ from dataclasses import dataclass, field
 from repb_ray import storage
 from repb_ray.config import NAME_PATTERN, Config
 from repb_ray.errors import ConfigError, RunError
+from repb_ray.layout import (
+    COORDINATOR_DIR,
+    OUTPUTS,
+    OWNER_DIR,
+    RAY_TRAIN_FILES,
+    RECORD_FILE,
+    SWEEP_FILE,
+    SWEEP_RECORD,
+    RunLayout,
+    is_checkpoint,
+)
 from repb_ray.redact import redact
-from repb_ray.train.ownership import OWNER_DIR, Ownership
+from repb_ray.train.ownership import Ownership
 
 # keys that do not change what is trained (where outputs go, tracking, timeouts, test hooks)
 NOT_IDENTITY = {"name", "output_dir", "storage_path", "tracking_uri", "experiment", "tags", "max_failures",
                 "fail_at", "audit", "coordinator_timeout_s", "observe_every", "prefetch_batches", "eval_batch_size",
                 "worker_resources"}
-RECORD_FILE = "repb_run.json"        # in STORAGE/NAME: the run's identity, created, finished_at
-SWEEP_RECORD = "repb_sweep.json"     # in STORAGE/SWEEP: marks a sweep's home
-SUMMARY_FILE = "summary.json"        # in OUTPUT/NAME, written by a run that ended
-SWEEP_FILE = "sweep.json"            # marks a sweep's output folder
-# what a run writes in OUTPUT/NAME: --overwrite and cleanup touch nothing else there
-OUTPUTS = (SUMMARY_FILE, "curves.png", "selection_counts.npz", "error.log", "audit")
 MARKER_PREFIX = ".injected_"         # fault-injection markers of the tests (fail_at)
 FINISHED = "finished_at"             # in the record once summary.json and tracking are complete
-COORDINATOR_DIR = "coordinator"      # the coordinator's states, in the home
-# what a run writes in its home: its record and owner, the coordinator's states, Ray Train's checkpoints
-# and its own bookkeeping files; --overwrite refuses a home holding anything else
-RAY_TRAIN_FILES = ("checkpoint_manager_snapshot.json", ".validate_storage_marker")
 
 
 def identity(cfg: Config) -> dict:
@@ -72,6 +73,11 @@ def storage_root(cfg: Config) -> str:
 def home_of(cfg: Config) -> str:
     """The run's one home: STORAGE/NAME."""
     return storage.join(storage_root(cfg), cfg.name)
+
+
+def layout_of(cfg: Config) -> RunLayout:
+    """The places of run `cfg.name`: its home and its output folder."""
+    return RunLayout(home_of(cfg), cfg.run_dir)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -125,10 +131,6 @@ def _check_resumable(cfg: Config, old: dict, new: dict) -> None:
         raise ConfigError(f"--resume cannot change {', '.join(fixed)} of run {cfg.name!r} ({'; '.join(changes[:3])}): "
                           "its saved state was built for them; start it over with --overwrite, or give this one its own "
                           "name (--set name=...)")
-
-
-def is_checkpoint(entry: str) -> bool:
-    return entry.startswith("epoch_") or entry.startswith("checkpoint_")
 
 
 def run_entry(entry: str) -> bool:
@@ -202,8 +204,8 @@ class RunClaim:
 def finished_summary(cfg: Config) -> dict | None:
     """The summary of run `cfg.name` when it already ended with this config (its record says so and
     its summary.json is there), else None. Reads only; takes no ownership."""
-    record = read_record(storage.join(home_of(cfg), RECORD_FILE))
-    path = os.path.join(cfg.run_dir, SUMMARY_FILE)
+    places = layout_of(cfg)
+    record, path = read_record(places.record), places.summary
     if record is None or record["fingerprint"] != fingerprint(cfg) or FINISHED not in record or not os.path.exists(path):
         return None
     return storage.read_json(path)
@@ -260,7 +262,7 @@ def claim(cfg: Config, *, resume: bool = False, overwrite: bool = False, lease_w
 
 def _claim_owned(cfg: Config, owner: Ownership, home: str, resume: bool, overwrite: bool, existed: set,
                  made_run_dir: bool, made_home: bool) -> RunClaim:
-    run_dir, record_path = cfg.run_dir, storage.join(home, RECORD_FILE)
+    run_dir, record_path = cfg.run_dir, RunLayout(home, cfg.run_dir).record
     stored = read_record(record_path)
     if stored is not None and stored.get("name") not in (None, cfg.name):
         raise RunError(f"{storage.display(record_path)} records the run {stored.get('name')!r}, not {cfg.name!r}; give "

@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from repb_ray import storage
-from repb_ray.train.runs import RECORD_FILE, SUMMARY_FILE
+from repb_ray.layout import RECORD_FILE, SUMMARY_FILE
 from repb_ray.tune.stats import estimate, holm, paired
 
 COLUMNS = ("trial", "method", "budget", "seed", "status", "epochs", "metric", "pruned_fraction", "wall_time_s")
