@@ -37,6 +37,7 @@ class BanditScratch(SelectScratch):
 
 class BanditShard(SelectingShard):
     SCRATCH = BanditScratch
+    tmp: BanditScratch
     STATE = SelectingShard.STATE + ("mean", "var", "observed")
 
     def setup(self) -> None:

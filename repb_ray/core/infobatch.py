@@ -26,6 +26,7 @@ class InfoBatchScratch(Scratch):
 
 class InfoBatchShard(Shard):
     SCRATCH = InfoBatchScratch
+    tmp: InfoBatchScratch
     STATE = Shard.STATE + ("scores", "rescaled")
 
     def setup(self) -> None:
@@ -61,7 +62,7 @@ class InfoBatchShard(Shard):
 
     @step
     def below_count(self) -> int:
-        return int(np.count_nonzero(self.tmp.below))
+        return int(np.count_nonzero(self.tmp.need("below")))
 
     @step
     def decide(self, epoch: int, ratio: float) -> int:

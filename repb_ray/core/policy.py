@@ -249,6 +249,7 @@ class SelectingShard(Shard):
     """A shard that can take part in an exact k-smallest selection over keys in tmp.select."""
 
     SCRATCH = SelectScratch
+    tmp: SelectScratch
 
     @step
     def select_local(self, k: int) -> int:
@@ -259,11 +260,11 @@ class SelectingShard(Shard):
     def select_histogram(self, prefix: int, bits: int) -> np.ndarray:
         if self.tmp.radix is None:
             self.tmp.radix = RadixSelect(self.tmp.take("select"))
-        return self.tmp.radix.histogram(prefix, bits)
+        return self.tmp.need("radix").histogram(prefix, bits)
 
     @step
     def select_counts(self, threshold: int) -> tuple[int, int]:
-        return self.tmp.radix.counts(threshold)
+        return self.tmp.need("radix").counts(threshold)
 
     @step
     def select_apply(self, threshold: int, ties: int) -> int:

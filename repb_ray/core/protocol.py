@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 def step(method: Callable) -> Callable:
     """Mark a shard method as a protocol step (what a Call may name)."""
-    method.protocol_step = True
+    setattr(method, "protocol_step", True)  # noqa: B010 - an attribute functions do not declare
     return method
 
 

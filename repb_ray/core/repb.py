@@ -115,6 +115,7 @@ class RePBShard(Shard):
     applies next_epoch_set with this range's uniforms; weights by ctr_weights."""
 
     SCRATCH = RePBScratch
+    tmp: RePBScratch
 
     @step
     def window_sums(self, window: int, num_windows: int):
@@ -133,7 +134,7 @@ class RePBShard(Shard):
         score within `tolerance` of it (they need the exact mean), else marks the samples.
         Comparisons run on float32 against thresholds rounded outward, which is exact for float32
         scores: s < t iff s < ceil32(t), and s >= t iff s >= ceil32(t)."""
-        run_win, lengths = self.tmp.runs
+        run_win, lengths = self.tmp.need("runs")
         _, scores = self.buf.arrays()
         mu_run = mu[run_win]
         below = scores < np.repeat(ceil32(mu_run), lengths)
@@ -154,7 +155,7 @@ class RePBShard(Shard):
         return np.unique(np.repeat(run_win, lengths)[unsure]).tolist()
 
     def _obs_windows(self) -> np.ndarray:
-        run_win, lengths = self.tmp.runs
+        run_win, lengths = self.tmp.need("runs")
         return np.repeat(run_win, lengths)
 
     @step

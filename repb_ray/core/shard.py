@@ -21,9 +21,15 @@ class Scratch:
 
     keep: np.ndarray | None = None
 
+    def need(self, name: str):
+        """The field's value, which an earlier step of this end of epoch set."""
+        value = getattr(self, name)
+        assert value is not None, f"protocol step order: {name} is not set"
+        return value
+
     def take(self, name: str):
         """The field's value, cleared (a value used once)."""
-        value = getattr(self, name)
+        value = self.need(name)
         setattr(self, name, None)
         return value
 
@@ -34,7 +40,8 @@ class Shard:
     protocol's steps live in `self.tmp` (a SCRATCH) until `commit`."""
 
     STATE: tuple[str, ...] = ("counts", "in_plan")
-    SCRATCH = Scratch
+    SCRATCH: type[Scratch] = Scratch
+    tmp: Scratch
     STEPS: frozenset = frozenset()   # the protocol steps (methods marked @step), set when a subclass is defined
 
     def __init_subclass__(cls, **kwargs):
