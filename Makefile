@@ -1,4 +1,5 @@
-# make train: the main job (RePB on Fashion-MNIST, 2 workers); make test: lint and the whole test suite.
+# make train: the main job (RePB on Fashion-MNIST, 2 workers); make test: lint, the docs (strict) and the
+# whole test suite; make docs: the documentation site in site/.
 # Each creates .venv and installs what it needs first (about 3 minutes on a fresh machine).
 PY ?= python3
 VENV := .venv
@@ -13,7 +14,7 @@ $(VENV)/.run: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.all: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[all,dev]"
+	$(BIN)/pip install -q -e ".[all,dev,docs]"
 	touch $@ $(VENV)/.run
 
 install: $(VENV)/.run
@@ -31,10 +32,13 @@ lint: install-all
 	$(BIN)/ruff check repb_ray tests benchmarks examples jobs
 	$(BIN)/mypy
 
+docs: install-all
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q
+
 test-fast: install-all
 	$(BIN)/python -m pytest -q -m "not ray and not e2e and not slow" tests
 
-test: lint data
+test: lint docs data
 	$(BIN)/python -m pytest -q tests
 
-.PHONY: install install-all data train lint test-fast test
+.PHONY: install install-all data train lint docs test-fast test

@@ -11,7 +11,7 @@ from repb_ray.config import Config
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="YAML config (see jobs/configs/)")
+    p.add_argument("--config", required=True, help="a YAML config file, or the name of a shipped one (smoke, fashion_mnist_repb, ...)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key; repeatable, e.g. --set policy_args.rho=0.3 --set task_args.train_subset=1000")
     p.add_argument("--output-dir", help="where summaries, run records and the MLflow store go (a folder)")

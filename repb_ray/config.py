@@ -107,6 +107,7 @@ class Config:
     tracking_uri: str | None = None    # MLflow; default sqlite under output_dir; "none" disables
     experiment: str = "repb_ray"
     tags: dict = field(default_factory=dict)
+    system_metrics: bool = True           # CPU, memory, disk, network (and GPU) of the driver's node in the run
 
     def __post_init__(self):
         # credentials never stay in a config: a tracking URI's user:password goes to MLflow's own variables
@@ -176,10 +177,30 @@ def _unique_key_loader():
     return UniqueKeyLoader
 
 
+SHIPPED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")  # package data
+
+
+def shipped_configs() -> list[str]:
+    """The names of the configs shipped with the package (`--config NAME`)."""
+    return sorted(f[: -len(".yaml")] for f in os.listdir(SHIPPED_CONFIGS) if f.endswith(".yaml"))
+
+
+def resolve_config(path: str, what: str = "config") -> str:
+    """A YAML file's path: `path` itself when it is a file, else the shipped config of that name
+    (`smoke` or `smoke.yaml`); anything else is a ConfigError listing the shipped names."""
+    if os.path.isfile(path):
+        return path
+    name = path[: -len(".yaml")] if path.endswith(".yaml") else path
+    if "/" not in name and os.sep not in name and name in shipped_configs():
+        return os.path.join(SHIPPED_CONFIGS, name + ".yaml")
+    raise ConfigError(f"{what} file {path!r} does not exist; pass a YAML file or the name of a shipped one: "
+                      f"{', '.join(shipped_configs())}")
+
+
 def load_yaml_mapping(path: str, what: str) -> dict[str, Any]:
-    """The mapping in a YAML file; a missing file, a YAML syntax error or a non-mapping is a ConfigError."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"{what} file {path!r} does not exist; the shipped ones are in jobs/configs/")
+    """The mapping in a YAML file (or a shipped config, by name); a missing file, a YAML syntax error or a
+    non-mapping is a ConfigError."""
+    path = resolve_config(path, what)
     import yaml
     with open(path) as fh:
         try:
@@ -279,7 +300,7 @@ def _validate(c: Config) -> None:
             check_float("grad_clip", c.grad_clip, lo=0.0, lo_open=True)
         check_float("cpus_per_worker", c.cpus_per_worker, lo=0.0, lo_open=True)
         check_float("coordinator_timeout_s", c.coordinator_timeout_s, lo=0.0, lo_open=True)
-        for key in ("ctr_normalize", "use_gpu", "audit", "compile", "channels_last"):
+        for key in ("ctr_normalize", "use_gpu", "audit", "compile", "channels_last", "system_metrics"):
             check_bool(key, getattr(c, key))
         if c.name is not None:
             check_name(c.name)

@@ -1,6 +1,7 @@
 """Test helpers: the project's paths, and driving a policy through epochs with synthetic scores."""
 
 import os
+import re
 
 import numpy as np
 
@@ -31,12 +32,25 @@ def binomial_tol(p, m, sigmas=5.0):
     return sigmas * np.sqrt(p * (1 - p) / m)
 
 
-def readme_task() -> str:
-    """The task file of the README's "Use your own task" section, verbatim."""
-    with open(os.path.join(ROOT, "README.md")) as fh:
-        text = fh.read()
-    block = text.split("<!-- readme-task:start -->")[1].split("<!-- readme-task:end -->")[0]
-    return block.split("```python")[1].split("```")[0]
+DOC_FILES = ("README.md", *(os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(ROOT, "docs")))
+                              if f.endswith(".md")))
+_RUNNABLE = re.compile(r"<!-- runnable: ([a-z0-9_-]+) -->\n```python\n(.*?)```", re.S)
+
+
+def runnable_blocks() -> dict[str, str]:
+    """name -> code of every block the README and the docs mark runnable (a name is used once)."""
+    out: dict[str, str] = {}
+    for f in DOC_FILES:
+        with open(os.path.join(ROOT, f)) as fh:
+            for name, code in _RUNNABLE.findall(fh.read()):
+                assert name not in out, f"runnable block {name!r} is marked twice"
+                out[name] = code
+    return out
+
+
+def doc_block(name: str) -> str:
+    """The code of the runnable block `name`, verbatim."""
+    return runnable_blocks()[name]
 
 
 class PicklePayload:

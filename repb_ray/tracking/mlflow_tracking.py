@@ -205,6 +205,31 @@ def log_epoch_metrics(uri: str, run_id: str, metrics: dict, step: int) -> None:
         client(uri).log_batch(run_id, metrics=batch)
 
 
+def log_datasets(uri: str, run_id: str, records: list[dict]) -> None:
+    """Datasets (tracking/datasets.py records) as the run's inputs, each with its context tag."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from repb_ray.tracking.datasets import CONTEXT_TAG
+    inputs = [DatasetInput(Dataset(r["name"], r["digest"], r["source_type"], r["source"], r["schema"], r["profile"]),
+                           [InputTag(CONTEXT_TAG, r["context"])]) for r in records]
+    client(uri).log_inputs(run_id, datasets=inputs)
+
+
+def log_model_metric(uri: str, run_id: str, key: str, value: float, model_id: str, dataset: dict) -> None:
+    """A metric of the logged model on a dataset: MLflow links the LoggedModel to that dataset through it."""
+    client(uri).log_metric(run_id, key, float(value), dataset_name=dataset["name"], dataset_digest=dataset["digest"],
+                           model_id=model_id)
+
+
+def system_metrics(uri: str, run_id: str, interval_s: float = 5.0):
+    """MLflow's monitor of this node's CPU, memory, disk, network (and GPU), logging into the run every
+    `interval_s`; started. Stop it with .finish()."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, samples_before_logging=1, tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
 def log_artifact(uri: str, run_id: str, path: str, artifact_path: str | None = None) -> None:
     client(uri).log_artifact(run_id, path, artifact_path)
 
@@ -213,11 +238,11 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(uri).set_terminated(run_id, status=status)
 
 
-def log_model(uri: str, run_id: str, model, example) -> str:
+def log_model(uri: str, run_id: str, model, example) -> tuple[str, str | None]:
     """The trained model as an MLflow PyTorch model: with an input example, exported (pt2, no pickle:
     load with mlflow.pytorch.load_model); without one (or when the model does not export), its weights
     as a plain tensor file `model_state_dict.pt` (load with torch.load(..., weights_only=True) into
-    the task's model()). Returns the format used."""
+    the task's model()). Returns the format used and the LoggedModel's id (None for the weights alone)."""
     import mlflow
     import mlflow.pytorch
     import torch
@@ -237,10 +262,10 @@ def log_model(uri: str, run_id: str, model, example) -> str:
             store_lock = SQLiteStoreLock(uri) if uri.startswith("sqlite:///") else contextlib.nullcontext()
             with store_lock, mlflow.start_run(run_id=run_id):
                 # the requirements named, not inferred: inference imports the model in a subprocess (8 s)
-                mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
-                                         serialization_format="pt2",
-                                         pip_requirements=mlflow.pytorch.get_default_pip_requirements())
-            return "pt2"
+                info = mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
+                                                serialization_format="pt2",
+                                                pip_requirements=mlflow.pytorch.get_default_pip_requirements())
+            return "pt2", getattr(info, "model_id", None)
         except Exception as exc:  # a model torch.export cannot trace: keep the weights
             print(f"[repb_ray] MLflow: the model does not export ({type(exc).__name__}: {first_line(exc)[:120]}); "
                   "logged its weights (model_state_dict.pt) instead", flush=True)
@@ -252,4 +277,4 @@ def log_model(uri: str, run_id: str, model, example) -> str:
         path = os.path.join(d, "model_state_dict.pt")
         torch.save(model.state_dict(), path)
         log_artifact(uri, run_id, path, "model")
-    return "state_dict"
+    return "state_dict", None

@@ -1,6 +1,7 @@
 """The MLflow run of one training job, seen from its driver: started (or reopened on resume) before
-the first epoch, fed each epoch's metrics as the driver learns them, finished with the summary,
-plots, selection counts and the model. A tracking failure never stops or stalls training: it is
+the first epoch with the datasets it trains and tests on and the node's system metrics, fed each
+epoch's metrics and plan as the driver learns them, finished with the summary, plots, selection counts
+and the model (linked to the test data by its final metric). A tracking failure never stops or stalls training: it is
 one warning line, the metrics wait and are retried, and the summary says what was not tracked.
 Runs in the driver (a Tune trial's driver in a sweep)."""
 
@@ -31,6 +32,9 @@ class RunTracker:
         self.untracked: list[str] = []     # what could not be tracked, for the summary
         self.logged: dict[int, set] = {}   # epoch -> the metrics of it logged so far
         self.closed: set[int] = set()      # epochs a resumed run had logged before this process
+        self.data: dict[str, dict] = {}    # "train"/"test" -> the MLflow dataset record logged (tracking/datasets.py)
+        self._plans_logged: set[int] = set()
+        self._monitor = None
         self._warned = False
         self._lock = threading.Lock()
         if not self.uri:
@@ -49,6 +53,19 @@ class RunTracker:
             raise ConfigError(f"tracking_uri={redact_text(self.uri)!r} is not usable ({type(exc).__name__}: "
                               f"{first_line(exc)[:200]}); pass a reachable MLflow server, a SQLite path in an "
                               "existing directory, or tracking_uri=none") from None
+        if cfg.system_metrics:
+            try:
+                self._monitor = mt.system_metrics(self.uri, self.run_id)
+            except Exception as exc:  # psutil missing, or the store refuses: the run goes on without them
+                self._warn("system metrics", exc)
+                self.untracked.append("system metrics")
+
+    def datasets(self, records: dict[str, dict]) -> None:
+        """The train and test data as the run's inputs (`records`: context name -> tracking/datasets.py record)."""
+        if not self.run_id:
+            return
+        if self._try("datasets", mt.log_datasets, self.uri, self.run_id, list(records.values())):
+            self.data = dict(records)
 
     @property
     def safe_uri(self) -> str | None:
@@ -72,6 +89,17 @@ class RunTracker:
         with self._lock:
             self._enqueue(metrics)
             self.flush()
+            self._log_plan(metrics)
+
+    def _log_plan(self, metrics: dict) -> None:
+        """The epoch's plan (digest, kept) as a dataset input of the run, once."""
+        e = int(metrics["epoch"])
+        if "train" not in self.data or e in self._plans_logged or "plan_digest" not in metrics:
+            return
+        from repb_ray.tracking.datasets import plan_record
+        record = plan_record(self.data["train"], e, int(metrics["kept"]), str(metrics["plan_digest"]))
+        if self._try(f"the plan of epoch {e}", mt.log_datasets, self.uri, self.run_id, [record]):
+            self._plans_logged.add(e)
 
     def _enqueue(self, metrics: dict) -> None:
         e = int(metrics["epoch"])
@@ -123,17 +151,32 @@ class RunTracker:
             path = os.path.join(self.cfg.run_dir, COUNTS_FILE)
             np.savez_compressed(path, counts=counts, epochs=np.int64(len(history)))
             self._try("selection_counts.npz", mt.log_artifact, self.uri, self.run_id, path)
-        model_format = None
+        model_format = model_id = None
         if model is not None:
             try:
-                model_format = mt.log_model(self.uri, self.run_id, model, example)
+                model_format, model_id = mt.log_model(self.uri, self.run_id, model, example)
             except Exception as exc:
                 self._warn("the model", exc)
                 self.untracked.append("model")
+        final = history[-1] if history else {}
+        key = f"test_{metric}" if metric else None
+        if model_id and "test" in self.data and key in final:
+            self._try("the model's test metric", mt.log_model_metric, self.uri, self.run_id, key, final[key], model_id,
+                      self.data["test"])
+        self._stop_monitor()
         self._try("run status", mt.end_run, self.uri, self.run_id, "FINISHED")
         return {"uri": self.safe_uri, "run_id": self.run_id, "model_format": model_format,
                 "untracked": list(self.untracked)}
 
     def end(self, status: str) -> None:
+        self._stop_monitor()
         if self.run_id:
             self._try("run status", mt.end_run, self.uri, self.run_id, status)
+
+    def _stop_monitor(self) -> None:
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            try:
+                monitor.finish()
+            except Exception as exc:
+                self._warn("system metrics", exc)

@@ -85,6 +85,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
                              uri=tracking_uri or "")
         if tracker.run_id:
             claim.save_record(mlflow_run_id=tracker.run_id)
+            tracker.datasets(_dataset_records(cfg, train_ds, n, task.test_dataset()))
         if progress:
             print(f"[repb_ray] {'resuming' if claim.state == 'resume' else 'run'} {cfg.name}: {cfg.policy} on {cfg.task} "
                   f"({n} samples), {cfg.num_workers} worker(s), {cfg.epochs} epochs; outputs in {cfg.run_dir}",
@@ -139,6 +140,17 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
               f"fraction {summary['pruned_fraction']:.3f}, {summary['wall_time_s']:.0f}s; summary: {path}"
               + (f"; MLflow: {tracker.safe_uri}" if tracker.uri else ""), flush=True)
     return summary
+
+
+def _dataset_records(cfg: Config, train_ds, n: int, test_ds) -> dict:
+    """The MLflow dataset records of the train data (n rows) and the test data (counted; small)."""
+    from repb_ray.tracking.datasets import describe
+    out = {"train": describe(train_ds, name=f"{cfg.task}-train", context="training", num_rows=n, task=cfg.task,
+                             task_args=cfg.task_args)}
+    if test_ds is not None:
+        out["test"] = describe(test_ds, name=f"{cfg.task}-test", context="evaluation", num_rows=test_ds.count(),
+                               task=cfg.task, task_args=cfg.task_args)
+    return out
 
 
 def _stopper(pruning_of, main_thread: bool):

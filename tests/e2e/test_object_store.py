@@ -108,10 +108,10 @@ def test_two_sweeps_on_one_bucket_keep_their_trials_apart_and_overwrite_clears_o
 def test_training_data_read_from_the_bucket(address, s3, tmp_path):
     """The README's task over Parquet files on the bucket (the query-string URI reaches every file)."""
     import pyarrow.fs
-    from helpers import readme_task
+    from helpers import doc_block
 
     from repb_ray.data import prepare_arrays
-    (tmp_path / "my_task.py").write_text(readme_task())
+    (tmp_path / "my_task.py").write_text(doc_block("task"))
     rng = np.random.default_rng(0)
     data = s3.uri("data", "sets")
     fs, root = pyarrow.fs.FileSystem.from_uri(data)

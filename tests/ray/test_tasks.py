@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT, readme_task
+from helpers import ROOT, doc_block
 
 from repb_ray.config import Config
 
@@ -77,7 +77,7 @@ def test_task_in_a_temporary_directory_through_the_cli(ray_session, tmp_path):
     task (found as `python -m` would, shipped to the workers, no PYTHONPATH) and `python -m jobs.train`;
     data prepared with the prepare helper; tracked with the task's path and args."""
     from repb_ray.data import prepare_arrays
-    (tmp_path / "my_task.py").write_text(readme_task())
+    (tmp_path / "my_task.py").write_text(doc_block("task"))
     rng = np.random.default_rng(0)
     for split, n in (("train", 160), ("test", 64)):
         x = rng.normal(size=(n, 8)).astype(np.float32)

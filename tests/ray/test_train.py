@@ -104,6 +104,30 @@ def test_training_run_is_tracked_in_mlflow(reference_run):
     assert logged[0].name == "model"
 
 
+def test_the_tracked_run_says_what_it_trained_on(reference_run):
+    """MLflow's datasets: the train and test data (rows, schema, digest) and each epoch's plan (its digest and
+    kept count, as in the summary); the model's test metric tied to the test data; system metrics on."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+    out, s = reference_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
+    run = client.get_run(s["mlflow_run_id"])
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    train, test = inputs["synthetic-train"], inputs["synthetic-test"]
+    assert json.loads(train.dataset.profile)["num_rows"] == 256 and json.loads(test.dataset.profile)["num_rows"] > 0
+    assert {c["name"] for c in json.loads(train.dataset.schema)["columns"]} >= {"id", "x", "y"}
+    assert {t.key: t.value for t in train.tags}["mlflow.data.context"] == "training"
+    for e in s["per_epoch"]:
+        plan = inputs[f"synthetic-train-plan-{e['epoch']:03d}"].dataset
+        assert json.loads(plan.source)["plan_digest"] == e["plan_digest"]
+        assert json.loads(plan.profile)["num_rows"] == e["kept"]
+    logged = [m for m in client.search_logged_models([run.info.experiment_id]) if m.source_run_id == run.info.run_id]
+    linked = [m for m in logged[0].metrics if m.dataset_name == "synthetic-test"]
+    assert linked and linked[0].key == "test_accuracy" and linked[0].dataset_digest == test.dataset.digest
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
+
+
 @pytest.mark.parametrize("fail_at,shards", [({"epoch": 2, "step": 3, "rank": 1}, 1),
                                             ({"epoch": 2, "step": 2, "rank": 0, "kind": "coordinator"}, 1),
                                             ({"epoch": 2, "step": 2, "rank": 0, "kind": "shard"}, 2)],
