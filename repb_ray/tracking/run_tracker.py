@@ -159,7 +159,7 @@ class RunTracker:
                 self._warn("the model", exc)
                 self.untracked.append("model")
         final = history[-1] if history else {}
-        key = f"test_{metric}" if metric else None
+        key = metric  # the summary's metric: a history key, test_<task metric>
         if model_id and "test" in self.data and key in final:
             self._try("the model's test metric", mt.log_model_metric, self.uri, self.run_id, key, final[key], model_id,
                       self.data["test"])

@@ -56,42 +56,39 @@ def _requirements(reqs: list[str], extra: str | None) -> list[str]:
     """The distribution names the wheel's metadata asks for, for `extra` (None: the core)."""
     out = []
     for r in reqs:
-        name = re.match(r"[A-Za-z0-9_.-]+", r).group(0)
+        spec = r.split(";", 1)[0].strip()
         marker = r.split(";", 1)[1] if ";" in r else ""
         wanted = f'extra == "{extra}"' in marker if extra else "extra ==" not in marker
-        if wanted and name != "repb-ray":
-            out.append(name)
+        if wanted and not spec.startswith("repb-ray"):
+            out.append(re.sub(r"\s*[<>=!~].*$", "", spec))
     if extra and not out:  # an extra made of others ([all]) names them as repb-ray[...]
         out = [x for r in reqs if f'extra == "{extra}"' in r for x in re.findall(r"\[([^\]]+)\]", r)[0].split(",")]
     return out
 
 
 def _closure(names: list[str]) -> set[str]:
-    """These distributions and everything they require (markers of this interpreter), recursively."""
+    """These distributions (`name` or `name[extra,...]`) and everything they require for this interpreter,
+    with the requested extras, recursively."""
     from packaging.requirements import Requirement
-    seen: set[str] = set()
-    todo = list(names)
+    seen: set[tuple[str, str]] = set()
+    todo = [Requirement(n) for n in names]
     while todo:
-        name = todo.pop()
-        key = name.lower().replace("_", "-")
-        if key in seen:
+        req = todo.pop()
+        key = req.name.lower().replace("_", "-")
+        wanted = [e for e in ("", *sorted(req.extras)) if (key, e) not in seen]
+        seen.update((key, e) for e in wanted)
+        if not wanted:
             continue
-        seen.add(key)
         try:
-            dist = metadata.distribution(name)
+            dist = metadata.distribution(req.name)
         except metadata.PackageNotFoundError:
             continue  # an optional requirement this environment does not have
         for r in dist.requires or []:
-            req = Requirement(r)
-            extras = {e for e in req.extras} if req.extras else set()
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(req.name)
-                if extras:  # ray[default,train,...]: the extras' own requirements too
-                    for r2 in metadata.distribution(req.name).requires or []:
-                        q = Requirement(r2)
-                        if q.marker is not None and any(q.marker.evaluate({"extra": e}) for e in extras):
-                            todo.append(q.name)
-    return seen
+            sub = Requirement(r)
+            if sub.marker is None and "" in wanted or sub.marker is not None and any(
+                    sub.marker.evaluate({"extra": e}) for e in wanted):
+                todo.append(sub)
+    return {k for k, _ in seen}
 
 
 def _site(built, extras: list) -> str:
