@@ -1,7 +1,9 @@
 """Evaluator: the test-set evaluation of an epoch, either at once (sync) or on a snapshot of the weights in
 a thread while the next epoch trains (async); the per-rank sums are reduced across ranks on the calling
 thread (collectives never run in the thread); each rank keeps the test batches it read the first time
-when every rank's share fits the cache. Runs in every Train worker."""
+when every rank's share fits the cache. Test batches arrive on the CPU and are copied to the device by
+the evaluation itself, on the stream its kernels run on, so every kernel is ordered after its inputs'
+copy. Runs in every Train worker."""
 
 from __future__ import annotations
 
@@ -21,17 +23,37 @@ def _nbytes(batch: dict) -> int:
     return sum(v.numel() * v.element_size() for v in batch.values() if isinstance(v, torch.Tensor))
 
 
+def resolve_mode(mode: str, device) -> str:
+    """`auto`: async on a GPU (the evaluation overlaps training), sync on a CPU (a CPU worker has no spare
+    core: an evaluation thread slows its training more than it saves)."""
+    if mode not in EVAL_MODES:
+        raise ValueError(f"eval_mode must be one of {', '.join(EVAL_MODES)}, got eval_mode={mode!r}")
+    if mode != "auto":
+        return mode
+    return "async" if torch.device(device).type == "cuda" else "sync"
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A CPU batch on `device`, copied on the current stream ("id" stays on the CPU)."""
+    if device.type == "cpu":
+        return batch
+    cuda = device.type == "cuda"
+    return {k: v if k == "id" or not isinstance(v, torch.Tensor) else
+            (v.pin_memory() if cuda else v).to(device, non_blocking=cuda) for k, v in batch.items()}
+
+
 class Evaluator:
     """`start(epoch, model)` begins the evaluation of the weights `model` holds now; `result()` returns
     (epoch, metrics) once they are known and reduced over ranks (every rank calls it, in the same order).
-    Async: the weights are copied into a second model (on the device, ordered before the next update)
-    and evaluated in one background thread with one CPU thread of torch; the training thread goes on."""
+    Async: the weights are copied into a second model (allocated with the evaluator, so a model whose
+    copy does not fit fails before the first epoch, not after it; filled on the device, ordered before
+    the next update) and evaluated in one background thread (Task.metrics then runs in that thread);
+    the training thread goes on. `batches_fn` yields CPU batches."""
 
     def __init__(self, task, batches_fn, device, *, precision: str = "fp32", mode: str = "async",
-                 cache_bytes: int = 0, world_size: int = 1):
-        if mode not in EVAL_MODES:
-            raise ValueError(f"eval_mode must be one of {', '.join(EVAL_MODES)}, got eval_mode={mode!r}")
-        self.task, self.make_batches, self.device, self.precision, self.mode = task, batches_fn, torch.device(device), precision, mode
+                 cache_bytes: int = 0, world_size: int = 1, model=None):
+        self.task, self.make_batches, self.device, self.precision = task, batches_fn, torch.device(device), precision
+        self.mode = resolve_mode(mode, self.device)
         self.cache_bytes, self.world_size = cache_bytes, world_size
         self.cached: list | None = None   # this rank's test batches, once every rank's share is known to fit
         self._filling: list | None = None
@@ -40,6 +62,8 @@ class Evaluator:
         self._epoch: int | None = None
         self._sums: dict | None = None
         self._error: BaseException | None = None
+        if self.mode == "async" and model is not None:
+            self._copy = copy.deepcopy(model)
 
     def _batches(self):
         """The cached share, or the test shard read again (kept while it fits, for result() to decide)."""
@@ -49,6 +73,7 @@ class Evaluator:
         keep: list | None = [] if self.cache_bytes > 0 else None
         size = 0
         for batch in self.make_batches():
+            batch = to_device(batch, self.device)
             if keep is not None:
                 size += _nbytes(batch)
                 if size <= self.cache_bytes:
@@ -83,8 +108,7 @@ class Evaluator:
 
     def _run(self, stream) -> None:
         try:
-            torch.set_num_threads(1)  # this thread only: the training thread keeps its own
-            if stream is not None:
+            if stream is not None:  # the batches' copies are issued in this stream too: kernels follow them
                 with torch.cuda.stream(stream):
                     self._sums = metric_sums(self.task, self._copy, self._batches(), self.device, self.precision)
                 stream.synchronize()

@@ -75,9 +75,9 @@ class Worker:
         self.start = session.start(state)
         self.shard = ray.train.get_dataset_shard("train")
         test = ray.train.get_dataset_shard("test") if config.get("has_test") else None
-        self.evaluator = (Evaluator(self.task, lambda: _test_batches(test, cfg, self.device), self.device,
+        self.evaluator = (Evaluator(self.task, lambda: _test_batches(test, cfg), self.device,
                                     precision=cfg.precision, mode=cfg.eval_mode, cache_bytes=cfg.eval_cache_mb * 2**20,
-                                    world_size=session.world_size) if test is not None else None)
+                                    world_size=session.world_size, model=self.raw_model) if test is not None else None)
         self.debug = debug_hooks(cfg, session)
         self.ahead = None       # the next epoch's batches, fetched from the moment its plan is published
         self.done = None        # an earlier epoch's metrics completed by its evaluation, sent with the next report
@@ -126,7 +126,7 @@ class Worker:
         if ev.pending is not None:
             self.done = _complete(self.history, *ev.result())
         ev.start(epoch, self.raw_model)
-        return _prefixed(ev.result()[1]) if self.cfg.eval_mode == "sync" or epoch == self.cfg.epochs else None
+        return _prefixed(ev.result()[1]) if ev.mode == "sync" or epoch == self.cfg.epochs else None
 
     def close(self, failed: bool) -> None:
         if self.evaluator is not None:
@@ -224,8 +224,9 @@ def _complete(history: list, epoch: int, metrics: dict) -> dict:
     return dict(row)
 
 
-def _test_batches(test, cfg: Config, device):
-    return test.iter_torch_batches(batch_size=cfg.eval_batch_size, collate_fn=TensorCollate(device),
+def _test_batches(test, cfg: Config):
+    """The test shard's batches on the CPU: the Evaluator copies them to the device on its own stream."""
+    return test.iter_torch_batches(batch_size=cfg.eval_batch_size, collate_fn=TensorCollate(None),
                                    prefetch_batches=cfg.prefetch_batches)
 
 

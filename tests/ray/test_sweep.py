@@ -65,14 +65,15 @@ def test_an_optuna_sweep_finds_a_pareto_front(ray_session, tmp_path):
     """Search beyond grids: Optuna draws rho and W (two objectives), every trial is reported once."""
     pytest.importorskip("optuna")
     spec = SweepSpec.from_yaml(os.path.join(ROOT, "jobs", "configs", "optuna_smoke.yaml"),
-                               [f"output_dir={tmp_path}", "tracking_uri=none", "sweep.num_samples=2"])
+                               [f"output_dir={tmp_path}", "tracking_uri=none", "sweep.num_samples=2",
+                                "eval_mode=async"])  # the reporter holds each epoch until its metrics are in
     summary = run_sweep(spec)
     assert [t["status"] for t in summary["trials"]] == ["FINISHED"] * 2
     drawn = [t["method"] for t in summary["trials"]]
     assert len(set(drawn)) == 2 and all(m.startswith("RePB (") for m in drawn)
     assert summary["pareto_front"] and set(summary["pareto_front"]) <= {t["trial"] for t in summary["trials"]}
     # Tune (and so its searchers and schedulers) saw every epoch once, in order, with its own test metrics
-    # (the workers evaluate epoch E while E+1 trains)
+    # (the workers evaluate epoch E while E+1 trains, eval_mode async)
     results = glob.glob(str(tmp_path / "optuna_smoke" / "**" / "result.json"), recursive=True)
     assert len(results) == 2
     for path in results:

@@ -61,7 +61,7 @@ def test_a_failed_evaluation_raises_on_the_training_thread_with_its_epoch():
 
 
 def test_eval_mode_is_checked():
-    with pytest.raises(ValueError, match="eval_mode must be one of async, sync, got eval_mode='later'"):
+    with pytest.raises(ValueError, match="eval_mode must be one of auto, async, sync, got eval_mode=.later."):
         Evaluator(_Task(), list, "cpu", mode="later")
 
 
@@ -86,3 +86,21 @@ def test_the_test_batches_are_read_once_when_they_fit_the_cache(mode):
         small.start(epoch, model)
         assert small.result()[1] == results[0][1]
     assert len(reads) == 2
+
+
+def test_auto_is_async_on_a_gpu_and_sync_on_a_cpu():
+    from repb_ray.torch.evaluation import resolve_mode
+    assert resolve_mode("auto", "cpu") == "sync" and resolve_mode("auto", "cuda:0") == "async"
+    assert resolve_mode("async", "cpu") == "async" and resolve_mode("sync", "cuda") == "sync"
+
+
+def test_async_evaluation_leaves_the_process_threads_and_allocates_its_copy_up_front():
+    """torch.set_num_threads is process-wide: an evaluation thread must not change it for the training thread;
+    the weight copy exists from the start (a model whose copy does not fit fails before epoch 1, not after)."""
+    model = _model(3)
+    before = torch.get_num_threads()
+    ev = Evaluator(_Task(), _batches, "cpu", mode="async", model=model)
+    assert ev._copy is not None and ev._copy is not model
+    ev.start(1, model)
+    ev.result()
+    assert torch.get_num_threads() == before
