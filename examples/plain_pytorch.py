@@ -33,7 +33,7 @@ def as_batch(task, ids, x, y, epoch, weights=None):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="fashion_mnist", choices=["fashion_mnist", "synthetic"])
-    ap.add_argument("--policy", default="repb", choices=["repb", "infobatch", "random", "full", "egreedy", "ucb"])
+    ap.add_argument("--policy", default="repb", choices=["repb", "infobatch", "random", "full", "egreedy", "ucb", "orderdp"])
     ap.add_argument("--rho", type=float, default=0.5)
     ap.add_argument("--window", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=3)

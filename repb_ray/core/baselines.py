@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from repb_ray.core.budget import clamp_size, target_size
-from repb_ray.core.checks import check_float
+from repb_ray.core.checks import check_bool, check_float
 from repb_ray.core.policy import Policy, SelectingShard
 from repb_ray.core.protocol import Call, step
 from repb_ray.core.rng import uniforms
@@ -25,19 +25,22 @@ class RandomShard(SelectingShard):
 class RandomPolicy(Policy):
     """Random*: every epoch (the first included) a uniform random subset of size
     round((1 - prune_ratio) * n) (the ids with the smallest uniforms of the epoch's stream), weight 1.
-    With target_pruned, the size is set before each epoch to keep the run on target."""
+    With target_pruned, the size is set before each epoch to keep the run on target.
+    full_first_epoch=True trains epoch 1 on all the data, as the score-based methods must, so that a
+    comparison with them differs in selection only (the budget then counts epoch 1 at n)."""
 
     name = "random"
     display_name = "Random*"
     SHARD = RandomShard
-    PARAMS = {"prune_ratio": 0.5, "target_pruned": None, "num_epochs": None}
+    PARAMS = {"prune_ratio": 0.5, "full_first_epoch": False, "target_pruned": None, "num_epochs": None}
     KNOB = "prune_ratio"
     DECISIONS = ("size",)
-    LABEL_PARAMS = ("prune_ratio",)
+    LABEL_PARAMS = ("prune_ratio", "full_first_epoch")
 
     @classmethod
     def _check_params(cls, p: dict) -> dict:
         p["prune_ratio"] = check_float("prune_ratio", p["prune_ratio"], lo=0.0, hi=1.0, hi_open=True)
+        p["full_first_epoch"] = check_bool("full_first_epoch", p["full_first_epoch"])
         return p
 
     @classmethod
@@ -64,6 +67,10 @@ class RandomPolicy(Policy):
         yield from self._trim_commit(epoch, kept, self.num_samples, world_size, {"size": k})
 
     def conduct_first(self):
+        if self.params["full_first_epoch"]:
+            kept = yield Call(Shard.keep_all)
+            yield from self._trim_commit(1, kept, 0, self.world_size, {"size": self.num_samples})
+            return
         yield from self._subset(1, self.world_size)
 
     def conduct_next(self, world_size: int):

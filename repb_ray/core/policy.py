@@ -103,6 +103,9 @@ class Policy:
         if target_pruned is not None:
             if not cls.BUDGET:
                 raise ValueError(f"target_pruned does not apply to policy={cls.name}; drop it or pick another policy")
+            if cls.KNOB is not None and cls.KNOB in args:
+                raise ValueError(f"policy_args.{cls.KNOB}={args[cls.KNOB]!r} and target_pruned={target_pruned!r} are both "
+                                 f"set, and the budget sets {cls.KNOB} before each epoch: drop one of them")
             args["target_pruned"] = target_pruned
         if "num_epochs" in cls.PARAMS and (cls.PARAMS["num_epochs"] is ... or target_pruned is not None):
             args["num_epochs"] = epochs

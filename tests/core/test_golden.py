@@ -117,6 +117,14 @@ GOLDEN = {
         (3000, "1a69d716310108f6", "3300ce5ce761cddb"), (3000, "8900bf361740c9c5", "3300ce5ce761cddb"),
         (3000, "c12c987aae4bf40f", "3300ce5ce761cddb"), (3000, "281c88aa16893479", "3300ce5ce761cddb"),
         (3000, "c7f4afe6a8cd3eb4", "3300ce5ce761cddb"), (3000, "f51bd4d10fc9b154", "3300ce5ce761cddb")]),
+    "orderdp-ws2": (("orderdp", dict(prune_ratio=0.6, pool=1.5, world_size=2)), [
+        (3000, "1a69d716310108f6", "3300ce5ce761cddb"), (1200, "0a23c0e3c9bf4b3f", "f623803cfb105f32"),
+        (1200, "c7639fd410243a9b", "f623803cfb105f32"), (1200, "50f7f38739e2b373", "f623803cfb105f32"),
+        (1200, "707c878dea63e86c", "f623803cfb105f32"), (1200, "706ab9e73653fca0", "f623803cfb105f32")]),
+    "random-fullfirst": (("random", dict(prune_ratio=0.3, full_first_epoch=True)), [
+        (3001, "72a641fc97d63439", "558498ac7f057940"), (2101, "7cfa0d66fc769140", "99dc314219fb155b"),
+        (2101, "1ff3358ddec5491b", "99dc314219fb155b"), (2101, "0a9c01724081c565", "99dc314219fb155b"),
+        (2101, "2da25bc3e3a28ccd", "99dc314219fb155b"), (2101, "3473a3345ff0fba5", "99dc314219fb155b")]),
 }
 
 

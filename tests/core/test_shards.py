@@ -24,6 +24,9 @@ CASES = [
     ("egreedy", dict(prune_ratio=0.4, select_every=2)),
     ("ucb", dict(prune_ratio=0.5, ucb_c=0.5)),
     ("ucb", dict(target_pruned=0.5, num_epochs=6)),
+    ("orderdp", dict(prune_ratio=0.5, pool=1.5)),
+    ("orderdp", dict(target_pruned=0.5, num_epochs=6)),
+    ("random", dict(prune_ratio=0.3, full_first_epoch=True)),
 ]
 N = 1999
 

@@ -152,11 +152,12 @@ def test_local_mode_runs_every_policy_in_one_harness(ray_session, smoke_config, 
     from repb_ray.train.driver import run_training
     cfg = Config.from_yaml(smoke_config, [f"output_dir={tmp_path}", "tracking_uri=none", "num_workers=0"])
     pruned = {}
-    for policy in ("infobatch", "random", "full", "egreedy", "ucb"):
+    for policy in ("infobatch", "random", "full", "egreedy", "ucb", "orderdp"):
         s = run_training(cfg.replace(name=policy, policy=policy, policy_args={}), progress=False)
         assert s["epochs"] == 2 and s["policy"] == policy
         pruned[policy] = s["pruned_fraction"]
     assert pruned["full"] == 0.0 and pruned["random"] == pytest.approx(0.5) and pruned["ucb"] == 0.25
+    assert pruned["orderdp"] == 0.25  # epoch 1 full, then half
 
 
 def test_cli_rejects_bad_config_with_exit_code_2(smoke_config, tmp_path):
