@@ -71,7 +71,8 @@ class Config:
     policy: str = "repb"
     policy_args: dict = field(default_factory=dict)
     target_pruned: float | None = None  # a pruning budget: fraction of sample-steps saved over the run
-    score: str = "loss"
+    score: str = "loss"                   # loss, or grad_norm: the loss gradient's norm at the model's OUTPUT
+                                          # (an EL2N-like proxy), not a per-sample parameter-gradient norm
     ctr_normalize: bool = False           # normalise each batch's loss weights to mean 1
     # optimisation
     optimizer: str = "sgd"
