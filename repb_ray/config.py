@@ -18,7 +18,7 @@ SCORES = ("loss", "grad_norm")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
-EVAL_MODES = ("auto", "async", "sync")
+EVAL_MODES = ("async", "sync")
 FAIL_KINDS = ("worker", "kill", "coordinator", "shard")  # raise in a worker, SIGKILL a worker / the front / a shard
 MOVED_TO_TASK_ARGS = {"dataset": "task", "data_dir": "task_args.data_dir", "download": "task_args.download",
                       "train_subset": "task_args.train_subset", "test_subset": "task_args.test_subset",
@@ -83,8 +83,8 @@ class Config:
     schedule: str = "cosine"              # cosine over the real (pruned) steps, or constant
     warmup_epochs: float = 0.0
     eval_batch_size: int = 256             # per rank (on a CPU, batches of 1000 evaluate 1.7x slower than of 256)
-    eval_mode: str = "auto"               # async: epoch E is evaluated while E+1 trains; sync: before it starts;
-                                          # auto: async on a GPU, sync on a CPU (no spare core to evaluate on)
+    eval_mode: str = "async"              # async: epoch E is evaluated while E+1 trains (once its first batch is in
+                                          # hand; on a CPU at the lowest priority); sync: before it starts
     eval_cache_mb: int = 256              # each rank keeps its test batches (on its device) when every share fits; 0: read each time
     precision: str = "fp32"               # fp32 | bf16 | fp16 (autocast; fp16 with a grad scaler)
     grad_accum_steps: int = 1             # batches per optimizer step (a window counts optimizer steps)

@@ -8,6 +8,7 @@ copy. Runs in every Train worker."""
 from __future__ import annotations
 
 import copy
+import os
 import threading
 
 import torch
@@ -17,20 +18,11 @@ from repb_ray.task import summarize_metrics
 from repb_ray.torch.step import metric_sums, reduce_metric_sums, reduce_sums
 
 _CACHE_OK = "__repb_cache_ok"  # reduced with the sums: how many ranks could keep their share
+LOW_PRIORITY = 19              # the nice value of an evaluation thread on a CPU worker
 
 
 def _nbytes(batch: dict) -> int:
     return sum(v.numel() * v.element_size() for v in batch.values() if isinstance(v, torch.Tensor))
-
-
-def resolve_mode(mode: str, device) -> str:
-    """`auto`: async on a GPU (the evaluation overlaps training), sync on a CPU (a CPU worker has no spare
-    core: an evaluation thread slows its training more than it saves)."""
-    if mode not in EVAL_MODES:
-        raise ValueError(f"eval_mode must be one of {', '.join(EVAL_MODES)}, got eval_mode={mode!r}")
-    if mode != "auto":
-        return mode
-    return "async" if torch.device(device).type == "cuda" else "sync"
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -53,7 +45,9 @@ class Evaluator:
     def __init__(self, task, batches_fn, device, *, precision: str = "fp32", mode: str = "async",
                  cache_bytes: int = 0, world_size: int = 1, model=None):
         self.task, self.make_batches, self.device, self.precision = task, batches_fn, torch.device(device), precision
-        self.mode = resolve_mode(mode, self.device)
+        if mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode must be one of {', '.join(EVAL_MODES)}, got eval_mode={mode!r}")
+        self.mode = mode
         self.cache_bytes, self.world_size = cache_bytes, world_size
         self.cached: list | None = None   # this rank's test batches, once every rank's share is known to fit
         self._filling: list | None = None
@@ -62,6 +56,7 @@ class Evaluator:
         self._epoch: int | None = None
         self._sums: dict | None = None
         self._error: BaseException | None = None
+        self._go: threading.Event | None = None
         if self.mode == "async" and model is not None:
             self._copy = copy.deepcopy(model)
 
@@ -103,11 +98,24 @@ class Evaluator:
         if self.device.type == "cuda":
             stream = torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))  # the copy comes first
-        self._thread = threading.Thread(target=self._run, args=(stream,), name=f"repb-eval-{epoch}", daemon=True)
+        self._go = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(stream, self._go), name=f"repb-eval-{epoch}",
+                                        daemon=True)
         self._thread.start()
 
-    def _run(self, stream) -> None:
+    def release(self) -> None:
+        """Let a started async evaluation run: the training loop calls it once the next epoch's first batch
+        is in hand, so the evaluation never competes with the epoch boundary (result() releases it too)."""
+        if self._go is not None:
+            self._go.set()
+
+    def _run(self, stream, go: threading.Event) -> None:
         try:
+            go.wait()
+            if self.device.type == "cpu" and hasattr(os, "setpriority"):
+                # this thread only (a Linux thread has its own nice value): training keeps the cores it holds,
+                # the evaluation takes what training leaves idle
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOW_PRIORITY)
             if stream is not None:  # the batches' copies are issued in this stream too: kernels follow them
                 with torch.cuda.stream(stream):
                     self._sums = metric_sums(self.task, self._copy, self._batches(), self.device, self.precision)
@@ -120,6 +128,7 @@ class Evaluator:
     def result(self) -> tuple[int, dict]:
         """Wait for the started evaluation; (its epoch, the metrics reduced over ranks)."""
         assert self._epoch is not None, "no evaluation was started"
+        self.release()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -140,6 +149,7 @@ class Evaluator:
 
     def close(self) -> None:
         """Wait for a running evaluation (its result is dropped)."""
+        self.release()
         if self._thread is not None:
             self._thread.join()
             self._thread = None

@@ -160,6 +160,8 @@ def run_epoch(w: Worker, epoch: int) -> None:
     w.debug.plan(epoch)
     loss_sum = torch.zeros((), dtype=torch.float64, device=w.device)
     for batch in clock.timed(w.batches()):
+        if steps.micro == 0 and w.evaluator is not None:
+            w.evaluator.release()  # the previous epoch's evaluation runs once this epoch's data flows
         step = steps.step
         w.debug.batch(epoch, step, batch)
         loss, scores = w.stepper.batch(batch, steps.group_size)

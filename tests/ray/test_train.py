@@ -54,9 +54,9 @@ def test_async_evaluation_reports_what_the_synchronous_path_does(reference_run, 
     """Evaluating epoch E while E+1 trains changes nothing but when the metrics arrive: the same plans,
     losses and test metrics, each for its own epoch."""
     from repb_ray.train.driver import run_training
-    _, ref = reference_run  # eval_mode auto: sync on a CPU worker
+    _, ref = reference_run  # eval_mode async (the default)
     cfg = Config.from_yaml(smoke_config, ["epochs=3", f"output_dir={tmp_path}", "tracking_uri=none"])
-    s = run_training(cfg.replace(name="async", eval_mode="async"), progress=False)
+    s = run_training(cfg.replace(name="sync", eval_mode="sync"), progress=False)
     for key in ("plan_digest", "train_loss", "test_accuracy", "test_loss"):
         assert [e[key] for e in s["per_epoch"]] == [e[key] for e in ref["per_epoch"]], key
 
@@ -139,7 +139,7 @@ def test_resume_gives_the_uninterrupted_plans(reference_run, smoke_config, tmp_p
     from repb_ray.train.driver import run_training
     _, ref = reference_run
     cfg = Config.from_yaml(smoke_config, ["epochs=3", f"output_dir={tmp_path}", "tracking_uri=none"])
-    s = run_training(cfg.replace(name="resumed", fail_at=fail_at, max_failures=2, coordinator_shards=shards, eval_mode="async"),
+    s = run_training(cfg.replace(name="resumed", fail_at=fail_at, max_failures=2, coordinator_shards=shards),
                      progress=False)
     assert os.path.exists(tmp_path / "resumed" / f".injected_{fail_at.get('kind', 'worker')}_e2_s{fail_at['step']}_r{fail_at['rank']}")
     assert [e["plan_digest"] for e in s["per_epoch"]] == [e["plan_digest"] for e in ref["per_epoch"]]

@@ -61,7 +61,7 @@ def test_a_failed_evaluation_raises_on_the_training_thread_with_its_epoch():
 
 
 def test_eval_mode_is_checked():
-    with pytest.raises(ValueError, match="eval_mode must be one of auto, async, sync, got eval_mode=.later."):
+    with pytest.raises(ValueError, match="eval_mode must be one of async, sync, got eval_mode=.later."):
         Evaluator(_Task(), list, "cpu", mode="later")
 
 
@@ -88,12 +88,6 @@ def test_the_test_batches_are_read_once_when_they_fit_the_cache(mode):
     assert len(reads) == 2
 
 
-def test_auto_is_async_on_a_gpu_and_sync_on_a_cpu():
-    from repb_ray.torch.evaluation import resolve_mode
-    assert resolve_mode("auto", "cpu") == "sync" and resolve_mode("auto", "cuda:0") == "async"
-    assert resolve_mode("async", "cpu") == "async" and resolve_mode("sync", "cuda") == "sync"
-
-
 def test_async_evaluation_leaves_the_process_threads_and_allocates_its_copy_up_front():
     """torch.set_num_threads is process-wide: an evaluation thread must not change it for the training thread;
     the weight copy exists from the start (a model whose copy does not fit fails before epoch 1, not after)."""
@@ -104,3 +98,27 @@ def test_async_evaluation_leaves_the_process_threads_and_allocates_its_copy_up_f
     ev.start(1, model)
     ev.result()
     assert torch.get_num_threads() == before
+
+
+def test_async_evaluation_waits_for_the_next_epochs_data_and_runs_at_low_priority():
+    """It starts once released (the next epoch's first batch is in hand), on a CPU at nice 19, that thread
+    only: the training thread keeps its priority."""
+    import os
+    import threading
+    import time
+
+    seen = {}
+
+    class Probe(_Task):
+        def metrics(self, model, batch):
+            seen.setdefault("nice", os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return super().metrics(model, batch)
+
+    model = _model(4)
+    ev = Evaluator(Probe(), _batches, "cpu", mode="async", model=model)
+    ev.start(1, model)
+    time.sleep(0.2)
+    assert "nice" not in seen  # not released: nothing evaluated yet
+    ev.release()
+    ev.result()
+    assert seen["nice"] == 19 and os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19
