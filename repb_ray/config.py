@@ -92,7 +92,8 @@ class Config:
     compile: bool = False                 # torch.compile the model
     channels_last: bool = False           # image models in channels-last memory format
     # workers and the data plane
-    num_workers: int = 2                  # 0 = run the loop in the driver process (local mode)
+    num_workers: int | list = 2           # 0 = run the loop in the driver process (local mode); [min, max]:
+                                          # elastic, the run goes on with min..max workers as nodes come and go
     cpus_per_worker: float = 1.0
     worker_resources: dict = field(default_factory=dict)  # extra per-worker resources, e.g. {trainer: 1}
     use_gpu: bool = False
@@ -153,8 +154,22 @@ class Config:
                                                     target_pruned=self.target_pruned)
 
     @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, (list, tuple))
+
+    @property
+    def min_workers(self) -> int:
+        return int(self.num_workers[0]) if self.elastic else self.num_workers
+
+    @property
     def world_size(self) -> int:
-        return max(1, self.num_workers)
+        """The most workers the run trains on (the plan of a fresh start is trimmed for it; a run that
+        starts or goes on with fewer re-trims it)."""
+        return max(1, int(self.num_workers[1]) if self.elastic else self.num_workers)
+
+    def scaling_workers(self) -> int | tuple[int, int]:
+        """Ray Train's ScalingConfig(num_workers=...): a number, or (min, max) for elastic training."""
+        return (self.min_workers, self.world_size) if self.elastic else self.num_workers
 
     @property
     def run_dir(self) -> str:
@@ -284,7 +299,15 @@ def _validate(c: Config) -> None:
         check_int("eval_batch_size", c.eval_batch_size, minimum=1)
         check_int("eval_cache_mb", c.eval_cache_mb, minimum=0)
         check_int("grad_accum_steps", c.grad_accum_steps, minimum=1)
-        check_int("num_workers", c.num_workers, minimum=0)
+        if isinstance(c.num_workers, (list, tuple)):
+            if len(c.num_workers) != 2:
+                raise ConfigError(f"num_workers must be a number or [min, max], got num_workers={c.num_workers!r}")
+            lo = check_int("num_workers[0]", c.num_workers[0], minimum=1)
+            hi = check_int("num_workers[1]", c.num_workers[1], minimum=1)
+            if lo > hi:
+                raise ConfigError(f"num_workers=[min, max] needs min <= max, got num_workers={list(c.num_workers)!r}")
+        else:
+            check_int("num_workers", c.num_workers, minimum=0)
         check_int("torch_threads", c.torch_threads, minimum=0)
         check_int("observe_every", c.observe_every, minimum=1)
         check_int("coordinator_shards", c.coordinator_shards, minimum=1)

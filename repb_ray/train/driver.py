@@ -69,7 +69,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
         train_ds = task.train_dataset()
         n = num_samples_of(train_ds)
         if cfg.world_size > n:
-            raise DataError(f"num_workers={cfg.num_workers} is larger than the {n} training samples; use fewer workers")
+            raise DataError(f"num_workers={cfg.num_workers} allows more workers than the {n} training samples; use fewer")
         check_resources(cfg, n)
         if check_paths:
             check_data_visible(train_ds)
@@ -98,7 +98,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
             train_loop_config={"cfg": worker_config(cfg), "pruning": pruning.handle, "has_test": test_ds is not None},
             datasets=datasets,
             dataset_config=pruning.data_config(),
-            scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+            scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling_workers(), use_gpu=cfg.use_gpu,
                                                    resources_per_worker={"CPU": cfg.cpus_per_worker,
                                                                          **cfg.worker_resources}),
             run_config=ray.train.RunConfig(

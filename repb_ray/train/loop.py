@@ -197,7 +197,8 @@ def epoch_metrics(w: Worker, summary: PlanSummary, steps: EpochSteps, clock: Epo
     info = steps.info
     loss_total, batches_all = _allreduce([loss_sum, steps.micro], w.device)
     (stall_max,) = _allreduce([clock.stall], w.device, op=dist.ReduceOp.MAX)
-    metrics = {**info.log(), "steps": len(steps.groups), "cum_pruned_fraction": info.cum_pruned_fraction,
+    metrics = {**info.log(), "world_size": info.world_size, "steps": len(steps.groups),
+               "cum_pruned_fraction": info.cum_pruned_fraction,
                "samples_trained": int(sum(info.plan_sizes[: info.epoch])), "train_loss": loss_total / max(batches_all, 1),
                **clock.times(), "weight_mean": summary.weight_mean, "weight_max": summary.weight_max,
                "plan_digest": summary.digest, "lr": w.schedule.get_last_lr()[0],

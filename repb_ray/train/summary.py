@@ -7,8 +7,9 @@ from repb_ray.config import Config
 from repb_ray.core.registry import policy_class
 from repb_ray.redact import redact
 
-PER_EPOCH = ("epoch", "kept", "pruned_fraction", "cum_pruned_fraction", "train_loss", "epoch_time_s", "train_time_s",
-             "data_wait_s", "compute_s", "observe_s", "steps", "weight_mean", "weight_max", "plan_digest", "lr")
+PER_EPOCH = ("epoch", "kept", "world_size", "pruned_fraction", "cum_pruned_fraction", "train_loss", "epoch_time_s",
+             "train_time_s", "data_wait_s", "compute_s", "observe_s", "steps", "weight_mean", "weight_max", "plan_digest",
+             "lr")
 
 
 def build_summary(cfg: Config, task, history: list, *, num_samples: int, wall_time_s: float) -> dict:

@@ -79,7 +79,7 @@ class SweepSpec:
     def __post_init__(self):
         check_name(self.name, "sweep name")
         base = self.base_config()  # validates base keys and values
-        if base.num_workers == 0 or any(t.get("num_workers") == 0 for t in self._declared_trials()):
+        if base.num_workers == 0 or any(t.get("num_workers") == 0 for t in self._declared_trials()):  # not [0, k]
             raise ConfigError("num_workers=0 (local mode) cannot run inside Tune trials (Ray Train's context is "
                               "not available there); use num_workers >= 1")
         if not isinstance(self.search, dict):

@@ -148,6 +148,16 @@ def test_resume_gives_the_uninterrupted_plans(reference_run, smoke_config, tmp_p
     assert [e["test_loss"] for e in s["per_epoch"]] == [e["test_loss"] for e in ref["per_epoch"]]
 
 
+def test_elastic_workers_start_with_what_the_cluster_has(ray_session, smoke_config, tmp_path):
+    """num_workers [1, 2] where only one worker's CPUs are free: the run starts with one worker, the plan
+    made for two is re-trimmed for one, and every epoch says which world size trained it."""
+    from repb_ray.train.driver import run_training
+    cfg = Config.from_yaml(smoke_config, [f"output_dir={tmp_path}", "tracking_uri=none", "epochs=3"])
+    s = run_training(cfg.replace(name="elastic", num_workers=[1, 2], cpus_per_worker=3), progress=False)
+    assert [e["world_size"] for e in s["per_epoch"]] == [1, 1, 1]
+    assert s["num_workers"] == [1, 2] and s["per_epoch"][0]["kept"] == 256
+
+
 def test_local_mode_runs_every_policy_in_one_harness(ray_session, smoke_config, tmp_path):
     from repb_ray.train.driver import run_training
     cfg = Config.from_yaml(smoke_config, [f"output_dir={tmp_path}", "tracking_uri=none", "num_workers=0"])

@@ -71,6 +71,9 @@ def test_strings_given_as_values_stay_strings(tmp_path):
     ({"policy": "full", "target_pruned": 0.5}, "target_pruned does not apply to policy=full"),
     ({"task_args": [1]}, "task_args must be a mapping"),
     ({"num_workers": -1}, "num_workers must be >= 0"),
+    ({"num_workers": [2, 1]}, "num_workers=[min, max] needs min <= max, got num_workers=[2, 1]"),
+    ({"num_workers": [0, 2]}, "num_workers[0] must be >= 1"),
+    ({"num_workers": [1, 2, 3]}, "num_workers must be a number or [min, max]"),
     ({"policy_args": {"lwp": "yes"}}, "lwp must be true or false"),
     ({"precision": "fp8"}, "precision must be one of fp32, bf16, fp16"),
     ({"grad_accum_steps": 0}, "grad_accum_steps must be >= 1"),
@@ -120,3 +123,11 @@ def test_config_imports_neither_torch_nor_ray():
             "print('ok')\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
+
+
+def test_elastic_workers_are_a_min_max_pair():
+    c = Config(num_workers=[1, 4])
+    assert c.elastic and c.min_workers == 1 and c.world_size == 4 and c.scaling_workers() == (1, 4)
+    fixed = Config(num_workers=2)
+    assert not fixed.elastic and fixed.world_size == 2 and fixed.scaling_workers() == 2
+    assert Config(num_workers=0).world_size == 1 and Config(num_workers=0).scaling_workers() == 0
