@@ -14,6 +14,12 @@ import math
 
 from repb_ray.core.checks import check_float, check_int
 
+# The largest pruning probability a budget may set, the same for every method whose knob is one (rho for
+# RePB, r for InfoBatch): at 1 RePB would stop resampling altogether and InfoBatch's weights 1 / (1 - r) would
+# be unbounded. A run whose knob reaches the cap is marked `knob_capped` in that epoch's decision, and a
+# budget it cannot reach is reported (budget_status) instead of being met by going past the cap.
+KNOB_CAP = 0.9
+
 
 def target_size(target: float, num_epochs: int, num_samples: int, plan_sizes: list[int], next_epoch: int,
                 full_epochs_ahead: int = 0) -> float:

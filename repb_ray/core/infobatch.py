@@ -7,15 +7,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from repb_ray.core.budget import target_size
+from repb_ray.core.budget import KNOB_CAP, target_size
 from repb_ray.core.checks import check_bool, check_float, check_int
 from repb_ray.core.exact import digit_sums, group_means, mean_tolerance, scale_exponent
 from repb_ray.core.policy import Policy
 from repb_ray.core.protocol import Call, step
 from repb_ray.core.rng import uniforms
 from repb_ray.core.shard import Scratch, Shard
-
-BUDGET_MAX_RATIO = 0.9  # the largest r a budget may ask for (weights 1/(1-r) up to 10)
 
 
 @dataclass
@@ -98,15 +96,15 @@ class InfoBatchPolicy(Policy):
     with score < mean(all scores) are pruned with prob. r and the kept ones among them weighted
     1/(1-r); epoch e trains on full data with weight 1 iff e > delta * num_epochs (anneal=True;
     anneal=False is InfoBatch*, which prunes every epoch after the first). With target_pruned, r is
-    set before each epoch (at most 0.9) to keep the run on target; the summary says when the target
-    is out of reach."""
+    set before each epoch (at most budget.KNOB_CAP) to keep the run on target; the summary says when the
+    target is out of reach."""
 
     name = "infobatch"
     display_name = "InfoBatch"
     SHARD = InfoBatchShard
     PARAMS = {"prune_ratio": 0.5, "num_epochs": ..., "delta": 0.875, "anneal": True, "target_pruned": None}
     KNOB = "prune_ratio"
-    DECISIONS = ("r", "full")
+    DECISIONS = ("r", "full", "knob_capped")
     LABEL_PARAMS = ("anneal", "delta", "prune_ratio")
 
     @classmethod
@@ -145,6 +143,10 @@ class InfoBatchPolicy(Policy):
         if p["target_pruned"] is not None:
             ahead = sum(self.full_data_epoch(x) for x in range(e + 1, p["num_epochs"] + 1))
             size = target_size(p["target_pruned"], p["num_epochs"], self.num_samples, self.plan_sizes, e, ahead)
-            r = min(max((self.num_samples - size) / below, 0.0), BUDGET_MAX_RATIO) if below else 0.0
+            wanted = (self.num_samples - size) / below if below else 0.0
+            r = min(max(wanted, 0.0), KNOB_CAP)
+            capped = wanted > KNOB_CAP
+        else:
+            capped = False
         kept = yield Call(InfoBatchShard.decide, (e, r))
-        yield from self._trim_commit(e, kept, self.num_samples, world_size, {"r": r})
+        yield from self._trim_commit(e, kept, self.num_samples, world_size, {"r": r, "knob_capped": int(capped)})

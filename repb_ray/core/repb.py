@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from repb_ray.core.budget import target_size
+from repb_ray.core.budget import KNOB_CAP, target_size
 from repb_ray.core.checks import check_bool, check_float, check_int
 from repb_ray.core.exact import digit_sums, group_means, mean_tolerance, scale_exponent
 from repb_ray.core.policy import Policy
@@ -100,6 +100,40 @@ def rho_for_size(size: float, above: int, below: int, out: int) -> float:
     if candidates == 0:
         return 0.0
     return float(min(max(1.0 - (size - above) / candidates, 0.0), 1.0))
+
+
+def expected_spend(rho: float, epochs: int, num_samples: int, above: int, below: int, out: int,
+                   resampling: bool = True) -> float:
+    """The sample-steps of the next `epochs` epochs at a constant rho, under eqs. 1-2 in expectation:
+    the next set is the above-mean part of this epoch's plus (1 - rho) of the rest (exact counts now);
+    after it, fractions s of the data follow s' = a + (1 - rho)(1 - a), a = s (1 - b) (without resampling
+    s' = a + (1 - rho) s b), b = below / (above + below), the below-mean fraction measured this epoch."""
+    n = float(num_samples)
+    b = below / max(above + below, 1)
+    s = (above + (1.0 - rho) * (below + (out if resampling else 0))) / n
+    total = 0.0
+    for _ in range(epochs):
+        total += s * n
+        a = s * (1.0 - b)
+        s = a + (1.0 - rho) * ((1.0 - a) if resampling else s * b)
+    return total
+
+
+def rho_for_budget(remaining: float, epochs: int, num_samples: int, above: int, below: int, out: int,
+                   resampling: bool = True, cap: float = 1.0) -> tuple[float, bool]:
+    """The one constant rho in [0, cap] whose expected_spend over the `epochs` left is `remaining`
+    (bisection: the spend falls as rho grows), and whether the budget wanted more than `cap`."""
+    def spend(rho):
+        return expected_spend(rho, epochs, num_samples, above, below, out, resampling)
+    if spend(0.0) <= remaining:
+        return 0.0, False
+    if spend(cap) > remaining:
+        return cap, True
+    lo, hi = 0.0, cap
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if spend(mid) > remaining else (lo, mid)
+    return hi, False
 
 
 @dataclass
@@ -235,7 +269,7 @@ class RePBPolicy(Policy):
     PARAMS = {"rho": 0.5, "window": 1, "lwp": True, "resample": True, "ctr": True, "ctr_max": None,
               "target_pruned": None, "num_epochs": None}
     KNOB = "rho"
-    DECISIONS = ("rho",)
+    DECISIONS = ("rho", "below_fraction", "knob_capped")
     LABEL_PARAMS = ("window", "rho", "lwp", "resample", "ctr", "ctr_max")
 
     @classmethod
@@ -257,9 +291,21 @@ class RePBPolicy(Policy):
         yield from window_means(stats, p["window"] if p["lwp"] else 0)
         counts = yield Call(RePBShard.plan_counts)
         above, below, out = (sum(c[j] for c in counts) for j in range(3))
-        rho = p["rho"]
+        rho, decision = p["rho"], {}
         if p["target_pruned"] is not None:
-            size = target_size(p["target_pruned"], p["num_epochs"], self.num_samples, self.plan_sizes, e)
-            rho = rho_for_size(size, above, below, out if p["resample"] else 0)
+            rho, capped = self._budget_rho(e, above, below, out)
+            decision = {"below_fraction": below / max(above + below, 1), "knob_capped": int(capped)}
         kept = yield Call(RePBShard.decide, (e, rho, p["resample"]))
-        yield from self._trim_commit(e, kept, self.num_samples, world_size, {"rho": rho})
+        yield from self._trim_commit(e, kept, self.num_samples, world_size, {"rho": rho, **decision})
+
+    def _budget_rho(self, e: int, above: int, below: int, out: int) -> tuple[float, bool]:
+        """The constant rho that spends what is left of the budget over the epochs left (expected_spend),
+        re-solved before each epoch from this epoch's counts; past the budget's horizon, the size of an
+        epoch at the target."""
+        p, n = self.params, self.num_samples
+        left = p["num_epochs"] - e + 1
+        if left <= 0:
+            size = target_size(p["target_pruned"], p["num_epochs"], n, self.plan_sizes, e)
+            return min(rho_for_size(size, above, below, out if p["resample"] else 0), KNOB_CAP), False
+        remaining = (1.0 - p["target_pruned"]) * p["num_epochs"] * n - sum(self.plan_sizes[: e - 1])
+        return rho_for_budget(remaining, left, n, above, below, out, p["resample"], KNOB_CAP)

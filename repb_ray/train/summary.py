@@ -4,6 +4,7 @@ pruned fraction, and a row per epoch. Runs in the driver."""
 from __future__ import annotations
 
 from repb_ray.config import Config
+from repb_ray.core.plan import pruned_fraction
 from repb_ray.core.registry import policy_class
 from repb_ray.redact import redact
 
@@ -23,7 +24,8 @@ def build_summary(cfg: Config, task, history: list, *, num_samples: int, wall_ti
         "policy": cfg.policy, "policy_args": redact(dict(cfg.policy_args)), "target_pruned": cfg.target_pruned,
         "seed": cfg.seed, "num_workers": cfg.num_workers, "epochs": len(history), "num_samples": num_samples,
         "metric": key, "mode": task.mode, "final_metric": values[-1] if values else None, "best_metric": best,
-        "pruned_fraction": 1.0 - trained / (len(history) * num_samples) if history else None,
+        "pruned_fraction": pruned_fraction([h["kept"] for h in history], num_samples) if history else None,
+        "knob_capped_epochs": [h["epoch"] for h in history if h.get("knob_capped")],
         "samples_trained": trained, "wall_time_s": wall_time_s, "data": task.summary_info(num_samples),
         "per_epoch": [{k: v for k, v in h.items() if k in PER_EPOCH or k.startswith(("test_", "boundary_"))
                        or k in decisions}

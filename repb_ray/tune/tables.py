@@ -89,7 +89,9 @@ def aggregate(rows: list[dict]) -> dict:
     for (method, budget), rs in groups.items():
         reached = None
         if any(r.get("target_pruned") is not None for r in rs):
-            reached = all(abs(r["pruned_fraction"] - r["target_pruned"]) <= 0.01 for r in rs)
+            # within 1 point, and without the knob at its cap (budget.KNOB_CAP) in any epoch
+            reached = all(abs(r["pruned_fraction"] - r["target_pruned"]) <= 0.01 and not r.get("knob_capped")
+                          for r in rs)
         cells[(method, budget)] = {"metric": estimate([r["metric"] for r in rs]),
                                    "pruned": estimate([r["pruned_fraction"] for r in rs]),
                                    "by_seed": {r["seed"]: r["metric"] for r in rs}, "reached": reached}
@@ -145,7 +147,7 @@ def _nearest(budgets: list, fraction: float):
 
 def paper_table(agg: dict, metric: str, mode: str) -> str:
     """Markdown: methods x budgets, the mean and 95% interval over seeds and the change from full data;
-    '\\' where the budget was not reached (as the paper marks unattainable rates); a fixed-knob arm
+    '\\' where the budget was not reached or the knob hit its cap (as the paper marks unattainable rates); a fixed-knob arm
     sits in the column nearest the fraction it reached, with that fraction."""
     cells, full = agg["cells"], agg["full"]
     budgets = _columns(cells)
@@ -268,7 +270,7 @@ def trial_rows(configs: list, labels: list, names: list[str], statuses: dict, re
         if summary is not None:
             epochs = summary["epochs"]
             row.update(epochs=epochs, metric=summary.get("final_metric"), pruned_fraction=summary["pruned_fraction"],
-                       wall_time_s=summary.get("wall_time_s"),
+                       wall_time_s=summary.get("wall_time_s"), knob_capped=bool(summary.get("knob_capped_epochs")),
                        per_epoch=[{k: e.get(k) for k in ("epoch", "pruned_fraction", *cls.DECISIONS) if k in e}
                                   for e in summary["per_epoch"]])
             if status == "FINISHED" and epochs < cfg.epochs:

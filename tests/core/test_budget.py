@@ -29,11 +29,41 @@ def _train(name, target, epochs=T, policy=None, **params):
     return p
 
 
-@pytest.mark.parametrize("name", ["repb", "random", "egreedy", "ucb"])
-@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("name,target", [(name, t) for name in ("repb", "random", "egreedy", "ucb")
+                                         for t in (0.3, 0.5, 0.7) if (name, t) != ("repb", 0.7)])
 def test_budget_is_met_within_one_point(name, target):
     p = _train(name, target)
     assert abs(_cumulative(p) - target) <= 0.01, (p.plan_sizes, p.history)
+
+
+def test_a_budget_past_the_knob_cap_is_reported_not_forced():
+    """RePB at 70% over 8 epochs with epoch 1 full would need rho above the cap every epoch: rho stays at
+    KNOB_CAP, every such epoch says knob_capped, and the budget is reported as not reached."""
+    from repb_ray.core.budget import KNOB_CAP
+    p = _train("repb", 0.7)
+    assert all(h["rho"] == KNOB_CAP and h["knob_capped"] for h in p.history[1:])
+    assert 0.55 < _cumulative(p) < 0.69 and not p.budget_status(T)["reached"]
+
+
+def test_repb_budget_sets_one_rho_for_the_epochs_left():
+    """The controller spends the budget over the epochs left at one rho under eqs. 1-2 in expectation, not
+    the steady state at once: rho in epoch 2 is the run's rho, not a jump to 1."""
+    p = _train("repb", 0.5)
+    rhos = [h["rho"] for h in p.history[1:]]
+    assert max(rhos) < 0.9 and max(rhos) - min(rhos) < 0.1, rhos
+    assert all(0.3 < h["below_fraction"] < 0.7 and not h["knob_capped"] for h in p.history[1:])
+
+
+def test_expected_spend_follows_eqs_1_2():
+    """By hand: n = 100, 40 above, 40 below, 20 out, rho 0.5: next 40 + 0.5 * 60 = 70; then with b = 0.5,
+    a = 0.35, s = 0.35 + 0.5 * 0.65 = 0.675; without resampling 40 + 20 = 60, then 0.3 + 0.5 * 0.3 = 0.45."""
+    from repb_ray.core.repb import expected_spend, rho_for_budget
+    assert expected_spend(0.5, 2, 100, 40, 40, 20) == pytest.approx(70 + 67.5)
+    assert expected_spend(0.5, 2, 100, 40, 40, 20, resampling=False) == pytest.approx(60 + 45)
+    rho, capped = rho_for_budget(137.5, 2, 100, 40, 40, 20, cap=0.9)
+    assert rho == pytest.approx(0.5, abs=1e-9) and not capped
+    assert rho_for_budget(50, 2, 100, 40, 40, 20, cap=0.9) == (0.9, True)
+    assert rho_for_budget(500, 2, 100, 40, 40, 20, cap=0.9) == (0.0, False)
 
 
 def test_infobatch_budget_reached_when_attainable_and_reported_when_not():
@@ -61,7 +91,7 @@ def test_budget_controller_is_deterministic_and_resumable(name):
 def test_repb_rho_follows_the_budget():
     p = _train("repb", 0.5)
     rhos = [h["rho"] for h in p.history[1:]]
-    assert all(0.0 <= r <= 1.0 for r in rhos) and len(set(rhos)) > 1
+    assert all(0.0 <= r <= 0.9 for r in rhos) and len(set(rhos)) > 1
 
 
 def test_target_size_spreads_what_is_left():

@@ -106,6 +106,13 @@ def test_paper_table_intervals_drops_and_unreached_budgets():
     assert format_table(rows, front).splitlines()[0].startswith("trial")
 
 
+def test_a_cell_whose_knob_hit_the_cap_is_marked_even_when_the_fraction_is_met():
+    rows = [_row("Full data", 0.0, s, 0.90, 0.0) for s in (0, 1)]
+    rows += [dict(_row("RePB", 0.5, s, 0.85, 0.5, 0.5), knob_capped=s == 1) for s in (0, 1)]
+    text = paper_table(aggregate(rows), "accuracy", "max")
+    assert "| RePB | \\ (50% reached) 85.00" in text
+
+
 def test_paired_statistics_on_a_hand_made_result_set():
     """Three seeds. Random* - RePB = -0.02, -0.01, -0.03: mean -0.02, sd 0.01, t = -3.464, p = 0.0742, 95%
     interval -0.02 +- 4.3027 * 0.01 / sqrt(3) = [-0.0448, 0.0048]: not significant. UCB - RePB = 0.04, 0.035,
