@@ -69,7 +69,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
         train_ds = task.train_dataset()
         n = num_samples_of(train_ds)
         if cfg.world_size > n:
-            raise DataError(f"num_workers={cfg.num_workers} allows more workers than the {n} training samples; use fewer")
+            raise DataError(f"num_workers={cfg.num_workers} is larger than the {n} training samples; use fewer workers")
         check_resources(cfg, n)
         if check_paths:
             check_data_visible(train_ds)

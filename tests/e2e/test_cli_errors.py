@@ -260,10 +260,11 @@ def test_resume_with_a_change_the_run_cannot_take_is_refused_at_claim_time(tmp_p
     from repb_ray.config import Config
     from repb_ray.layout import RECORD_FILE
     from repb_ray.train.run_home import fingerprint, identity
-    old = Config.from_yaml(SMOKE, ["name=mine", "target_pruned=0.3"] if fixed is None else ["name=mine"])
+    budget = ["target_pruned=0.3", "policy_args={window: 1}"]  # a budget sets rho: the config names none
+    old = Config.from_yaml(SMOKE, ["name=mine", *budget] if fixed is None else ["name=mine"])
     (out / "ray_results" / "mine" / RECORD_FILE).write_text(json.dumps({"name": "mine", "fingerprint": fingerprint(old),
                                                                         "identity": identity(old)}))
-    extra = ["--set", "target_pruned=0.3", "--set", "epochs=5"] if fixed is None else ["--set", change]
+    extra = ["--set", budget[0], "--set", budget[1], "--set", "epochs=5"] if fixed is None else ["--set", change]
     code = cli_main(_train("--set", "name=mine", *extra, "--resume", "--output-dir", str(out)))
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
