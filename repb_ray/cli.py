@@ -1,4 +1,4 @@
-"""The `repb-ray` command: train | sweep | prepare. Bad input gives one line on stderr and exit code 2;
+"""The `repb-ray` command: train | sweep | prepare | calibrate. Bad input gives one line on stderr and exit code 2;
 every line it prints is redacted. Runs in the driver."""
 
 from __future__ import annotations
@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="task_args of a built-in task, e.g. --set data_dir=/data/fmnist")
     pr.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    ca = sub.add_parser("calibrate", help="the fixed rho (RePB) or r (InfoBatch) expected to reach a pruning budget")
+    ca.add_argument("--policy", default="repb", choices=["repb", "infobatch"])
+    ca.add_argument("--target-pruned", type=float, required=True, help="the fraction of sample-steps to save, in [0, 1)")
+    ca.add_argument("--epochs", type=int, required=True, help="the run's epochs (epoch 1 is full data)")
+    ca.add_argument("--below-fraction", type=float, default=0.5, help="the share of an epoch below its mean loss "
+                    "(default 0.5; a budgeted run's summary records it per epoch)")
+    ca.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
     return ap
 
 
@@ -107,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             spec = SweepSpec.from_yaml(args.config, args.overrides, _values(args))
             from repb_ray.tune.sweep import run_sweep
             run_sweep(spec, verbose=args.verbose, overwrite=args.overwrite)
+        elif args.command == "calibrate":
+            from repb_ray.core.calibrate import calibrate
+            c = calibrate(args.policy, args.target_pruned, args.epochs, args.below_fraction)
+            print(f"policy_args.{c['knob']}: {c['value']:.4f}   (expected {c['expected_pruned']:.1%} of sample-steps "
+                  f"pruned over {args.epochs} epochs" + ("" if c["reachable"] else
+                                                        f"; {args.target_pruned:.0%} is out of reach") + ")")
         else:
             _prepare(args)
     except KeyboardInterrupt:
