@@ -116,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             run_sweep(spec, verbose=args.verbose, overwrite=args.overwrite)
         elif args.command == "calibrate":
             from repb_ray.core.calibrate import calibrate
-            c = calibrate(args.policy, args.target_pruned, args.epochs, args.below_fraction)
+            from repb_ray.errors import ConfigError
+            try:
+                c = calibrate(args.policy, args.target_pruned, args.epochs, args.below_fraction)
+            except (TypeError, ValueError) as exc:  # bad input: one line, exit code 2
+                raise ConfigError(str(exc)) from None
             print(f"policy_args.{c['knob']}: {c['value']:.4f}   (expected {c['expected_pruned']:.1%} of sample-steps "
                   f"pruned over {args.epochs} epochs" + ("" if c["reachable"] else
                                                         f"; {args.target_pruned:.0%} is out of reach") + ")")
