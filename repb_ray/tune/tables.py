@@ -21,9 +21,10 @@ FULL = "Full data"
 
 def label_trials(configs: list) -> list[tuple[str, object]]:
     """(method, budget) of each trial's config. The method is the policy's label with whichever of its
-    LABEL_PARAMS vary across the sweep's trials of that policy; the budget is target_pruned, 0 for
-    full data, None for a fixed knob (its label then names the knob: RePB (rho=0.5)), placed in the
-    report at the fraction it reached."""
+    LABEL_PARAMS vary across the sweep's trials of that policy, and any other config key that varies
+    among them (`ctr_normalize=True`: arms that differ in anything but the seed and the budget are rows
+    of their own); the budget is target_pruned, 0 for full data, None for a fixed knob (its label then
+    names the knob: RePB (rho=0.5)), placed in the report at the fraction it reached."""
     from repb_ray.core.registry import policy_class
     params = [c.policy_params() for c in configs]
     varying: dict = {}
@@ -34,11 +35,13 @@ def label_trials(configs: list) -> list[tuple[str, object]]:
         budgeted = len(fixed) < len(mine)
         keys = {k for k in cls.LABEL_PARAMS if k != cls.KNOB and len({repr(p.get(k)) for _, p in mine}) > 1}
         knob = cls.KNOB is not None and cls.BUDGET and fixed and (budgeted or len({repr(p.get(cls.KNOB)) for p in fixed}) > 1)
-        varying[policy] = (tuple(sorted(keys)), bool(knob))
+        flat = [_arm_keys(c) for c, _ in mine]
+        others = tuple(sorted(k for k in set().union(*flat) if len({repr(f.get(k)) for f in flat}) > 1))
+        varying[policy] = (tuple(sorted(keys)), bool(knob), others)
     out = []
     for c, p in zip(configs, params):
         cls = policy_class(c.policy)
-        keys, knob = varying[c.policy]
+        keys, knob, others = varying[c.policy]
         if not cls.BUDGET:
             budget = 0.0
         elif c.target_pruned is not None:
@@ -47,7 +50,30 @@ def label_trials(configs: list) -> list[tuple[str, object]]:
             budget = None
             if knob:
                 keys = tuple(sorted(keys + (cls.KNOB,)))
-        out.append((cls.label(p, keys), budget))
+        label = cls.label(p, keys)
+        if others:
+            arm = _arm_keys(c)
+            extra = ", ".join(f"{k}={arm.get(k)}" for k in others)
+            label = label[:-1] + f", {extra})" if label.endswith(")") else f"{label} ({extra})"
+        out.append((label, budget))
+    return out
+
+
+# what never tells arms apart: where a run goes, how it is tracked, its seed (the pairing) and its budget (the column)
+_NOT_AN_ARM = {"name", "output_dir", "storage_path", "tracking_uri", "experiment", "tags", "seed", "target_pruned",
+               "policy", "policy_args", "fail_at", "audit", "max_failures", "system_metrics", "coordinator_timeout_s"}
+
+
+def _arm_keys(cfg) -> dict:
+    """A trial's config keys that define its arm, flat (task_args.x)."""
+    out = {}
+    for k, v in cfg.to_dict().items():
+        if k in _NOT_AN_ARM:
+            continue
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": repr(vv) for kk, vv in v.items()})
+        else:
+            out[k] = v if not isinstance(v, (list, tuple)) else repr(v)
     return out
 
 

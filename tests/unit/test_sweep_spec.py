@@ -87,6 +87,15 @@ def test_methods_and_budgets_are_labelled_like_the_paper():
                                     ("InfoBatch", 0.5), ("Full data", 0.0), ("Random*", 0.7)]
 
 
+def test_arms_that_differ_outside_the_policy_are_rows_of_their_own():
+    trials = [{"policy": "repb", "target_pruned": 0.5}, {"policy": "repb", "target_pruned": 0.5, "ctr_normalize": True},
+              {"policy": "repb", "target_pruned": 0.5, "seed": 3}]
+    spec = SweepSpec(base={"task": "synthetic"}, baselines=trials)
+    labels = label_trials([spec.config_of(t) for t in trials])
+    assert labels == [("RePB (ctr_normalize=False)", 0.5), ("RePB (ctr_normalize=True)", 0.5),
+                      ("RePB (ctr_normalize=False)", 0.5)]   # another seed of the first arm
+
+
 def _row(method, budget, seed, metric, pruned, target=None):
     return {"trial": f"{method}{seed}", "method": method, "budget": budget, "seed": seed, "status": "FINISHED",
             "epochs": 5, "metric": metric, "pruned_fraction": pruned, "target_pruned": target, "wall_time_s": 1.0}
