@@ -73,10 +73,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
         check_resources(cfg, n)
         if check_paths:
             check_data_visible(train_ds)
-        pruning = Pruning(cfg.policy, cfg.policy_params(), num_samples=n, num_workers=cfg.world_size, seed=cfg.seed,
-                          shards=cfg.coordinator_shards, home=claim.home, fence=claim.owner.fence,
-                          observe_every=cfg.observe_every, timeout_s=cfg.coordinator_timeout_s,
-                          shuffle_rows=cfg.shuffle_rows, prefetch_batches=cfg.prefetch_batches)
+        pruning = _pruning(cfg, n, claim)
         datasets = {"train": pruning.dataset(train_ds, task_ref)}
         test_ds = eval_dataset(task.test_dataset(), task_ref)
         if test_ds is not None:
@@ -92,33 +89,10 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
                   flush=True)
         console = Console(pruning.progress, cfg.epochs, show=progress, decisions=policy_class(cfg.policy).DECISIONS,
                           on_epoch=tracker.epoch).start()
-        fs, path = storage.filesystem(root)  # Ray Train gets the filesystem (a URI's query kept) and the path
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"cfg": worker_config(cfg), "pruning": pruning.handle, "has_test": test_ds is not None},
-            datasets=datasets,
-            dataset_config=pruning.data_config(),
-            scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling_workers(), use_gpu=cfg.use_gpu,
-                                                   resources_per_worker={"CPU": cfg.cpus_per_worker,
-                                                                         **cfg.worker_resources}),
-            run_config=ray.train.RunConfig(
-                name=cfg.name, storage_path=path, storage_filesystem=fs,
-                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-                callbacks=list(callbacks or [])),
-        )
-        result = trainer.fit()
+        result = _trainer(cfg, pruning, datasets, root, callbacks).fit()
         console.stop()
         console = None
-        history = list(result.return_value or [])
-        summary = build_summary(cfg, task, history, num_samples=n, wall_time_s=time.perf_counter() - t_start)
-        path = run_home.layout_of(cfg).summary
-        summary["mlflow_run_id"] = tracker.run_id
-        _write_json(path, summary)
-        model = _final_model(task, result.checkpoint) if tracker.run_id else None
-        summary["tracking"] = tracker.finish(path, history, summary["metric"], model=model,
-                                             example=task.input_example(), counts=_selection_counts(pruning))
-        _write_json(path, summary)
+        summary, path = _finish(cfg, task, result, n, t_start, tracker, pruning)
         claim.finish()
     except BaseException as exc:
         if console:
@@ -140,6 +114,49 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
               f"fraction {summary['pruned_fraction']:.3f}, {summary['wall_time_s']:.0f}s; summary: {path}"
               + (f"; MLflow: {tracker.safe_uri}" if tracker.uri else ""), flush=True)
     return summary
+
+
+def _pruning(cfg: Config, n: int, claim: run_home.RunClaim) -> Pruning:
+    """The run's coordinator (and progress board), its states in the run's home under its owner's fence."""
+    return Pruning(cfg.policy, cfg.policy_params(), num_samples=n, num_workers=cfg.world_size, seed=cfg.seed,
+                   shards=cfg.coordinator_shards, home=claim.home, fence=claim.owner.fence,
+                   observe_every=cfg.observe_every, timeout_s=cfg.coordinator_timeout_s,
+                   shuffle_rows=cfg.shuffle_rows, prefetch_batches=cfg.prefetch_batches)
+
+
+def _trainer(cfg: Config, pruning: Pruning, datasets: dict, root: str, callbacks: list | None) -> TorchTrainer:
+    """The run's TorchTrainer: the worker loop, the pruned datasets, the scaling, and the run's home as
+    Ray Train's storage (its filesystem, a URI's query kept, and the path)."""
+    fs, path = storage.filesystem(root)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": worker_config(cfg), "pruning": pruning.handle, "has_test": "test" in datasets},
+        datasets=datasets,
+        dataset_config=pruning.data_config(),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling_workers(), use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": cfg.cpus_per_worker,
+                                                                     **cfg.worker_resources}),
+        run_config=ray.train.RunConfig(
+            name=cfg.name, storage_path=path, storage_filesystem=fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks or [])),
+    )
+
+
+def _finish(cfg: Config, task, result, n: int, t_start: float, tracker: RunTracker, pruning: Pruning) -> tuple:
+    """summary.json of the ended run, and tracking completed with it (the model, the selection counts);
+    returns (summary, its path)."""
+    history = list(result.return_value or [])
+    summary = build_summary(cfg, task, history, num_samples=n, wall_time_s=time.perf_counter() - t_start)
+    path = run_home.layout_of(cfg).summary
+    summary["mlflow_run_id"] = tracker.run_id
+    _write_json(path, summary)
+    model = _final_model(task, result.checkpoint) if tracker.run_id else None
+    summary["tracking"] = tracker.finish(path, history, summary["metric"], model=model,
+                                         example=task.input_example(), counts=_selection_counts(pruning))
+    _write_json(path, summary)
+    return summary, path
 
 
 def _dataset_records(cfg: Config, train_ds, n: int, test_ds) -> dict:
