@@ -15,7 +15,7 @@ own run is built from the same pieces. Runs in the driver.
                 per_sample = F.cross_entropy(model(batch["x"]), batch["y"], reduction="none")
                 loss = weighted_loss(per_sample, batch["weight"])
                 opt.zero_grad(); loss.backward(); opt.step()
-                session.observe(batch, per_sample)
+                session.observe(batch["id"], per_sample)
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class PruningHandle:
 
 class Pruning:
     """Driver side of a pruned run. `policy` and `policy_args` as for repb_ray.core.make_policy;
-    `storage` (a path or URI every node reaches, e.g. the Train storage_path) and `name` locate the
+    `storage_path` (a path or URI every node reaches, e.g. the Train storage_path) and `name` locate the
     coordinator's saved states (or `home`, the run's folder itself, with `fence`, its owner's
     generation, checked before every state written); `shards` > 1 spreads the per-sample state over
     that many actors."""
