@@ -131,6 +131,15 @@ def paired(x: dict, y: dict) -> Paired | None:
     return Paired(est, t, p, seeds)
 
 
+def detectable(diff: Estimate, power: float = 0.8, level: float = 0.95) -> float | None:
+    """The smallest true mean difference a paired t test on these seeds finds with probability `power`
+    at `level` (two-sided), taking the observed spread as the true one: (t_{1-a/2} + t_power) sd / sqrt(n)."""
+    if diff.n < 2 or diff.sd is None:
+        return None
+    df = diff.n - 1
+    return (t_quantile(0.5 + level / 2.0, df) + t_quantile(power, df)) * diff.sd / math.sqrt(diff.n)
+
+
 def holm(pvalues: list[float]) -> list[float]:
     """Holm's step-down adjustment of p-values (family-wise error over a table's comparisons)."""
     order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])

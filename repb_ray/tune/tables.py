@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from repb_ray import storage
 from repb_ray.layout import RECORD_FILE, SUMMARY_FILE
-from repb_ray.tune.stats import estimate, holm, paired
+from repb_ray.tune.stats import detectable, estimate, holm, paired
 
 COLUMNS = ("trial", "method", "budget", "seed", "status", "epochs", "metric", "pruned_fraction", "wall_time_s")
 FULL = "Full data"
@@ -151,9 +151,17 @@ def compare(agg: dict, reference: str) -> dict:
         result = paired(c["by_seed"], base["by_seed"])
         if result is not None:
             out[(method, budget)] = result
-    keys = list(out)
-    for k, p in zip(keys, holm([out[k].p for k in keys])):
-        out[k] = (out[k], p)
+    # Holm's family counts each distinct comparison once: a method whose runs at two budgets are the same
+    # runs' results (InfoBatch stopping at its reachable fraction under both) is one test, not two
+    family: dict = {}
+    for method, budget in out:
+        same = (method, tuple(sorted(cells[(method, budget)]["by_seed"].items())),
+                tuple(sorted(cells[(ref, budget)]["by_seed"].items())))
+        family.setdefault(same, []).append((method, budget))
+    groups = list(family.values())
+    for group, p in zip(groups, holm([out[g[0]].p for g in groups])):
+        for k in group:
+            out[k] = (out[k], p)
     return {"reference": ref, "pairs": out}
 
 
@@ -210,7 +218,9 @@ def paper_table(agg: dict, metric: str, mode: str) -> str:
 
 def difference_table(agg: dict, comparison: dict, metric: str) -> str:
     """Markdown: each method's paired difference from the reference at each budget: mean [95% interval]
-    over the shared seeds, * where the interval excludes 0; p (two-sided paired t, Holm-adjusted)."""
+    over the shared seeds, * where the interval excludes 0, † where Holm's adjusted p < 0.05; p (two-sided
+    paired t, Holm-adjusted); an unresolved difference says so with the difference these seeds could
+    detect; `\\` where the method did not reach the budget (the cells then compare unequal budgets)."""
     if not comparison.get("pairs"):
         return ""
     ref, pairs = comparison["reference"], comparison["pairs"]
@@ -226,12 +236,20 @@ def difference_table(agg: dict, comparison: dict, metric: str) -> str:
                 row.append("")
                 continue
             pr, p_holm = pairs[(m, b)]
-            star = "*" if pr.significant else ""
-            row.append(f"{_ci(pr.diff, scale)}{star} (p={pr.p:.3f}, Holm {p_holm:.3f})")
+            star = ("*" if pr.significant else "") + ("†" if p_holm < 0.05 else "")
+            text = f"{_ci(pr.diff, scale)}{star} (p={pr.p:.3f}, Holm {p_holm:.3f})"
+            if not pr.significant:
+                d = detectable(pr.diff)
+                text += f"; not resolved at {pr.diff.n} seeds" + (f" (detectable ≈ {d * scale:.2f})" if d else "")
+            if agg["cells"].get((m, b), {}).get("reached") is False:
+                text = "\\ " + text
+            row.append(text)
         lines.append("| " + " | ".join(row) + " |")
     unit = " points" if scale == 100.0 else ""
     return (f"difference from {ref} in test {metric}{unit}, paired by seed: mean [95% interval]; * = the interval "
-            "excludes 0; p = two-sided paired t, then Holm-adjusted over this table\n\n" + "\n".join(lines))
+            "excludes 0; † = Holm-adjusted p < 0.05; p = two-sided paired t, then Holm-adjusted over this table's "
+            "distinct comparisons; detectable = the difference these seeds find 80% of the time; \\ = the budget "
+            "was not reached\n\n" + "\n".join(lines))
 
 
 @dataclass

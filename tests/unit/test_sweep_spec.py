@@ -145,9 +145,29 @@ def test_paired_statistics_on_a_hand_made_result_set():
     assert (ucb.diff.lo, ucb.diff.hi) == pytest.approx((0.0225793, 0.0474207), rel=1e-4) and ucb.significant
     assert (p_rnd, p_ucb) == pytest.approx((0.0741799, 2 * 0.0067341), rel=1e-4)     # Holm
     table = difference_table(agg, comp, "accuracy")
-    assert "| Random* | -2.00 [-4.48, 0.48] (p=0.074, Holm 0.074) |" in table
-    assert "| UCB | 3.50 [2.26, 4.74]* (p=0.007, Holm 0.013) |" in table
+    # detectable by hand: (t(0.975, 2) + t(0.8, 2)) sd / sqrt(3) = (4.303 + 1.061) * 1 / 1.732 = 3.10 points
+    assert "| Random* | -2.00 [-4.48, 0.48] (p=0.074, Holm 0.074); not resolved at 3 seeds (detectable ≈ 3.10) |" in table
+    assert "| UCB | 3.50 [2.26, 4.74]*† (p=0.007, Holm 0.013) |" in table
     assert compare(agg, "InfoBatch") == {}  # a reference the sweep did not run: no comparison
+
+
+def test_holm_counts_the_same_runs_once_and_unreached_budgets_are_marked():
+    """InfoBatch stopping at 41% under both budgets gives the same results twice: one test in the family."""
+    from repb_ray.tune.stats import holm
+    from repb_ray.tune.tables import compare, difference_table
+    rows = []
+    for b in (0.5, 0.7):
+        rows += [_row("RePB", b, s, 0.80 + 0.01 * s, b, b) for s in range(3)]
+        rows += [_row("InfoBatch", b, s, 0.75 + 0.012 * s, 0.41, b) for s in range(3)]
+        rows += [_row("Random*", b, s, 0.79 - b / 10 + 0.009 * s + 0.002 * s * s, b, b) for s in range(3)]
+    agg = aggregate(rows)
+    comp = compare(agg, "RePB")
+    pairs = comp["pairs"]
+    assert pairs[("InfoBatch", 0.5)][0].p == pairs[("InfoBatch", 0.7)][0].p
+    expected = holm([pairs[("InfoBatch", 0.5)][0].p, pairs[("Random*", 0.5)][0].p, pairs[("Random*", 0.7)][0].p])
+    assert [pairs[k][1] for k in [("InfoBatch", 0.5), ("Random*", 0.5), ("Random*", 0.7)]] == pytest.approx(expected)
+    assert pairs[("InfoBatch", 0.7)][1] == pairs[("InfoBatch", 0.5)][1]
+    assert "| InfoBatch | \\\\ " in difference_table(agg, comp, "accuracy")
 
 
 def test_progress_line_counts_results_and_time_left():
