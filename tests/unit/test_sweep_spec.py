@@ -167,7 +167,7 @@ def test_holm_counts_the_same_runs_once_and_unreached_budgets_are_marked():
     expected = holm([pairs[("InfoBatch", 0.5)][0].p, pairs[("Random*", 0.5)][0].p, pairs[("Random*", 0.7)][0].p])
     assert [pairs[k][1] for k in [("InfoBatch", 0.5), ("Random*", 0.5), ("Random*", 0.7)]] == pytest.approx(expected)
     assert pairs[("InfoBatch", 0.7)][1] == pairs[("InfoBatch", 0.5)][1]
-    assert "| InfoBatch | \\\\ " in difference_table(agg, comp, "accuracy")
+    assert "| InfoBatch | \\ " in difference_table(agg, comp, "accuracy")
 
 
 def test_progress_line_counts_results_and_time_left():
