@@ -35,6 +35,22 @@ def clamp_size(size: float, num_samples: int) -> int:
     return int(min(max(round(size), 1), num_samples))
 
 
+def exact_size(params: dict, num_samples: int, plan_sizes: list[int], epoch: int) -> int:
+    """A size-based policy's plan size for `epoch`: round((1 - prune_ratio) n), or with a budget the size
+    that spreads what is left of it over the epochs left."""
+    if params["target_pruned"] is None:
+        return round((1.0 - params["prune_ratio"]) * num_samples)
+    return clamp_size(target_size(params["target_pruned"], params["num_epochs"], num_samples, plan_sizes, epoch),
+                      num_samples)
+
+
+def check_keeps_a_sample(params: dict, num_samples: int) -> None:
+    """prune_ratio must leave at least one sample of num_samples."""
+    if round((1.0 - params["prune_ratio"]) * num_samples) < 1:
+        raise ValueError(f"prune_ratio={params['prune_ratio']:g} keeps no sample of num_samples={num_samples}; "
+                         "lower prune_ratio")
+
+
 def check_budget(name: str, p: dict) -> None:
     """Validate target_pruned / num_epochs in a policy's parameters (the policies that take a budget)."""
     if p.get("target_pruned") is None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from repb_ray.core.budget import clamp_size, target_size
+from repb_ray.core.budget import check_keeps_a_sample, exact_size
 from repb_ray.core.checks import check_float
 from repb_ray.core.policy import Policy, SelectingShard, SelectScratch
 from repb_ray.core.protocol import Call, step
@@ -80,16 +80,10 @@ class OrderDPPolicy(Policy):
 
     @classmethod
     def _check_size(cls, num_samples: int, params: dict) -> None:
-        if round((1.0 - params["prune_ratio"]) * num_samples) < 1:
-            raise ValueError(f"prune_ratio={params['prune_ratio']:g} keeps no sample of num_samples="
-                             f"{num_samples}; lower prune_ratio")
+        check_keeps_a_sample(params, num_samples)
 
     def _size(self, epoch: int) -> int:
-        p = self.params
-        if p["target_pruned"] is None:
-            return round((1.0 - p["prune_ratio"]) * self.num_samples)
-        return clamp_size(target_size(p["target_pruned"], p["num_epochs"], self.num_samples, self.plan_sizes, epoch),
-                          self.num_samples)
+        return exact_size(self.params, self.num_samples, self.plan_sizes, epoch)
 
     def conduct_next(self, world_size: int):
         e, n = self.epoch + 1, self.num_samples
