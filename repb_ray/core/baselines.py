@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from repb_ray.core.budget import check_keeps_a_sample, exact_size
 from repb_ray.core.checks import check_bool, check_float
-from repb_ray.core.policy import Policy, SelectingShard
+from repb_ray.core.policy import Policy, SelectingShard, SizedPolicy
 from repb_ray.core.protocol import Call, step
 from repb_ray.core.rng import uniforms
 from repb_ray.core.shard import Shard
@@ -22,7 +21,7 @@ class RandomShard(SelectingShard):
         self.tmp.select = keys
 
 
-class RandomPolicy(Policy):
+class RandomPolicy(SizedPolicy):
     """Random*: every epoch (the first included) a uniform random subset of size
     round((1 - prune_ratio) * n) (the ids with the smallest uniforms of the epoch's stream), weight 1.
     With target_pruned, the size is set before each epoch to keep the run on target.
@@ -42,13 +41,6 @@ class RandomPolicy(Policy):
         p["prune_ratio"] = check_float("prune_ratio", p["prune_ratio"], lo=0.0, hi=1.0, hi_open=True)
         p["full_first_epoch"] = check_bool("full_first_epoch", p["full_first_epoch"])
         return p
-
-    @classmethod
-    def _check_size(cls, num_samples: int, params: dict) -> None:
-        check_keeps_a_sample(params, num_samples)
-
-    def _size(self, epoch: int) -> int:
-        return exact_size(self.params, self.num_samples, self.plan_sizes, epoch)
 
     def _subset(self, epoch: int, world_size: int):
         k = self._size(epoch)

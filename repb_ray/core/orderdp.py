@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from repb_ray.core.budget import check_keeps_a_sample, exact_size
 from repb_ray.core.checks import check_float
-from repb_ray.core.policy import Policy, SelectingShard, SelectScratch
+from repb_ray.core.policy import SelectingShard, SelectScratch, SizedPolicy
 from repb_ray.core.protocol import Call, step
 from repb_ray.core.rng import uniforms
 from repb_ray.core.select import order_keys
@@ -63,7 +62,7 @@ class OrderDPShard(SelectingShard):
         self.tmp.select = keys
 
 
-class OrderDPPolicy(Policy):
+class OrderDPPolicy(SizedPolicy):
     name = "orderdp"
     display_name = "OrderDP"
     SHARD = OrderDPShard
@@ -77,13 +76,6 @@ class OrderDPPolicy(Policy):
         p["prune_ratio"] = check_float("prune_ratio", p["prune_ratio"], lo=0.0, hi=1.0, hi_open=True)
         p["pool"] = check_float("pool", p["pool"], lo=1.0)
         return p
-
-    @classmethod
-    def _check_size(cls, num_samples: int, params: dict) -> None:
-        check_keeps_a_sample(params, num_samples)
-
-    def _size(self, epoch: int) -> int:
-        return exact_size(self.params, self.num_samples, self.plan_sizes, epoch)
 
     def conduct_next(self, world_size: int):
         e, n = self.epoch + 1, self.num_samples

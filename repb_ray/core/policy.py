@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from repb_ray.core import rng
-from repb_ray.core.budget import check_budget
+from repb_ray.core.budget import check_budget, check_keeps_a_sample, exact_size
 from repb_ray.core.checks import check_int, suggest
 from repb_ray.core.plan import pruned_fraction
 from repb_ray.core.protocol import Call, Spec, step
@@ -233,6 +233,20 @@ class Policy:
         drops = [(pos[(pos >= offsets[j]) & (pos < offsets[j + 1])] - offsets[j]).tolist() for j in range(len(kept))]
         sizes = yield Call(Shard.retrim, per_shard=[(d,) for d in drops])
         self.plan_sizes[-1] = int(sum(sizes))
+
+
+class SizedPolicy(Policy):
+    """A policy whose knob is its plan's size (prune_ratio): round((1 - prune_ratio) n) per epoch, or with a
+    budget the size that spreads what is left of it over the epochs left (budget.exact_size)."""
+
+    KNOB = "prune_ratio"
+
+    @classmethod
+    def _check_size(cls, num_samples: int, params: dict) -> None:
+        check_keeps_a_sample(params, num_samples)
+
+    def _size(self, epoch: int) -> int:
+        return exact_size(self.params, self.num_samples, self.plan_sizes, epoch)
 
 
 def _check_world_size(world_size, num_samples: int) -> int:
