@@ -215,10 +215,10 @@ def log_datasets(uri: str, run_id: str, records: list[dict]) -> None:
     client(uri).log_inputs(run_id, datasets=inputs)
 
 
-def log_model_metric(uri: str, run_id: str, key: str, value: float, model_id: str, dataset: dict) -> None:
+def log_model_metric(uri: str, run_id: str, key: str, value: float, model_id: str, dataset: dict, step: int) -> None:
     """A metric of the logged model on a dataset: MLflow links the LoggedModel to that dataset through it."""
-    client(uri).log_metric(run_id, key, float(value), dataset_name=dataset["name"], dataset_digest=dataset["digest"],
-                           model_id=model_id)
+    client(uri).log_metric(run_id, key, float(value), step=step, dataset_name=dataset["name"],
+                           dataset_digest=dataset["digest"], model_id=model_id)
 
 
 def system_metrics(uri: str, run_id: str, interval_s: float = 5.0):

@@ -161,8 +161,9 @@ class RunTracker:
         final = history[-1] if history else {}
         key = metric  # the summary's metric: a history key, test_<task metric>
         if model_id and "test" in self.data and key in final:
-            self._try("the model's test metric", mt.log_model_metric, self.uri, self.run_id, key, final[key], model_id,
-                      self.data["test"])
+            # under its own key (final_<metric>, at the last epoch): the run's per-epoch history stays one per epoch
+            self._try("the model's test metric", mt.log_model_metric, self.uri, self.run_id, f"final_{key}", final[key],
+                      model_id, self.data["test"], int(final["epoch"]))
         self._stop_monitor()
         self._try("run status", mt.end_run, self.uri, self.run_id, "FINISHED")
         return {"uri": self.safe_uri, "run_id": self.run_id, "model_format": model_format,

@@ -124,7 +124,8 @@ def test_the_tracked_run_says_what_it_trained_on(reference_run):
         assert json.loads(plan.profile)["num_rows"] == e["kept"]
     logged = [m for m in client.search_logged_models([run.info.experiment_id]) if m.source_run_id == run.info.run_id]
     linked = [m for m in logged[0].metrics if m.dataset_name == "synthetic-test"]
-    assert linked and linked[0].key == "test_accuracy" and linked[0].dataset_digest == test.dataset.digest
+    assert linked and linked[0].key == "final_test_accuracy" and linked[0].dataset_digest == test.dataset.digest
+    assert linked[0].value == s["final_test_accuracy"] and linked[0].step == 3
     assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
 
 
