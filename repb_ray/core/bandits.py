@@ -24,7 +24,6 @@ from repb_ray.core.budget import clamp_size, target_size
 from repb_ray.core.checks import check_float, check_int
 from repb_ray.core.policy import Policy, SelectingShard, SelectScratch
 from repb_ray.core.protocol import Call, step
-from repb_ray.core.rng import uniforms
 from repb_ray.core.select import order_keys
 
 _NEVER = np.iinfo(np.uint64).max
@@ -73,9 +72,7 @@ class BanditShard(SelectingShard):
         """Keys for the uniform part: the epoch's uniforms, greedy picks excluded."""
         greedy = self.tmp.take("keep")
         self.tmp.greedy = greedy
-        keys = np.empty(self.span, np.uint64)
-        for start, u in uniforms(self.spec.seed, epoch, self.lo, self.hi):
-            keys[start - self.lo: start - self.lo + u.shape[0]] = u.view(np.uint64)  # u >= 0: bits are ordered
+        keys = self.uniform_keys(epoch)
         keys[greedy] = _NEVER
         self.tmp.select = keys
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from repb_ray.core.checks import check_bool, check_float
 from repb_ray.core.policy import Policy, SelectingShard, SizedPolicy
 from repb_ray.core.protocol import Call, step
-from repb_ray.core.rng import uniforms
 from repb_ray.core.shard import Shard
 
 
@@ -15,10 +12,7 @@ class RandomShard(SelectingShard):
     @step
     def draw_keys(self, epoch: int) -> None:
         """Selection keys: this range's uniforms of the epoch's stream."""
-        keys = np.empty(self.span, np.uint64)
-        for start, u in uniforms(self.spec.seed, epoch, self.lo, self.hi):
-            keys[start - self.lo: start - self.lo + u.shape[0]] = u.view(np.uint64)  # u >= 0: bits are ordered
-        self.tmp.select = keys
+        self.tmp.select = self.uniform_keys(epoch)
 
 
 class RandomPolicy(SizedPolicy):

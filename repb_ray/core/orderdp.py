@@ -19,7 +19,6 @@ import numpy as np
 from repb_ray.core.checks import check_float
 from repb_ray.core.policy import SelectingShard, SelectScratch, SizedPolicy
 from repb_ray.core.protocol import Call, step
-from repb_ray.core.rng import uniforms
 from repb_ray.core.select import order_keys
 
 _NEVER = np.iinfo(np.uint64).max
@@ -48,10 +47,7 @@ class OrderDPShard(SelectingShard):
     @step
     def pool_keys(self, epoch: int) -> None:
         """Selection keys for the pool: this range's uniforms of the epoch's stream."""
-        keys = np.empty(self.span, np.uint64)
-        for start, u in uniforms(self.spec.seed, epoch, self.lo, self.hi):
-            keys[start - self.lo: start - self.lo + u.shape[0]] = u.view(np.uint64)  # u >= 0: bits are ordered
-        self.tmp.select = keys
+        self.tmp.select = self.uniform_keys(epoch)
 
     @step
     def loss_keys(self) -> None:

@@ -268,6 +268,14 @@ class SelectingShard(Shard):
     SCRATCH = SelectScratch
     tmp: SelectScratch
 
+    def uniform_keys(self, epoch: int) -> np.ndarray:
+        """Selection keys ordering this range by its uniforms of the epoch's stream (u >= 0: the float
+        bits are ordered like the values)."""
+        keys = np.empty(self.span, np.uint64)
+        for start, u in rng.uniforms(self.spec.seed, epoch, self.lo, self.hi):
+            keys[start - self.lo: start - self.lo + u.shape[0]] = u.view(np.uint64)
+        return keys
+
     @step
     def select_local(self, k: int) -> int:
         self.tmp.keep = smallest_mask(self.tmp.take("select"), k)
