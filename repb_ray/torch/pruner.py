@@ -6,8 +6,6 @@ and the scores). The Hugging Face and Lightning adapters drive it through the Ep
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -15,6 +13,7 @@ from repb_ray.core import rng
 from repb_ray.core.plan import EpochInfo, EpochPlan, pruned_fraction
 from repb_ray.core.registry import make_policy, policy_class
 from repb_ray.torch.distributed import gather_observations
+from repb_ray.torch.epoch import EpochSteps
 
 
 def _rank_world() -> tuple[int, int]:
@@ -110,8 +109,8 @@ class LocalPruner:
         return [ids[a:a + batch_size] for a in range(0, ids.shape[0], batch_size)]
 
     def steps_in_epoch(self, batch_size: int, grad_accum_steps: int = 1) -> int:
-        per_rank = len(self.policy.plan) // self.world_size
-        return math.ceil(math.ceil(per_rank / batch_size) / grad_accum_steps)
+        """This rank's optimizer steps in the current epoch (EpochSteps' count)."""
+        return len(EpochSteps(self.info, batch_size, grad_accum_steps).groups)
 
     def loader(self, batch_size: int, dataset=None, *, collate_fn=None, interleave: bool = False,
                **options) -> torch.utils.data.DataLoader:

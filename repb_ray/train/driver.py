@@ -75,14 +75,15 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
             check_data_visible(train_ds)
         pruning = _pruning(cfg, n, claim)
         datasets = {"train": pruning.dataset(train_ds, task_ref)}
-        test_ds = eval_dataset(task.test_dataset(), task_ref)
+        raw_test = task.test_dataset()
+        test_ds = eval_dataset(raw_test, task_ref)
         if test_ds is not None:
             datasets["test"] = test_ds
         tracker = RunTracker(cfg, parent_run_id=parent_run_id, resume_run_id=claim.record.get("mlflow_run_id"),
                              uri=tracking_uri or "")
         if tracker.run_id:
             claim.save_record(mlflow_run_id=tracker.run_id)
-            tracker.datasets(_dataset_records(cfg, train_ds, n, task.test_dataset()))
+            tracker.datasets(_dataset_records(cfg, train_ds, n, raw_test))
         if progress:
             print(f"[repb_ray] {'resuming' if claim.state == 'resume' else 'run'} {cfg.name}: {cfg.policy} on {cfg.task} "
                   f"({n} samples), {cfg.num_workers} worker(s), {cfg.epochs} epochs; outputs in {cfg.run_dir}",
