@@ -4,6 +4,7 @@ no Ray process other than these ever holds the tracking URI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -238,6 +239,24 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(uri).set_terminated(run_id, status=status)
 
 
+@contextlib.contextmanager
+def fluent_tracking_uri(uri: str):
+    """MLflow's fluent API pointed at `uri` for the block, and everything it changed put back: the global
+    URI and $MLFLOW_TRACKING_URI, which mlflow.set_tracking_uri also writes (left set, it would send the
+    next run of this process, and every process it starts, to that store)."""
+    import mlflow
+    previous, env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
 def log_model(uri: str, run_id: str, model, example) -> tuple[str, str | None]:
     """The trained model as an MLflow PyTorch model: with an input example, exported (pt2, no pickle:
     load with mlflow.pytorch.load_model); without one (or when the model does not export), its weights
@@ -252,15 +271,12 @@ def log_model(uri: str, run_id: str, model, example) -> tuple[str, str | None]:
         with torch.no_grad():
             out = model(torch.as_tensor(example))
         signature = infer_signature(example, out.numpy() if hasattr(out, "numpy") else None)
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(uri)
         quiet = logging.getLogger("mlflow")
         level = quiet.level
         quiet.setLevel(logging.ERROR)
         try:
-            import contextlib
             store_lock = SQLiteStoreLock(uri) if uri.startswith("sqlite:///") else contextlib.nullcontext()
-            with store_lock, mlflow.start_run(run_id=run_id):
+            with fluent_tracking_uri(uri), store_lock, mlflow.start_run(run_id=run_id):
                 # the requirements named, not inferred: inference imports the model in a subprocess (8 s)
                 info = mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
                                                 serialization_format="pt2",
@@ -271,7 +287,6 @@ def log_model(uri: str, run_id: str, model, example) -> tuple[str, str | None]:
                   "logged its weights (model_state_dict.pt) instead", flush=True)
         finally:
             quiet.setLevel(level)
-            mlflow.set_tracking_uri(previous)
     import tempfile
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "model_state_dict.pt")

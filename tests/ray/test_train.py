@@ -98,8 +98,9 @@ def test_training_run_is_tracked_in_mlflow(reference_run):
     import mlflow.pytorch
     import torch
     logged = [m for m in client.search_logged_models([run.info.experiment_id]) if m.source_run_id == run.info.run_id]
-    mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
-    model = mlflow.pytorch.load_model(f"models:/{logged[0].model_id}")
+    from repb_ray.tracking.mlflow_tracking import fluent_tracking_uri
+    with fluent_tracking_uri(f"sqlite:///{out}/mlflow.db"):  # nothing of it left in this process's environment
+        model = mlflow.pytorch.load_model(f"models:/{logged[0].model_id}")
     assert model(torch.zeros(2, 16)).shape == (2, 4)
     assert logged[0].name == "model"
 

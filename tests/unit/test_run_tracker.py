@@ -32,3 +32,26 @@ def test_an_asynchronously_evaluated_epoch_is_logged_once_per_metric(tmp_path):
     again.epoch(done)
     again.finish(str(tmp_path / "twice" / "summary.json"), [done, {**done, "epoch": 2}], None)
     assert [m.step for m in client.get_metric_history(tracker.run_id, "train_loss")] == [1, 2]
+
+
+def test_the_fluent_tracking_uri_leaves_nothing_behind(tmp_path):
+    """mlflow.set_tracking_uri also writes $MLFLOW_TRACKING_URI: left set, the next run of the process (and
+    every process it starts) would track into that store instead of its own."""
+    import os
+
+    import mlflow
+
+    from repb_ray.tracking.mlflow_tracking import fluent_tracking_uri
+    before, env = mlflow.get_tracking_uri(), os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        with fluent_tracking_uri(f"sqlite:///{tmp_path}/a.db"):
+            assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path}/a.db"
+        assert "MLFLOW_TRACKING_URI" not in os.environ and mlflow.get_tracking_uri() == before
+        os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///elsewhere.db"
+        with fluent_tracking_uri(f"sqlite:///{tmp_path}/b.db"):
+            pass
+        assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///elsewhere.db"
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        if env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env
