@@ -9,7 +9,12 @@ in a seeded order and their CTR weights) is copied to the device once, so per st
 is two device-side gathers (weight lookup) and one device-side copy of the per-sample losses (score
 hand-off): no host sync per step. The policy sees the scores once per epoch (one device-to-host
 copy). The training loop runs under torch.cuda.set_sync_debug_mode("warn") and counts host syncs.
-Runs on the CPU too (slowly).
+
+First it checks the parts of repb_ray's own loop that need no Ray, on this device: the `Evaluator`
+asynchronous (its own thread and stream, test batches collated on the host and copied by it) against
+synchronous while the default stream is kept busy and the live weights change under it (the metrics
+must be equal), and `TrainStep` in bf16 with accumulation (two batches of b step as one of 2b). Runs on
+the CPU too (slowly; `--subset 2048 --epochs 2 --models cnn --repeats 1 --device cpu` in the tests).
 """
 
 from __future__ import annotations
@@ -148,6 +153,58 @@ def run(model_name: str, variant: str, data: dict, args, device: torch.device) -
             "repb_step_share": (repb_ms / step_ms) if step_ms else None, "host_syncs_in_loop": syncs}
 
 
+def contract_checks(paths: dict, args, device: torch.device) -> dict:
+    """The Evaluator (async vs sync under a busy default stream) and TrainStep (bf16, accumulation) on `device`."""
+    from repb_ray.tasks.fashion_mnist import FashionMNIST  # noqa: PLC0415  (numpy + torch)
+    from repb_ray.torch.collate import to_tensors  # noqa: PLC0415
+    from repb_ray.torch.evaluation import Evaluator  # noqa: PLC0415
+    from repb_ray.torch.scores import Scorer  # noqa: PLC0415
+    from repb_ray.torch.step import TrainStep  # noqa: PLC0415
+    task = FashionMNIST(data_dir=os.path.dirname(paths["test"][0]), source="memory", test_subset=args.check_test)
+    tx, ty = task.arrays("test")
+    cpu = torch.device("cpu")
+
+    def batches():  # as Ray Data's collate gives them to the evaluation: on the host
+        for a in range(0, len(ty), 500):
+            raw = {"id": np.arange(a, min(a + 500, len(ty)), dtype=np.int64), "x": tx[a:a + 500], "y": ty[a:a + 500]}
+            yield to_tensors(task.eval_preprocess(raw), cpu)
+
+    torch.manual_seed(args.seed)
+    model = build(args.check_model).to(device)
+    sync = Evaluator(task, batches, device, mode="sync")
+    sync.start(1, model)
+    want = sync.result()[1]
+    ev = Evaluator(task, batches, device, mode="async", model=model)
+    ev.start(1, model)
+    ev.release()
+    busy = torch.randn(2048, 2048, device=device)
+    with torch.no_grad():
+        for _ in range(args.check_busy):  # the training thread: the default stream kept busy, the weights changing
+            busy = torch.tanh(busy @ busy)
+            for p in model.parameters():
+                p.add_(1e-3)
+    got = ev.result()[1]
+    ev.close()
+    equal = got == want
+    print(f"evaluator: async {got} vs sync {want}: {'equal' if equal else 'DIFFERENT'}", flush=True)
+
+    grads = []
+    x, y = task.arrays("test")
+    for split in (False, True):
+        torch.manual_seed(args.seed)
+        m = build("mlp").to(device)  # no BatchNorm: its batch statistics would differ between 2 x 32 and 64
+        opt = torch.optim.SGD(m.parameters(), lr=0.0)
+        step = TrainStep(task, "fashion_mnist", m, opt, Scorer("loss"), precision="bf16", device_type=device.type)
+        whole = {"id": np.arange(64, dtype=np.int64), "x": x[:64], "y": y[:64], "weight": np.linspace(0.5, 2, 64, dtype=np.float32)}
+        parts = [{k: v[a:a + 32] for k, v in whole.items()} for a in (0, 32)] if split else [whole]
+        for part in parts:
+            step.batch(to_tensors(task.eval_preprocess(part), device), group_size=64)
+        grads.append(torch.cat([p.grad.flatten().float() for p in m.parameters()]))
+    rel = float((grads[0] - grads[1]).norm() / grads[0].norm())
+    print(f"train step, bf16: 2 accumulated batches of 32 vs one of 64: relative gradient difference {rel:.2e}", flush=True)
+    return {"evaluator_equal": bool(equal), "evaluator_metrics": got, "accumulation_rel_diff": rel}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None)
@@ -162,6 +219,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--check-model", default="resnet18", help="the model of the Evaluator and TrainStep checks")
+    ap.add_argument("--check-test", type=int, default=None, help="test images of the Evaluator check (default: all)")
+    ap.add_argument("--check-busy", type=int, default=200, help="matmuls on the default stream during the async evaluation")
     args = ap.parse_args(argv)
     if args.epochs < 2:
         raise SystemExit(f"--epochs must be >= 2 (epoch 1 is warm-up and pruning starts at epoch 2), got {args.epochs}")
@@ -180,6 +240,7 @@ def main(argv=None):
             "rho": args.rho, "window": args.window, "num_samples": int(len(y)), "bf16_autocast": True}
     print(f"device {info['device']}, torch {info['torch']}, {len(y)} training images, batch {args.batch_size}, "
           f"{args.epochs} epochs (epoch 1 not timed)", flush=True)
+    checks = contract_checks(paths, args, device)
     results = []
     for m in args.models.split(","):
         runs = {"plain": [], "full": [], "repb": []}
@@ -201,7 +262,9 @@ def main(argv=None):
               f"(pruned {repb['pruned_fraction']:.3f})", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "results": results}, f, indent=1)
+            json.dump({"info": info, "checks": checks, "results": results}, f, indent=1)
+    if not checks["evaluator_equal"] or checks["accumulation_rel_diff"] > 0.02:
+        raise SystemExit("a check failed: see the lines above")
 
 
 if __name__ == "__main__":

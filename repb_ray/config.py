@@ -18,7 +18,7 @@ SCORES = ("loss", "grad_norm")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
-EVAL_MODES = ("async", "sync")
+EVAL_MODES = ("auto", "async", "sync")
 FAIL_KINDS = ("worker", "kill", "coordinator", "shard")  # raise in a worker, SIGKILL a worker / the front / a shard
 MOVED_TO_TASK_ARGS = {"dataset": "task", "data_dir": "task_args.data_dir", "download": "task_args.download",
                       "train_subset": "task_args.train_subset", "test_subset": "task_args.test_subset",
@@ -83,8 +83,9 @@ class Config:
     schedule: str = "cosine"              # cosine over the real (pruned) steps, or constant
     warmup_epochs: float = 0.0
     eval_batch_size: int = 256             # per rank (on a CPU, batches of 1000 evaluate 1.7x slower than of 256)
-    eval_mode: str = "async"              # async: epoch E is evaluated while E+1 trains (once its first batch is in
-                                          # hand; on a CPU at the lowest priority); sync: before it starts
+    eval_mode: str = "auto"               # async: epoch E is evaluated while E+1 trains (once its first batch is in
+                                          # hand; on a CPU at the lowest priority); sync: before it starts;
+                                          # auto: async on a GPU or where the host has cores training does not hold
     eval_cache_mb: int = 256              # each rank keeps its test batches (on its device) when every share fits; 0: read each time
     precision: str = "fp32"               # fp32 | bf16 | fp16 (autocast; fp16 with a grad scaler)
     grad_accum_steps: int = 1             # batches per optimizer step (a window counts optimizer steps)
@@ -103,8 +104,12 @@ class Config:
     coordinator_shards: int = 1           # actors holding the per-sample state, by id range
     shuffle_rows: int = 4096              # local shuffle buffer (rows) across blocks, seeded per epoch; 0: off
     prefetch_batches: int = 2
-    max_failures: int = 0
-    fail_at: dict | None = None        # test hook: {epoch, step, rank, kind: worker|kill|coordinator|shard}
+    max_failures: int = 3                 # worker-group restarts after an error (a preemption does not count;
+                                          # the same error at the same step twice is not retried); -1: no limit
+    checkpoint_every_steps: int = 0       # also checkpoint every N optimizer steps within an epoch; 0: at epoch ends
+    preemption_check_steps: int = 32      # ask Ray every N steps whether a node is about to be preempted, and
+                                          # checkpoint at once if so; 0: never
+    fail_at: dict | None = None        # test hook: {epoch, step, rank, kind: worker|kill|coordinator|shard, every_attempt}
     audit: bool = False                   # write per-rank ids/weights per epoch (tests)
     # tracking
     tracking_uri: str | None = None    # MLflow; default sqlite under output_dir; "none" disables
@@ -314,6 +319,8 @@ def _validate(c: Config) -> None:
         check_int("shuffle_rows", c.shuffle_rows, minimum=0)
         check_int("prefetch_batches", c.prefetch_batches, minimum=0)
         check_int("max_failures", c.max_failures, minimum=-1)
+        check_int("checkpoint_every_steps", c.checkpoint_every_steps, minimum=0)
+        check_int("preemption_check_steps", c.preemption_check_steps, minimum=0)
         if c.target_pruned is not None:
             check_float("target_pruned", c.target_pruned, lo=0.0, hi=1.0, hi_open=True)
         c.policy_params()  # the policy checks its own arguments
@@ -368,7 +375,7 @@ def _check_output_dir(path) -> None:
 def _check_fail_at(f) -> None:
     if not isinstance(f, dict):
         raise ConfigError(f"fail_at must be a mapping like {{epoch: 2, step: 3, rank: 1}}, got {f!r}")
-    allowed = ("epoch", "step", "rank", "kind")
+    allowed = ("epoch", "step", "rank", "kind", "every_attempt")
     for key in f:
         if key not in allowed:
             raise ConfigError(f"unknown fail_at key {key!r}{suggest(key, allowed)}")
@@ -376,3 +383,4 @@ def _check_fail_at(f) -> None:
     check_int("fail_at.step", f.get("step", 0), minimum=0)
     check_int("fail_at.rank", f.get("rank", 0), minimum=0)
     _choice("fail_at.kind", f.get("kind", "worker"), FAIL_KINDS)
+    check_bool("fail_at.every_attempt", f.get("every_attempt", False))

@@ -26,19 +26,28 @@ SWEEP_FILE = "sweep.json"           # marks a sweep's output folder
 TRIALS_DIR = "trials"               # OUTPUT/SWEEP/trials/TRIAL: each trial's output folder
 
 
-def checkpoint_name(epoch: int) -> str:
-    """Ray Train's checkpoint folder of an epoch, in the home."""
-    return f"epoch_{epoch:03d}"
+def checkpoint_name(epoch: int, step: int = 0, attempt: int = 0) -> str:
+    """Ray Train's checkpoint folder at the end of `epoch`, or after `step` optimizer steps of it in the
+    run's `attempt`-th (re)start (an attempt that went back to the epoch's start names its own), in the home."""
+    return f"epoch_{epoch:03d}" if not step else f"epoch_{epoch:03d}_attempt_{attempt:03d}_step_{step:06d}"
 
 
-def state_name(epoch: int) -> str:
-    """The coordinator's saved state after an epoch, in the home's coordinator folder."""
-    return f"epoch_{epoch:05d}"
+def state_name(epochs_done: int, step: int = 0, attempt: int = 0) -> str:
+    """The coordinator's saved state after `epochs_done` epochs (and `step` optimizer steps of the next, in
+    the run's `attempt`-th (re)start), in the home's coordinator folder; the names sort in the order the
+    states were saved."""
+    return (f"epoch_{epochs_done:05d}" if not step
+            else f"epoch_{epochs_done:05d}_attempt_{attempt:03d}_step_{step:06d}")
 
 
 def is_checkpoint(entry: str) -> bool:
     """A checkpoint folder of Ray Train's in a home (named by checkpoint_name, or Ray's default)."""
     return entry.startswith("epoch_") or entry.startswith("checkpoint_")
+
+
+def is_within_epoch(entry: str) -> bool:
+    """A checkpoint folder or state named for a point within an epoch."""
+    return "_step_" in entry
 
 
 def is_state(entry: str) -> bool:

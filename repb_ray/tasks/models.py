@@ -1,4 +1,4 @@
-"""Models of the built-in tasks: a small CNN (Fashion-MNIST), CIFAR ResNet-18, an MLP."""
+"""Models of the built-in tasks: a small CNN (Fashion-MNIST), CIFAR ResNet-18, an MLP (with BatchNorm: mlp_bn)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def mlp(dim: int, num_classes: int, hidden: int = 64) -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+def mlp(dim: int, num_classes: int, hidden: int = 64, batch_norm: bool = False) -> nn.Module:
+    norm = [nn.BatchNorm1d(hidden)] if batch_norm else []
+    return nn.Sequential(nn.Flatten(), nn.Linear(dim, hidden), *norm, nn.ReLU(), nn.Linear(hidden, num_classes))
 
 
 def resnet18_cifar(num_classes: int, in_channels: int = 3) -> nn.Module:
@@ -33,15 +34,15 @@ def resnet18_cifar(num_classes: int, in_channels: int = 3) -> nn.Module:
     return m
 
 
-MODELS = ("cnn", "resnet18", "mlp")
+MODELS = ("cnn", "resnet18", "mlp", "mlp_bn")
 
 
 def build_model(name: str, input_shape: tuple, num_classes: int) -> nn.Module:
-    if name == "mlp":
+    if name in ("mlp", "mlp_bn"):
         dim = 1
         for s in input_shape:
             dim *= s
-        return mlp(dim, num_classes)
+        return mlp(dim, num_classes, batch_norm=name == "mlp_bn")
     if name == "cnn":
         return SmallCNN(input_shape[0], num_classes)
     return resnet18_cifar(num_classes, input_shape[0])

@@ -48,4 +48,4 @@ class Synthetic(ClassificationTask):
     def test_dataset(self):
         from repb_ray.data import from_numpy
         x, y = self.arrays("test")
-        return from_numpy({"x": x, "y": y}, block_rows=1024)
+        return from_numpy({"x": x, "y": y}, block_rows=32)  # several blocks: every rank evaluates a share

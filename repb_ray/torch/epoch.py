@@ -80,6 +80,13 @@ class EpochSteps:
         self.micro += 1
         return self.micro % self.accum == 0 or self.micro == self.batches
 
+    def seek(self, micro: int) -> None:
+        """Continue after the first `micro` batches (a run resumed within the epoch, at a step's end)."""
+        if not 0 <= micro < self.batches or micro % self.accum:
+            raise ValueError(f"cannot resume after batch {micro} of an epoch of {self.batches} batches in steps of "
+                             f"{self.accum}: a position is the end of an optimizer step within the epoch")
+        self.micro = micro
+
     @property
     def done(self) -> bool:
         return self.micro >= self.batches

@@ -25,6 +25,25 @@ def save(directory: str, *, model, optimizer, schedule, epoch: int, history: lis
         json.dump({"epoch": epoch, "schedule": schedule.state_dict(), "history": history, **(extra or {})}, fh)
 
 
+def buffers_name(rank: int) -> str:
+    """A rank's own buffers (BatchNorm statistics), saved beside the model when its evaluation is pending."""
+    return f"buffers_rank{rank:04d}.pt"
+
+
+def save_buffers(directory: str, model, rank: int) -> bool:
+    """This rank's buffers of `model` into the checkpoint folder; False (nothing written) when it has none."""
+    buffers = {k: v.detach().cpu() for k, v in model.named_buffers()}
+    if buffers:
+        torch.save(buffers, os.path.join(directory, buffers_name(rank)))
+    return bool(buffers)
+
+
+def load_buffers(directory: str, rank: int, map_location="cpu") -> dict | None:
+    """This rank's saved buffers, or None when the checkpoint has none for it (then the model's are rank 0's)."""
+    path = os.path.join(directory, buffers_name(rank))
+    return load_tensors(path, map_location) if os.path.exists(path) else None
+
+
 def load_tensors(path: str, map_location="cpu"):
     """A tensor file of a checkpoint: plain tensors and containers only. Anything else (a pickled
     object, whose loading could run code) is refused in one line and never unpickled."""

@@ -79,6 +79,11 @@ class Console:
             state = ray.get(self.board.read.remote(self._seen), timeout=5)
         except Exception:  # the board is restarting: try again on the next poll
             return
+        for seq, text in state.get("notes", ()):
+            self._seen = max(self._seen, seq)
+            if self.show:
+                self._clear()
+                self.stream.write(f"[repb_ray] {text}\n")
         for seq, m in state["epochs"]:
             self._seen = max(self._seen, seq)
             if not m.get(EVAL_PENDING) and int(m["epoch"]) > self._printed:

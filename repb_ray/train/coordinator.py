@@ -20,7 +20,7 @@ from repb_ray.core.protocol import Call, Spec, drive, split_range
 from repb_ray.core.registry import policy_class
 from repb_ray.core.shard import Shard
 from repb_ray.data.plan_index import PlanIndex
-from repb_ray.layout import is_state
+from repb_ray.layout import is_state, is_within_epoch
 from repb_ray.train.messages import EpochDone, Observations, PlanSummary, Routing
 from repb_ray.train.shards import ActorShards, CoordinatorRestarted, LocalShards, ShardHost, StaleCall, memory_request
 
@@ -64,12 +64,14 @@ class Coordinator:
         self._ready: set = set()
         self._decided = None      # (generation, epoch) whose decision has started
         self._task = None
+        self._failures: dict = {}  # generation -> the first failure a rank recorded in it (epoch, step, error)
 
     # -- (re)starting -------------------------------------------------------------------------------
     async def reset(self, state: str | None, world_size: int) -> PlanSummary:
         """Start over from the state saved as `state` (see save) or from scratch, with a new
         generation id; rank 0 calls this at every (re)start of the worker group, since the shards
-        may hold a failed epoch's partial observations."""
+        may hold a failed epoch's partial observations. A state saved within an epoch holds the
+        observations of its first steps (the ranks continue after them)."""
         generation = uuid.uuid4().hex[:12]
         with self._lock:
             self.generation, self._published, self._error, self._ready = generation, None, None, set()
@@ -191,15 +193,36 @@ class Coordinator:
         return state
 
     def _drop_old_states(self) -> None:
-        """Keep the last KEEP_STATES states (this run's own folder, under its fence); a listing or a
-        removal that fails keeps them (said once in the actor's log), never reads as empty."""
+        """Keep the last KEEP_STATES states saved at an epoch's end and the newest one saved within an
+        epoch after them, as Ray Train keeps their checkpoints (this run's own folder, under its fence);
+        a listing or a removal that fails keeps them (said once in the actor's log), never reads as empty."""
         try:
             if self.fence is not None:
                 self.fence.check()
-            for d in [d for d in storage.list_dirs(self.state_root) if is_state(d)][:-KEEP_STATES]:
-                storage.remove(storage.join(self.state_root, d))
+            states = sorted(d for d in storage.list_dirs(self.state_root) if is_state(d))
+            ends = [d for d in states if not is_within_epoch(d)]
+            keep = set(ends[-KEEP_STATES:]) | {d for d in states[-1:] if not ends or d > ends[-1]}
+            for d in states:
+                if d not in keep:
+                    storage.remove(storage.join(self.state_root, d))
         except OSError as exc:
             print(f"[repb_ray] coordinator: old states kept ({type(exc).__name__}: {exc})", flush=True)
+
+    @ray.method(concurrency_group=WAIT_GROUP)
+    def record_failure(self, generation: str, epoch: int, step: int, error: str) -> None:
+        """A rank's error at (epoch, step) in the worker group of `generation`; the first one counts."""
+        self._failures.setdefault(generation, (epoch, step, error))
+
+    @ray.method(concurrency_group=WAIT_GROUP)
+    def repeated_failure(self) -> str | None:
+        """The error that ended the last two worker groups at the same epoch and step, said in one line
+        (None when the last failure was new): retrying it again would fail the same way."""
+        firsts = list(self._failures.values())
+        if len(firsts) < 2 or firsts[-1] != firsts[-2]:
+            return None
+        epoch, step, error = firsts[-1]
+        return (f"failed twice at epoch {epoch}, step {step} with the same error ({error}); not retried again: fix "
+                "the cause, then continue the run with --resume")
 
     # -- called by every rank ---------------------------------------------------------------------------
     def routing(self) -> Routing:

@@ -18,7 +18,7 @@ from repb_ray import storage
 from repb_ray.config import Config
 from repb_ray.core.registry import policy_class
 from repb_ray.data.pipeline import eval_dataset
-from repb_ray.errors import DataError, OwnershipLost
+from repb_ray.errors import DataError, OwnershipLost, RunError
 from repb_ray.redact import redact, redact_text
 from repb_ray.tasks.loader import TaskRef, instantiate
 from repb_ray.tracking import mlflow_tracking as mt
@@ -26,6 +26,7 @@ from repb_ray.tracking.run_tracker import RunTracker
 from repb_ray.train import run_home
 from repb_ray.train.console import Console
 from repb_ray.train.loop import train_loop_per_worker
+from repb_ray.train.messages import CHECKPOINT_KEEP
 from repb_ray.train.pruning import Pruning
 from repb_ray.train.ray_env import (
     check_cluster_paths,
@@ -93,6 +94,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
         result = _trainer(cfg, pruning, datasets, root, callbacks).fit()
         console.stop()
         console = None
+        _raise_repeated_failure(cfg, pruning)
         summary, path = _finish(cfg, task, result, n, t_start, tracker, pruning)
         claim.finish()
     except BaseException as exc:
@@ -104,6 +106,8 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
         if claim.owner.lost:  # whatever stopped the workers, this is why
             raise OwnershipLost(f"run {cfg.name!r}: {claim.owner.lost}; this driver stopped it and deleted "
                                 "nothing") from exc
+        if pruning is not None and not isinstance(exc, (RunError, KeyboardInterrupt)):
+            _raise_repeated_failure(cfg, pruning, exc)
         raise
     finally:
         if pruning:
@@ -140,7 +144,10 @@ def _trainer(cfg: Config, pruning: Pruning, datasets: dict, root: str, callbacks
         run_config=ray.train.RunConfig(
             name=cfg.name, storage_path=path, storage_filesystem=fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # the last two epoch-end checkpoints and the latest (one within an epoch continues only at its own
+            # world size: at another, the run goes back to the epoch's start)
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=CHECKPOINT_KEEP,
+                                                         checkpoint_score_order="max"),
             callbacks=list(callbacks or [])),
     )
 
@@ -169,6 +176,17 @@ def _dataset_records(cfg: Config, train_ds, n: int, test_ds) -> dict:
         out["test"] = describe(test_ds, name=f"{cfg.task}-test", context="evaluation", num_rows=test_ds.count(),
                                task=cfg.task, task_args=cfg.task_args)
     return out
+
+
+def _raise_repeated_failure(cfg: Config, pruning: Pruning, cause: BaseException | None = None) -> None:
+    """One line when the run's last two worker groups failed at the same step with the same error (the
+    workers of the attempt after them stop at once; Ray's retries would fail the same way)."""
+    try:
+        repeated = ray.get(pruning.coordinator.repeated_failure.remote(), timeout=30)
+    except Exception:  # noqa: BLE001 - no answer: the error as it came
+        return
+    if repeated is not None:
+        raise RunError(f"run {cfg.name!r} {repeated}") from cause
 
 
 def _stopper(pruning_of, main_thread: bool):

@@ -1,5 +1,6 @@
 """Fault injection for the resume tests (`fail_at` in the config): at one (epoch, step, rank), once per
-run, raise in the worker, SIGKILL it, or SIGKILL the coordinator's or a shard actor's process.
+run (or at every attempt with `every_attempt`: a failure that repeats), raise in the worker, SIGKILL it, or
+SIGKILL the coordinator's or a shard actor's process.
 Runs in the Train worker that meets the point."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ def maybe_fail(fail_at: dict | None, run_dir: str, epoch: int, step: int, rank: 
         return
     kind = f.get("kind", "worker")
     marker = os.path.join(run_dir, f".injected_{kind}_e{epoch}_s{step}_r{rank}")
-    if os.path.exists(marker):
+    if os.path.exists(marker) and not f.get("every_attempt"):
         return  # injected once already: this is the resumed attempt
     os.makedirs(run_dir, exist_ok=True)
     open(marker, "w").close()

@@ -14,6 +14,9 @@ from repb_ray.core.plan import EpochInfo
 # report carries the completed row of that epoch.
 EVAL_PENDING = "eval_pending"
 EVAL_RESULT = "eval_result"
+CHECKPOINT_STEP = "checkpoint_step"  # a report of a checkpoint within an epoch (after this many steps), not an epoch
+CHECKPOINT_KEEP = "checkpoint_keep"  # Ray Train keeps the checkpoints that score highest (and the latest): the epoch
+                                     # of one taken at an epoch's end, -1 within an epoch
 
 
 @dataclass(frozen=True)

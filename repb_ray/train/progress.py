@@ -11,13 +11,17 @@ class ProgressBoard:
     def __init__(self):
         self._now: dict = {}
         self._epochs: list = []   # (seq, metrics) of the epochs reported so far, in epoch order
+        self._notes: list = []    # (seq, text): resumes and resizes, for the console
         self._seq = 0
 
     def post(self, progress: dict) -> None:
         """Rank 0: where the epoch is (epoch, samples, kept, start) or an epoch's metrics (`done`; an epoch
-        evaluated asynchronously comes twice, the second time with its test metrics). A report of epoch E
-        replaces those of E and later (a resumed run trains them again)."""
-        if "done" in progress:
+        evaluated asynchronously comes twice, the second time with its test metrics), or a `note`. A report
+        of epoch E replaces those of E and later (a resumed run trains them again)."""
+        if "note" in progress:
+            self._seq += 1
+            self._notes.append((self._seq, progress["note"]))
+        elif "done" in progress:
             done = progress["done"]
             self._seq += 1
             self._epochs = [(s, m) for s, m in self._epochs if m["epoch"] < done["epoch"]] + [(self._seq, done)]
@@ -25,8 +29,10 @@ class ProgressBoard:
             self._now = progress
 
     def read(self, since: int = 0) -> dict:
-        """The epoch reports numbered after `since`, as (number, metrics), and where the current epoch is."""
-        return {"epochs": [(s, m) for s, m in self._epochs if s > since], "now": self._now}
+        """The epoch reports and notes numbered after `since`, as (number, metrics or text), and where the
+        current epoch is."""
+        return {"epochs": [(s, m) for s, m in self._epochs if s > since],
+                "notes": [(s, t) for s, t in self._notes if s > since], "now": self._now}
 
 
 def create():

@@ -67,6 +67,12 @@ class ObservationSender:
         if done:
             ray.get(done)
 
+    def deliver(self) -> None:
+        """Send what is buffered and wait until every chunk sent so far is in its shard."""
+        self.flush()
+        refs, self.refs = self.refs, []
+        ray.get(refs)
+
     def close(self) -> None:
         self.flush()
         for j, target in enumerate(self.routing.targets):

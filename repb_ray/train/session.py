@@ -5,6 +5,7 @@ coordinator's state saved beside each checkpoint. Runs in every Train worker."""
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import numpy as np
@@ -63,12 +64,35 @@ class PruningSession:
         self.summary = ray.get(self.coordinator.summary.remote())
         return self.summary.epoch
 
-    def save(self, epoch: int) -> str | None:
-        """Rank 0: save the coordinator's state for the checkpoint of `epoch` (each shard writes its
-        own file); returns the state's name, to keep in the checkpoint (None without storage)."""
+    def save(self, epochs_done: int, step: int = 0, attempt: int = 0) -> str | None:
+        """Rank 0: save the coordinator's state after `epochs_done` epochs (and `step` optimizer steps of the
+        next in the run's `attempt`-th start, with their observations: every rank delivered them first) for a
+        checkpoint (each shard writes its own file); returns the state's name, to keep in the checkpoint (None without storage)."""
         if self.rank != 0 or not self.handle.stateful:
             return None
-        return ray.get(self.coordinator.save.remote(state_name(epoch)))
+        return ray.get(self.coordinator.save.remote(state_name(epochs_done, step, attempt)))
+
+    def deliver(self) -> None:
+        """Every observation of this rank so far is in its shard when this returns."""
+        if self._sender is not None:
+            self._sender.deliver()
+
+    def record_failure(self, epoch: int, step: int, error: BaseException) -> None:
+        """This rank's error at (epoch, step), for the coordinator to tell a failure that repeats."""
+        text = re.sub(r"0x[0-9a-fA-F]+", "0x?", f"{type(error).__name__}: {error}".strip().splitlines()[0])[:300]
+        try:
+            ray.get(self.coordinator.record_failure.remote(self._routing.generation, epoch, step, text), timeout=10)
+        except Exception:  # noqa: BLE001 - the coordinator may be what failed: the error itself goes on
+            pass
+
+    def repeated_failure(self) -> str | None:
+        """The coordinator's one line when the last two worker groups failed the same way (else None)."""
+        return ray.get(self.coordinator.repeated_failure.remote())
+
+    def note(self, text: str) -> None:
+        """Rank 0: a line for the driver's console (a resume, a resize)."""
+        if self.rank == 0 and self.handle.progress is not None:
+            self.handle.progress.post.remote({"note": text})
 
     def state_dict(self) -> dict:
         """Rank 0 saves the coordinator's state as of the current plan: {"coordinator_state": its name}."""
@@ -114,15 +138,18 @@ class PruningSession:
         """The local shuffle buffer's seed for this rank and epoch."""
         return rng.shuffle_seed(self.handle.seed, self.summary.epoch, self.rank)
 
-    def batches(self, shard, batch_size: int, device=None):
+    def batches(self, shard, batch_size: int, device=None, skip: int = 0):
         """This rank's batches of the epoch as dicts of tensors ("id" stays on the CPU), shuffled
-        across blocks by a buffer seeded by (seed, epoch, rank); checks they come from this plan."""
+        across blocks by a buffer seeded by (seed, epoch, rank); checks they come from this plan.
+        `skip`: the first batches are read and dropped (a run resumed within the epoch: the order is
+        the same on every run, so the position is a count)."""
         epoch = self.summary.epoch
         shuffle = self.handle.shuffle_rows
-        for batch in shard.iter_torch_batches(batch_size=batch_size, collate_fn=TensorCollate(device),
-                                              prefetch_batches=self.handle.prefetch_batches,
-                                              local_shuffle_buffer_size=shuffle or None,
-                                              local_shuffle_seed=self.shuffle_seed() if shuffle else None):
+        for i, batch in enumerate(shard.iter_torch_batches(
+                batch_size=batch_size, collate_fn=TensorCollate(device), prefetch_batches=self.handle.prefetch_batches,
+                local_shuffle_buffer_size=shuffle or None, local_shuffle_seed=self.shuffle_seed() if shuffle else None)):
+            if i < skip:
+                continue
             got = int(batch["epoch"][0])
             if got != epoch:
                 raise RuntimeError(f"rank {self.rank} got rows of plan {got} in epoch {epoch}")

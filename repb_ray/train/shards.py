@@ -50,7 +50,8 @@ class ShardHost:
     # -- the coordinator's steps ------------------------------------------------------------------
     def reset(self, generation: str, location: str | None, epoch: int) -> None:
         """A fresh shard (no saved state: a failed attempt's counts must not survive), or the one
-        saved at `location` for `epoch`; from now on only calls of `generation` are served."""
+        saved at `location` for `epoch` (with the observations of the epoch's first steps when it was
+        saved within the epoch); from now on only calls of `generation` are served."""
         self.generation, self.epoch = generation, None
         self.got, self.expect = {}, {}
         if location is None:

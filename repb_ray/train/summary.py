@@ -26,6 +26,8 @@ def build_summary(cfg: Config, task, history: list, *, num_samples: int, wall_ti
         "metric": key, "mode": task.mode, "final_metric": values[-1] if values else None, "best_metric": best,
         "pruned_fraction": pruned_fraction([h["kept"] for h in history], num_samples) if history else None,
         "knob_capped_epochs": [h["epoch"] for h in history if h.get("knob_capped")],
+        "restarts": [r for h in history for r in h.get("restarts", ())],  # each resume: epoch, step, world sizes
+        "eval_mode": history[-1].get("eval_mode") if history else None,  # as resolved (eval_mode auto)
         "samples_trained": trained, "wall_time_s": wall_time_s, "data": task.summary_info(num_samples),
         "per_epoch": [{k: v for k, v in h.items() if k in PER_EPOCH or k.startswith(("test_", "boundary_"))
                        or k in decisions}

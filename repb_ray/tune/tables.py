@@ -61,7 +61,8 @@ def label_trials(configs: list) -> list[tuple[str, object]]:
 
 # what never tells arms apart: where a run goes, how it is tracked, its seed (the pairing) and its budget (the column)
 _NOT_AN_ARM = {"name", "output_dir", "storage_path", "tracking_uri", "experiment", "tags", "seed", "target_pruned",
-               "policy", "policy_args", "fail_at", "audit", "max_failures", "system_metrics", "coordinator_timeout_s"}
+               "policy", "policy_args", "fail_at", "audit", "max_failures", "system_metrics", "coordinator_timeout_s",
+               "checkpoint_every_steps", "preemption_check_steps", "eval_mode"}
 
 
 def _arm_keys(cfg) -> dict:

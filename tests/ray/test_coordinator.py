@@ -19,9 +19,10 @@ def _scores(ids, epoch):
     return (np.sin(ids * 0.37 + epoch) ** 2).astype(np.float32)
 
 
-def _send_epoch(front, routing, epoch, plan_ids, world, batch=8):
-    """Each of `world` ranks sends its share (rank::world of the plan, `batch` ids per step), one chunk
-    per step, to the owning shard(s), then finishes; returns the refs."""
+def _send_epoch(front, routing, epoch, plan_ids, world, batch=8, steps=None, finish=True):
+    """Each of `world` ranks sends its share (rank::world of the plan, `batch` ids per step; only the
+    steps in `steps` when given), one chunk per step, to the owning shard(s), then finishes (unless not
+    `finish`); returns the refs."""
     gen, bounds = routing.generation, np.array([b for _, b in routing.bounds[:-1]], np.int64)
     targets = routing.targets
     refs = []
@@ -29,6 +30,8 @@ def _send_epoch(front, routing, epoch, plan_ids, world, batch=8):
         mine = plan_ids[rank::world]
         seq = [0] * len(targets)
         for step, s in enumerate(range(0, mine.size, batch)):
+            if steps is not None and step not in steps:
+                continue
             ids = mine[s:s + batch]
             owner = np.searchsorted(bounds, ids, side="right")
             for j in np.unique(owner):
@@ -38,7 +41,8 @@ def _send_epoch(front, routing, epoch, plan_ids, world, batch=8):
                                                                    np.array([sel.size], np.int64), sel,
                                                                    _scores(sel, epoch))))
                 seq[j] += 1
-        refs += [t.finish.remote(EpochDone(gen, epoch, rank, j, seq[j])) for j, t in enumerate(targets)]
+        if finish:
+            refs += [t.finish.remote(EpochDone(gen, epoch, rank, j, seq[j])) for j, t in enumerate(targets)]
     return refs
 
 
@@ -170,6 +174,51 @@ def test_a_second_fresh_reset_starts_over(ray_session):
         assert p.plan.digest == info.digest and float(p.plan.weights.mean()) == pytest.approx(info.weight_mean)
     finally:
         ray.kill(front)
+
+
+def test_a_state_saved_within_an_epoch_holds_its_first_steps(ray_session, tmp_path):
+    """Saved after the first steps' observations, restored, the rest sent: the plan of the uninterrupted
+    epoch. Old states go as Ray Train's checkpoints do: the last epoch-end ones and the newest after them."""
+    from repb_ray.layout import state_name
+    assert sorted([state_name(2), state_name(1, 4, 1), state_name(1, 4), state_name(1), state_name(1, 12)]) == \
+        [state_name(1), state_name(1, 4), state_name(1, 12), state_name(1, 4, 1), state_name(2)]
+    front = co.create("repb", 500, 0, 2, {"rho": 0.9, "window": 2}, shards=2, state_root=str(tmp_path))
+    try:
+        ray.get(front.reset.remote(None, 2))
+        routing = ray.get(front.routing.remote())
+        plan = _plan_ids(front)
+        ray.get(_send_epoch(front, routing, 1, plan, 2))
+        clean = ray.get(front.wait_plan.remote(routing.generation, 2, 30))
+        ray.get(front.reset.remote(None, 2))
+        routing = ray.get(front.routing.remote())
+        ray.get(_send_epoch(front, routing, 1, plan, 2, steps=range(0, 10), finish=False))
+        for name in (state_name(0, 2), state_name(0, 4), state_name(0, 10)):  # every 2 steps, then a notice
+            ray.get(front.save.remote(name))
+        ray.get(front.reset.remote(state_name(0, 10), 2))
+        routing = ray.get(front.routing.remote())
+        ray.get(_send_epoch(front, routing, 1, plan, 2, steps=range(10, 99)))
+        assert ray.get(front.wait_plan.remote(routing.generation, 2, 30)).digest == clean.digest
+        for e in (1, 2, 3, 4):
+            ray.get(front.save.remote(state_name(e)))
+        ray.get(front.save.remote(state_name(4, 6)))
+        assert sorted(os.listdir(tmp_path)) == [state_name(2), state_name(3), state_name(4), state_name(4, 6)]
+    finally:
+        ray.kill(front)
+
+
+def test_a_failure_is_repeated_when_two_attempts_in_a_row_end_alike():
+    """The first error each worker group recorded (the cause, not the other ranks' broken collectives);
+    two in a row alike: the one line the driver raises."""
+    c = co.Coordinator("repb", 100, 0, 1, {})
+    assert c.repeated_failure() is None
+    c.record_failure("g1", 2, 3, "RuntimeError: boom")
+    c.record_failure("g1", 2, 3, "DistBackendError: connection closed")  # a later rank of the same group
+    assert c.repeated_failure() is None
+    c.record_failure("g2", 2, 4, "RuntimeError: boom")  # another step: retried
+    assert c.repeated_failure() is None
+    c.record_failure("g3", 2, 4, "RuntimeError: boom")
+    assert c.repeated_failure() == ("failed twice at epoch 2, step 4 with the same error (RuntimeError: boom); not "
+                                    "retried again: fix the cause, then continue the run with --resume")
 
 
 def test_plan_chunks_grow_with_the_dataset_within_bounds():

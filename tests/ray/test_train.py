@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import ROOT
 
-from repb_ray import layout
+from repb_ray import layout, storage
 from repb_ray.cli import main as cli_main
 from repb_ray.config import Config
 from repb_ray.core import plan_digest
@@ -18,12 +18,15 @@ from repb_ray.core import plan_digest
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
+REF_MODEL = "task_args.model=mlp_bn"  # BatchNorm: every rank's running statistics differ at an epoch's end
+
+
 @pytest.fixture(scope="module")
 def reference_run(ray_session, smoke_config, tmp_path_factory):
     """The smoke config through the CLI: 2 workers x 3 epochs, audited, tracked in SQLite MLflow."""
     out = tmp_path_factory.mktemp("ref")
     rc = cli_main(["train", "--config", smoke_config, "--output-dir", str(out),
-                   "--set", "epochs=3", "--set", "audit=true", "--set", "name=ref"])
+                   "--set", "epochs=3", "--set", "audit=true", "--set", "name=ref", "--set", REF_MODEL])
     assert rc == 0
     with open(out / "ref" / "summary.json") as fh:
         return out, json.load(fh)
@@ -36,7 +39,7 @@ def test_summary_has_every_field(reference_run):
                 "per_epoch"):
         assert key in s, key
     assert s["epochs"] == 3 and s["num_workers"] == 2 and s["policy"] == "repb"
-    assert s["task"] == "synthetic" and s["task_args"] == {"size": 256} and s["metric"] == "test_accuracy"
+    assert s["task"] == "synthetic" and s["task_args"] == {"size": 256, "model": "mlp_bn"} and s["metric"] == "test_accuracy"
     assert {"epoch", "kept", "pruned_fraction", "train_loss", "test_accuracy", "test_loss", "epoch_time_s",
             "train_time_s", "data_wait_s", "weight_mean", "weight_max", "plan_digest"} <= set(s["per_epoch"][0])
     kept = [e["kept"] for e in s["per_epoch"]]
@@ -54,9 +57,11 @@ def test_async_evaluation_reports_what_the_synchronous_path_does(reference_run, 
     """Evaluating epoch E while E+1 trains changes nothing but when the metrics arrive: the same plans,
     losses and test metrics, each for its own epoch."""
     from repb_ray.train.driver import run_training
-    _, ref = reference_run  # eval_mode async (the default)
-    cfg = Config.from_yaml(smoke_config, ["epochs=3", f"output_dir={tmp_path}", "tracking_uri=none"])
-    s = run_training(cfg.replace(name="sync", eval_mode="sync"), progress=False)
+    _, ref = reference_run  # eval_mode auto: async where a core is idle, else sync
+    other = "sync" if ref["eval_mode"] == "async" else "async"
+    cfg = Config.from_yaml(smoke_config, ["epochs=3", f"output_dir={tmp_path}", "tracking_uri=none", REF_MODEL])
+    s = run_training(cfg.replace(name="other", eval_mode=other), progress=False)
+    assert s["eval_mode"] == other
     for key in ("plan_digest", "train_loss", "test_accuracy", "test_loss"):
         assert [e[key] for e in s["per_epoch"]] == [e[key] for e in ref["per_epoch"]], key
 
@@ -86,7 +91,7 @@ def test_training_run_is_tracked_in_mlflow(reference_run):
     client = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
     run = client.get_run(s["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.params["policy"] == "repb"
-    assert run.data.params["task"] == "synthetic" and run.data.params["task_args"] == '{"size": 256}'
+    assert run.data.params["task"] == "synthetic" and run.data.params["task_args"] == '{"model": "mlp_bn", "size": 256}'
     for key in ("test_accuracy", "train_loss"):  # each epoch once (an async epoch is reported twice)
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3], key
     names = [a.path for a in client.list_artifacts(run.info.run_id)]
@@ -130,24 +135,66 @@ def test_the_tracked_run_says_what_it_trained_on(reference_run):
     assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
 
 
-@pytest.mark.parametrize("fail_at,shards", [({"epoch": 2, "step": 3, "rank": 1}, 1),
-                                            ({"epoch": 2, "step": 2, "rank": 0, "kind": "coordinator"}, 1),
-                                            ({"epoch": 2, "step": 2, "rank": 0, "kind": "shard"}, 2)],
-                         ids=["worker-failure", "coordinator-killed", "shard-process-killed"])
-def test_resume_gives_the_uninterrupted_plans(reference_run, smoke_config, tmp_path, fail_at, shards):
+@pytest.mark.parametrize("fail_at,shards,every", [({"epoch": 2, "step": 3, "rank": 1}, 1, 2),
+                                                  ({"epoch": 2, "step": 2, "rank": 0, "kind": "coordinator"}, 1, 0),
+                                                  ({"epoch": 2, "step": 2, "rank": 0, "kind": "shard"}, 2, 0)],
+                         ids=["worker-failure-mid-epoch", "coordinator-killed", "shard-process-killed"])
+def test_resume_gives_the_uninterrupted_plans(reference_run, smoke_config, tmp_path, fail_at, shards, every):
     """A crashed worker, or the coordinator's or one shard actor's process killed by pid mid-epoch: the
-    run resumes from its last checkpoint and ends with the clean run's plans and losses, bit for bit
-    (plans do not depend on the number of shards)."""
+    run resumes from its last checkpoint (within the epoch, with checkpoint_every_steps: the observations
+    of its first steps restored and the data read from where it was) and ends with the clean run's plans
+    and losses, bit for bit (plans do not depend on the number of shards); the summary says where."""
     from repb_ray.train.driver import run_training
     _, ref = reference_run
-    cfg = Config.from_yaml(smoke_config, ["epochs=3", f"output_dir={tmp_path}", "tracking_uri=none"])
-    s = run_training(cfg.replace(name="resumed", fail_at=fail_at, max_failures=2, coordinator_shards=shards),
-                     progress=False)
+    cfg = Config.from_yaml(smoke_config, ["epochs=3", f"output_dir={tmp_path}", "tracking_uri=none", REF_MODEL])
+    s = run_training(cfg.replace(name="resumed", fail_at=fail_at, max_failures=2, coordinator_shards=shards,
+                                 checkpoint_every_steps=every, eval_mode="async"), progress=False)
     assert os.path.exists(tmp_path / "resumed" / f".injected_{fail_at.get('kind', 'worker')}_e2_s{fail_at['step']}_r{fail_at['rank']}")
     assert [e["plan_digest"] for e in s["per_epoch"]] == [e["plan_digest"] for e in ref["per_epoch"]]
     assert [e["train_loss"] for e in s["per_epoch"]] == [e["train_loss"] for e in ref["per_epoch"]]
-    # epoch 1's evaluation was pending in the checkpoint resumed from: completed from its weights
+    # epoch 1's evaluation was pending in the checkpoint resumed from: completed from its weights, and each
+    # rank's own BatchNorm statistics
     assert [e["test_loss"] for e in s["per_epoch"]] == [e["test_loss"] for e in ref["per_epoch"]]
+    assert s["restarts"] == [{"epoch": 2, "step": every, "world_size_before": 2, "world_size": 2}]
+
+
+def test_a_checkpoint_within_an_epoch_resumed_at_another_world_size_goes_back_to_the_epochs_start(
+        ray_session, smoke_config, tmp_path, capsys):
+    """2 workers fail after a checkpoint at step 2 of epoch 2 (no retries left); resumed on 1 worker (local mode),
+    the run goes back to the checkpoint at epoch 1's end, kept for this: the position of the other cannot be
+    continued at another world size. Epoch 2's plan is the one decided after epoch 1; the console and the
+    summary say where the run resumed."""
+    base = ["train", "--config", smoke_config, "--output-dir", str(tmp_path), "--set", "name=shrink",
+            "--set", "tracking_uri=none", "--set", "epochs=3", "--set", "checkpoint_every_steps=2"]
+    assert cli_main(base + ["--set", "max_failures=0", "--set", "fail_at={epoch: 2, step: 3, rank: 1}"]) == 1
+    home = tmp_path / "ray_results" / "shrink"
+    assert {"epoch_001", "epoch_002_attempt_000_step_000002"} <= set(os.listdir(home))
+    plan2 = storage.load_npz(str(home / "coordinator" / "epoch_00001" / "global.npz"))[1]["plan_sizes"][-1]
+    capsys.readouterr()
+    assert cli_main(base + ["--set", "num_workers=1", "--resume"]) == 0
+    assert ("resumed at epoch 2 on 1 worker(s) (was 2); the checkpoint at step 2 continues only on 2 worker(s), so "
+            "the epoch starts over from its first step") in capsys.readouterr().out
+    with open(tmp_path / "shrink" / "summary.json") as fh:
+        s = json.load(fh)
+    assert [e["epoch"] for e in s["per_epoch"]] == [1, 2, 3] and s["per_epoch"][1]["kept"] == plan2
+    assert s["restarts"] == [{"epoch": 2, "step": 0, "world_size_before": 2, "world_size": 1}]
+
+
+def test_a_failure_that_repeats_is_said_once_not_retried(ray_session, smoke_config, tmp_path):
+    """The same error at the same step in two attempts in a row: the next attempt stops before training and
+    the run fails with one line naming the step and the error (not max_failures retries of it)."""
+    from repb_ray.errors import RunError
+    from repb_ray.train.driver import run_training
+    cfg = Config.from_yaml(smoke_config, [f"output_dir={tmp_path}", "tracking_uri=none", "num_workers=1",
+                                          "max_failures=5", "epochs=1"])
+    t = time.perf_counter()
+    with pytest.raises(RunError) as err:
+        run_training(cfg.replace(name="repeats", fail_at={"epoch": 1, "step": 1, "every_attempt": True}),
+                     progress=False)
+    assert str(err.value) == ("run 'repeats' failed twice at epoch 1, step 1 with the same error (RuntimeError: "
+                              "injected failure at epoch 1, step 1, rank 0 (fail_at)); not retried again: fix the "
+                              "cause, then continue the run with --resume")
+    print(f"three attempts in {time.perf_counter() - t:.1f}s")
 
 
 def test_elastic_workers_start_with_what_the_cluster_has(ray_session, smoke_config, tmp_path):
@@ -192,7 +239,7 @@ def test_rerun_with_the_same_name_resumes_from_the_last_checkpoint(reference_run
     the config: refused up front, then continued with --resume."""
     out, ref = reference_run
     argv = ["train", "--config", smoke_config, "--output-dir", str(out), "--set", "epochs=4", "--set", "name=ref",
-            "--set", "tracking_uri=none"]
+            "--set", "tracking_uri=none", "--set", REF_MODEL]
     assert cli_main(argv) == 2
     assert "was started with another config (epochs: 3 -> 4)" in capsys.readouterr().err
     rc = cli_main(argv + ["--resume"])
@@ -222,6 +269,7 @@ def test_resume_on_another_worker_count_retrims_the_plan(ray_session, smoke_conf
         s = json.load(fh)
     assert [e["plan_digest"] for e in s["per_epoch"][:2]] == [e["plan_digest"] for e in first["per_epoch"]]
     assert s["per_epoch"][2]["kept"] % 2 == 0 and s["num_workers"] == 2
+    assert s["restarts"] == [{"epoch": 3, "step": 0, "world_size_before": 1, "world_size": 2}]
     with open(tmp_path / "ray_results" / "grow" / "repb_run.json") as fh:
         assert any("num_workers: 1 -> 2" in c for r in json.load(fh)["resumed_with"] for c in r["changes"])
 

@@ -61,7 +61,7 @@ def test_a_failed_evaluation_raises_on_the_training_thread_with_its_epoch():
 
 
 def test_eval_mode_is_checked():
-    with pytest.raises(ValueError, match="eval_mode must be one of async, sync, got eval_mode=.later."):
+    with pytest.raises(ValueError, match="eval_mode must be one of auto, async, sync, got eval_mode=.later."):
         Evaluator(_Task(), list, "cpu", mode="later")
 
 
@@ -122,3 +122,29 @@ def test_async_evaluation_waits_for_the_next_epochs_data_and_runs_at_low_priorit
     ev.release()
     ev.result()
     assert seen["nice"] == 19 and os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19
+
+
+def test_auto_evaluates_asynchronously_only_where_it_can_overlap():
+    from repb_ray.torch.evaluation import resolve_eval_mode
+    assert resolve_eval_mode("auto", "cuda:0", spare_cpus=0) == "async"     # a GPU: the host thread waits on it
+    assert resolve_eval_mode("auto", "cpu", spare_cpus=1) == "async"        # a core training does not hold
+    assert resolve_eval_mode("auto", "cpu", spare_cpus=0.5) == "sync"       # every core trains
+    assert resolve_eval_mode("sync", "cuda", spare_cpus=8) == "sync" and resolve_eval_mode("async", "cpu", 0) == "async"
+
+
+def test_the_gpu_check_runs_here_in_its_small_mode(tmp_path):
+    """benchmarks/gpu_check.py (plain PyTorch, no Ray): the Evaluator async vs sync with the default stream
+    busy and the live weights changing (equal metrics), TrainStep in bf16 with accumulation, then full vs
+    RePB; on the CPU in its small mode, so the script a GPU run depends on cannot rot."""
+    import json
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+    out = tmp_path / "gpu_check.json"
+    p = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--subset", "2048", "--epochs", "2", "--models",
+                        "cnn", "--repeats", "1", "--device", "cpu", "--check-model", "cnn", "--check-test", "1000",
+                        "--check-busy", "5", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    checks = json.loads(out.read_text())["checks"]
+    assert checks["evaluator_equal"] and checks["accumulation_rel_diff"] < 0.02

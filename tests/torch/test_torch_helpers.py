@@ -277,3 +277,15 @@ def test_a_pruner_made_before_the_process_group_takes_its_rank_once_the_group_is
     assert [(x["rank"], x["world"]) for x in r] == [(0, 2), (1, 2)]
     assert not set(r[0]["ids"]) & set(r[1]["ids"]) and len(r[0]["ids"] + r[1]["ids"]) == 40  # disjoint shares
     assert all("served its plan as rank 0 of 1, and the process group now says rank" in x["served"] for x in r)
+
+
+def test_epoch_steps_resume_at_the_end_of_an_optimizer_step():
+    from repb_ray.core.plan import EpochInfo
+    from repb_ray.torch.epoch import EpochSteps
+    info = EpochInfo(epoch=2, kept=80, num_samples=100, world_size=2, plan_sizes=(100, 80))
+    steps = EpochSteps(info, batch_size=8, grad_accum_steps=2)  # 40 per rank: 5 batches, 3 steps
+    steps.seek(2)
+    assert steps.step == 1 and steps.group_size == 16 and not steps.done
+    for bad in (1, 5, -2):
+        with pytest.raises(ValueError, match=f"cannot resume after batch {bad} of an epoch of 5 batches in steps of 2"):
+            steps.seek(bad)
