@@ -4,18 +4,18 @@ enter repb_ray (Ray workers, the plain PyTorch loop, sweeps). Runs wherever the 
 Where each hook is called, and in which process (`repb-ray train`; the plain PyTorch loop and the
 adapters call the same hooks in their own process):
 
-| hook | called from | process |
+| hook | called from | process (thread) |
 |---|---|---|
 | `__init__(**task_args)` | tasks.loader.TaskRef.load | the driver, every Train worker, every Ray Data task process (once each) |
-| `train_dataset()` | train.run.run_training | the driver (the dataset is lazy: nothing is read there) |
-| `test_dataset()` | train.run.run_training | the driver |
+| `train_dataset()` | train.driver.run_training | the driver (the dataset is lazy: nothing is read there) |
+| `test_dataset()` | train.driver.run_training | the driver |
 | `preprocess(batch)` | data.pipeline.apply_preprocess | Ray Data task processes, after the plan's pruning |
 | `eval_preprocess(batch)` | data.pipeline.apply_preprocess | Ray Data task processes (the test set) |
-| `model()` | train.loop.train_loop_per_worker, train.run._final_model (the MLflow model) | every Train worker; the driver at the end |
-| `loss(model, batch)` | torch.step.train_step | every Train worker, each step |
-| `metrics(model, batch)` | torch.step.evaluate | every Train worker, after each epoch |
-| `summarize(sums)` | torch.step.evaluate | every Train worker |
-| `input_example()` | train.run.run_training (the MLflow model) | the driver, at the end |
+| `model()` | train.loop.Worker, train.driver._final_model (the MLflow model) | every Train worker; the driver at the end |
+| `loss(model, batch)` | torch.step.TrainStep.batch | every Train worker, each step (the training thread) |
+| `metrics(model, batch)` | torch.step.metric_sums (torch.evaluation.Evaluator) | every Train worker, after each epoch: **another thread** (the evaluation's) when `eval_mode` resolves to async (auto: on a GPU, or with a host core training does not hold), else the training thread; keep what it uses thread-safe |
+| `summarize(sums)` | torch.step.reduce_metric_sums | every Train worker (the training thread) |
+| `input_example()` | train.driver.run_training (the MLflow model) | the driver, at the end |
 | `summary_info(num_samples)` | train.summary.build_summary | the driver, at the end |
 """
 

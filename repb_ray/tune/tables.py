@@ -275,7 +275,10 @@ class Report:
         pairs = [{"method": m, "budget": b, "reference": self.comparison["reference"], **pr.as_dict(), "p_holm": ph}
                  for (m, b), (pr, ph) in sorted(self.comparison.get("pairs", {}).items(), key=str)]
         full = self.agg["full"]
+        timed = [r for r in self.rows if r.get("train_share") is not None]
+        share = (sum(r["train_time_s"] for r in timed) / sum(r["wall_time_s"] for r in timed)) if timed else None
         return {**extra, "metric": self.metric, "mode": self.mode, "trials": self.rows,
+                "train_share": share,  # the trials' training time over their wall time (start-up, boundaries, teardown)
                 "pareto_front": [self.rows[i]["trial"] for i in self.front], "table": cells,
                 "comparisons": pairs, "full_data": full["metric"].as_dict() if full else None}
 
@@ -314,8 +317,11 @@ def trial_rows(configs: list, labels: list, names: list[str], statuses: dict, re
                "mlflow_run_id": record.get("mlflow_run_id"), "error": None}
         if summary is not None:
             epochs = summary["epochs"]
+            train_s = sum(e.get("train_time_s") or 0.0 for e in summary["per_epoch"])
+            wall = summary.get("wall_time_s")
             row.update(epochs=epochs, metric=summary.get("final_metric"), pruned_fraction=summary["pruned_fraction"],
-                       wall_time_s=summary.get("wall_time_s"), knob_capped=bool(summary.get("knob_capped_epochs")),
+                       wall_time_s=wall, train_time_s=train_s, train_share=train_s / wall if wall else None,
+                       knob_capped=bool(summary.get("knob_capped_epochs")),
                        per_epoch=[{k: e.get(k) for k in ("epoch", "pruned_fraction", *cls.DECISIONS) if k in e}
                                   for e in summary["per_epoch"]])
             if status == "FINISHED" and epochs < cfg.epochs:

@@ -66,7 +66,8 @@ def cluster(tmp_path_factory, s3):
     home.mkdir()
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "PYTHONPATH"}
     base.update(HOME=str(home), PATH=BIN + os.pathsep + os.environ.get("PATH", ""), **s3.env)
-    env = dict(base, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2")
+    env = dict(base, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2",
+               RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S="0.5")
     gcs, dash, *p = _free_ports(21)
     temp_dir = f"/tmp/rmn{os.getpid()}"
     procs = [_start(["--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
@@ -78,18 +79,31 @@ def cluster(tmp_path_factory, s3):
                      f"--max-worker-port={WORKER_PORTS[0][1]}"], env,
                    tmp / "head.log")]
     url = f"http://127.0.0.1:{dash}"
+    workers, running = {}, {}  # node index -> the arguments of its `ray start`, its process
+
+    def start_worker(i):
+        running[i] = _start(workers[i], env, tmp / f"worker{i}.log")
+        procs.append(running[i])
+
+    def stop_worker(i):
+        """The node's processes killed at once, as when its machine is reclaimed."""
+        proc = running.pop(i)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        procs.remove(proc)
+        subprocess.run(["pkill", "-9", "-f", f"{temp_dir}-w{i}"], check=False)
+
     try:
         _wait(url, procs[0])
         for i in (1, 2):
             q = p[7 + 6 * (i - 1): 13 + 6 * (i - 1)]
-            procs.append(_start([f"--address=127.0.0.1:{gcs}", "--num-cpus=2", '--resources={"trainer": 1}',
-                                 f"--temp-dir={temp_dir}-w{i}",  # each node its own disk, as on separate machines
-                                 f"--dashboard-agent-listen-port={q[0]}", f"--dashboard-agent-grpc-port={q[1]}",
-                                 f"--metrics-export-port={q[2]}", f"--runtime-env-agent-port={q[3]}",
-                                 f"--object-manager-port={q[4]}", f"--node-manager-port={q[5]}",
-                                 f"--min-worker-port={WORKER_PORTS[i][0]}",
-                                 f"--max-worker-port={WORKER_PORTS[i][1]}"], env,
-                                tmp / f"worker{i}.log"))
+            workers[i] = [f"--address=127.0.0.1:{gcs}", "--num-cpus=2", '--resources={"trainer": 1}',
+                          f"--temp-dir={temp_dir}-w{i}",  # each node its own disk, as on separate machines
+                          f"--dashboard-agent-listen-port={q[0]}", f"--dashboard-agent-grpc-port={q[1]}",
+                          f"--metrics-export-port={q[2]}", f"--runtime-env-agent-port={q[3]}",
+                          f"--object-manager-port={q[4]}", f"--node-manager-port={q[5]}",
+                          f"--min-worker-port={WORKER_PORTS[i][0]}", f"--max-worker-port={WORKER_PORTS[i][1]}"]
+            start_worker(i)
             time.sleep(3)
         nodes = []
         for _ in range(120):
@@ -100,7 +114,8 @@ def cluster(tmp_path_factory, s3):
         assert len(nodes) == 3, [open(tmp / f).read()[-2000:] for f in ("worker1.log", "worker2.log")]
         shared = tmp / "shared"
         yield {"url": url, "env": env, "no_token_env": base, "token": token.read_text().strip(), "shared": shared, "s3": s3,
-               "head": next(n["node_id"] for n in nodes if n["is_head_node"])}
+               "head": next(n["node_id"] for n in nodes if n["is_head_node"]), "gcs": f"127.0.0.1:{gcs}",
+               "start_worker": start_worker, "stop_worker": stop_worker}
     finally:
         for proc in reversed(procs):
             try:
@@ -191,6 +206,58 @@ def test_training_on_worker_nodes_survives_a_killed_worker(cluster, tmp_path):
     from mlflow.tracking import MlflowClient
     run = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db").get_run(s["mlflow_run_id"])
     assert run.info.status == "FINISHED"
+
+
+def _wait_for_key(s3, prefix, part, proc, timeout_s=300):
+    """The first key under `prefix` holding `part`, once it exists (fails when `proc` ended first)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        hits = [k for k in s3.keys("cluster", prefix) if part in k]
+        if hits:
+            return hits[0]
+        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        time.sleep(0.5)
+    raise AssertionError(f"no key with {part!r} under {prefix} after {timeout_s}s")
+
+
+def test_a_preempted_pool_checkpoints_at_once_and_the_run_goes_on_from_that_step(cluster, tmp_path):
+    """Ray is told a worker node is being preempted (`ray drain-node`, reason preemption): every rank
+    checkpoints at its next check, within epoch 2; then both worker nodes are killed and come back (new
+    machines), and the run continues from that checkpoint's step at the same world size, said in the
+    summary's restarts."""
+    out, s3 = tmp_path / "driver-local", cluster["s3"]
+    job = subprocess.Popen(
+        [RAY, "job", "submit", "--address", cluster["url"], "--working-dir", str(_working_dir(tmp_path)), "--",
+         "python", "-m", "jobs.train", "--config", "jobs/configs/smoke.yaml", "--output-dir", str(out),
+         "--set", "name=preempted", "--set", "worker_resources={trainer: 1}", "--set", "epochs=2",
+         "--set", "task_args.size=60000", "--set", "preemption_check_steps=1",
+         "--set", f"storage_path={s3.uri('cluster', 'preempt')}"],
+        env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_key(s3, "preempt/preempted/", "/epoch_001/", job)
+        node = next(n["node_id"] for n in _nodes(cluster["url"], cluster["token"])
+                    if not n["is_head_node"] and n.get("state") == "ALIVE")
+        drain = subprocess.run([RAY, "drain-node", "--address", cluster["gcs"], "--node-id", node, "--reason",
+                                "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot reclaim",
+                                "--deadline-remaining-seconds", "60"], env=cluster["env"], capture_output=True,
+                               text=True, timeout=60)
+        assert drain.returncode == 0, drain.stdout + drain.stderr
+        key = _wait_for_key(s3, "preempt/preempted/", "epoch_002_attempt_000_step_", job)
+        step = int(key.split("_step_")[1].split("/")[0])
+        for i in (1, 2):
+            cluster["stop_worker"](i)
+        for i in (1, 2):
+            cluster["start_worker"](i)
+        log, _ = job.communicate(timeout=600)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0, log[-4000:]
+    with open(out / "preempted" / "summary.json") as fh:
+        s = json.load(fh)
+    assert [e["epoch"] for e in s["per_epoch"]] == [1, 2] and 0 < step < s["per_epoch"][1]["steps"]
+    assert s["restarts"] == [{"epoch": 2, "step": step, "world_size_before": 2, "world_size": 2}], s["restarts"]
+    assert f"resumed at epoch 2, step {step}" in log
 
 
 MY_TASK = '''
