@@ -67,9 +67,11 @@ def user_error(exc: BaseException) -> BaseException | None:
 
 
 def worker_rank(exc: BaseException) -> int | None:
-    failures = getattr(exc, "worker_failures", None)
-    if isinstance(failures, dict) and failures:
-        return min(failures)
+    """The lowest rank whose error `exc` holds (found through Ray's wrappers), if it holds any."""
+    for e in _causes(exc):
+        failures = getattr(e, "worker_failures", None)
+        if isinstance(failures, dict) and failures:
+            return min(failures)
     return None
 
 

@@ -13,10 +13,15 @@ adapters call the same hooks in their own process):
 | `eval_preprocess(batch)` | data.pipeline.apply_preprocess | Ray Data task processes (the test set) |
 | `model()` | train.loop.Worker, train.driver._final_model (the MLflow model) | every Train worker; the driver at the end |
 | `loss(model, batch)` | torch.step.TrainStep.batch | every Train worker, each step (the training thread) |
-| `metrics(model, batch)` | torch.step.metric_sums (torch.evaluation.Evaluator) | every Train worker, after each epoch: **another thread** (the evaluation's) when `eval_mode` resolves to async (auto: on a GPU, or with a host core training does not hold), else the training thread; keep what it uses thread-safe |
+| `metrics(model, batch)` | torch.step.metric_sums | every Train worker, after each epoch: in **another thread** under eval_mode async (see below) |
 | `summarize(sums)` | torch.step.reduce_metric_sums | every Train worker (the training thread) |
 | `input_example()` | train.driver.run_training (the MLflow model) | the driver, at the end |
 | `summary_info(num_samples)` | train.summary.build_summary | the driver, at the end |
+
+`metrics` runs in the evaluation's own thread (torch.evaluation.Evaluator) when `eval_mode` resolves to
+async (auto: on a GPU, or where a host core is not held by training), else in the training thread: keep
+what it uses (a tokenizer, a metrics object) thread-safe, or set eval_mode: sync. Every other hook runs
+in the thread shown.
 """
 
 from __future__ import annotations

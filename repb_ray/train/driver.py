@@ -25,6 +25,7 @@ from repb_ray.tracking import mlflow_tracking as mt
 from repb_ray.tracking.run_tracker import RunTracker
 from repb_ray.train import run_home
 from repb_ray.train.console import Console
+from repb_ray.train.failures import RetryGuard
 from repb_ray.train.loop import train_loop_per_worker
 from repb_ray.train.messages import CHECKPOINT_KEEP
 from repb_ray.train.pruning import Pruning
@@ -94,7 +95,6 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
         result = _trainer(cfg, pruning, datasets, root, callbacks).fit()
         console.stop()
         console = None
-        _raise_repeated_failure(cfg, pruning)
         summary, path = _finish(cfg, task, result, n, t_start, tracker, pruning)
         claim.finish()
     except BaseException as exc:
@@ -106,8 +106,9 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
         if claim.owner.lost:  # whatever stopped the workers, this is why
             raise OwnershipLost(f"run {cfg.name!r}: {claim.owner.lost}; this driver stopped it and deleted "
                                 "nothing") from exc
-        if pruning is not None and not isinstance(exc, (RunError, KeyboardInterrupt)):
-            _raise_repeated_failure(cfg, pruning, exc)
+        repeated = _repeated_failure(exc)
+        if repeated is not None:
+            raise RunError(f"run {cfg.name!r} {repeated}") from exc
         raise
     finally:
         if pruning:
@@ -148,7 +149,7 @@ def _trainer(cfg: Config, pruning: Pruning, datasets: dict, root: str, callbacks
             # world size: at another, the run goes back to the epoch's start)
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=CHECKPOINT_KEEP,
                                                          checkpoint_score_order="max"),
-            callbacks=list(callbacks or [])),
+            callbacks=[RetryGuard(pruning.coordinator), *(callbacks or [])]),
     )
 
 
@@ -178,15 +179,20 @@ def _dataset_records(cfg: Config, train_ds, n: int, test_ds) -> dict:
     return out
 
 
-def _raise_repeated_failure(cfg: Config, pruning: Pruning, cause: BaseException | None = None) -> None:
-    """One line when the run's last two worker groups failed at the same step with the same error (the
-    workers of the attempt after them stop at once; Ray's retries would fail the same way)."""
-    try:
-        repeated = ray.get(pruning.coordinator.repeated_failure.remote(), timeout=30)
-    except Exception:  # noqa: BLE001 - no answer: the error as it came
-        return
-    if repeated is not None:
-        raise RunError(f"run {cfg.name!r} {repeated}") from cause
+def _repeated_failure(exc: BaseException) -> str | None:
+    """The one line of a failure the RetryGuard stopped because it repeated (None for any other error)."""
+    from repb_ray.train.failures import StopRetrying
+    seen: set = set()
+    stack: list = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, StopRetrying):
+            return e.repeated
+        stack += [getattr(e, "controller_failure", None), e.__cause__, e.__context__]
+    return None
 
 
 def _stopper(pruning_of, main_thread: bool):

@@ -203,8 +203,6 @@ class Worker:
 
 
 def train_loop_per_worker(config: dict) -> list:
-    if ray.get(config["pruning"].coordinator.repeated_failure.remote()) is not None:
-        return []  # the last two attempts failed the same way: the driver says so in one line
     w = Worker(config)
     w.resume_reports()
     try:

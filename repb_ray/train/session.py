@@ -85,10 +85,6 @@ class PruningSession:
         except Exception:  # noqa: BLE001 - the coordinator may be what failed: the error itself goes on
             pass
 
-    def repeated_failure(self) -> str | None:
-        """The coordinator's one line when the last two worker groups failed the same way (else None)."""
-        return ray.get(self.coordinator.repeated_failure.remote())
-
     def note(self, text: str) -> None:
         """Rank 0: a line for the driver's console (a resume, a resize)."""
         if self.rank == 0 and self.handle.progress is not None:

@@ -82,7 +82,7 @@ def test_a_credential_in_the_tracking_uri_reaches_no_file_log_or_param(address, 
         assert run.returncode == 0, run.stderr[-3000:]
         sweep = cli(["sweep", "--config", SWEEP, "--output-dir", str(out), "--tracking-uri", secret_uri,
                      "--set", "num_workers=1", "--set", "sweep.search={policy_args.rho: {grid: [0.5]}}",
-                     "--set", "sweep.baselines=[{policy: full, fail_at: {epoch: 2, step: 0, rank: 0}}]"],
+                     "--set", "sweep.baselines=[{policy: full, max_failures: 0, fail_at: {epoch: 2, step: 0, rank: 0}}]"],
                     address, ROOT, timeout=600)
         assert sweep.returncode == 0, sweep.stderr[-3000:]
         with open(out / "sweep_smoke" / "sweep_summary.json") as fh:
