@@ -90,8 +90,12 @@ def write_log(exc: BaseException, directory: str | None) -> str | None:
         os.makedirs(directory, exist_ok=True)
         parts = ["".join(traceback.format_exception(type(exc), exc, exc.__traceback__))]
         for e in _causes(exc):
-            if e is not exc and getattr(e, "__traceback__", None) is not None:
+            if e is exc:
+                continue
+            if getattr(e, "__traceback__", None) is not None:
                 parts.append("\n--- caused by ---\n" + "".join(traceback.format_exception(type(e), e, e.__traceback__)))
+            else:  # came from another process (a worker's error through Ray): its text holds the remote traceback
+                parts.append(f"\n--- caused by ---\n{type(e).__name__}: {e}\n")
         path = os.path.join(directory, ERROR_LOG)
         from repb_ray.storage import write_bytes
         write_bytes(path, redact_text("".join(parts)).encode())

@@ -54,6 +54,7 @@ class Console:
         self._thread = threading.Thread(target=self._run, daemon=True, name="repb-ray-console")
         self._printed = 0   # the last epoch printed
         self._seen = 0      # the last report handled
+        self._board = None  # the board's incarnation those numbers belong to
         self._last_plain = 0.0
         self._bar_shown = False
         self._first: tuple | None = None  # (epoch, (time, samples)) of the epoch's first progress report
@@ -77,6 +78,9 @@ class Console:
         import ray
         try:
             state = ray.get(self.board.read.remote(self._seen), timeout=5)
+            if state.get("board") != self._board:  # restarted empty (its node went): read it from its start
+                self._board, self._seen = state.get("board"), 0
+                state = ray.get(self.board.read.remote(0), timeout=5)
         except Exception:  # the board is restarting: try again on the next poll
             return
         for seq, text in state.get("notes", ()):

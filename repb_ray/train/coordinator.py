@@ -22,6 +22,7 @@ from repb_ray.core.shard import Shard
 from repb_ray.data.plan_index import PlanIndex
 from repb_ray.layout import is_state, is_within_epoch
 from repb_ray.train.messages import EpochDone, Observations, PlanSummary, Routing
+from repb_ray.train.placement import near_here
 from repb_ray.train.shards import ActorShards, CoordinatorRestarted, LocalShards, ShardHost, StaleCall, memory_request
 
 WAIT_GROUP = "waits"  # wait_plan and read-only getters: their own event loop, never starved
@@ -338,6 +339,6 @@ def create(policy: str, num_samples: int, seed: int, world_size: int, params: di
     ownership.Fence) is checked before every state it writes: a driver that lost its run stops here."""
     actor = ray.remote(concurrency_groups={WAIT_GROUP: 100_000})(Coordinator).options(
         num_cpus=0, max_restarts=-1, max_task_retries=0, memory=memory_request(num_samples if shards == 1 else 0),
-        scheduling_strategy="DEFAULT")  # its own memory, outside a Tune trial's placement group
+        scheduling_strategy=near_here())  # its own memory, on the driver's node when it has room
     return actor.remote(policy, num_samples, seed, world_size, params, shards=shards, chunk=chunk,
                         state_root=state_root, fence=fence)

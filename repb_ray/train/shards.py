@@ -14,6 +14,7 @@ from repb_ray import storage
 from repb_ray.core.protocol import Call, Spec, run_step
 from repb_ray.core.registry import policy_class
 from repb_ray.train.messages import EpochDone, Observations
+from repb_ray.train.placement import near_here
 
 BIG_ARG = 1 << 20  # arguments larger than this go to the object store once per broadcast
 BYTES_PER_SAMPLE = 32  # peak per-sample state of a shard (resident <= 15, end-of-epoch temporaries ~15)
@@ -171,7 +172,7 @@ class ActorShards:
     def __init__(self, bounds, policy: str, spec: Spec, world_size: int, front):
         actor = ray.remote(ShardActor)
         self.handles = [actor.options(num_cpus=0, max_restarts=-1, max_task_retries=0, memory=memory_request(hi - lo),
-                                      scheduling_strategy="DEFAULT").remote(j, lo, hi, policy, spec, world_size, front)
+                                      scheduling_strategy=near_here()).remote(j, lo, hi, policy, spec, world_size, front)
                         for j, (lo, hi) in enumerate(bounds)]
 
     def __len__(self) -> int:

@@ -190,7 +190,7 @@ def _wait_for_key(s3, prefix, part, proc, timeout_s=300):
 
 def test_a_preempted_pool_checkpoints_at_once_and_the_run_goes_on_from_that_step(cluster, tmp_path):
     """Ray is told a worker node is being preempted (`ray drain-node`, reason preemption): every rank
-    checkpoints at its next check, within epoch 2; then both worker nodes are killed and come back (new
+    checkpoints at its next check, within epoch 1; then both worker nodes are killed and come back (new
     machines), and the run continues from that checkpoint's step at the same world size, said in the
     summary's restarts and on the console. Checkpoints and coordinator states on the bucket, outputs in a
     folder of the driver's own: no shared POSIX folder is needed; the Train workers on the worker nodes."""
@@ -199,11 +199,14 @@ def test_a_preempted_pool_checkpoints_at_once_and_the_run_goes_on_from_that_step
         [RAY, "job", "submit", "--address", cluster["url"], "--working-dir", str(_working_dir(tmp_path)), "--",
          "python", "-m", "jobs.train", "--config", "jobs/configs/smoke.yaml", "--output-dir", str(out),
          "--set", "name=preempted", "--set", "worker_resources={trainer: 1}", "--set", "epochs=2",
-         "--set", "task_args.size=60000", "--set", "preemption_check_steps=4", "--set", "audit=true",
+         "--set", "task_args.size=20000", "--set", "preemption_check_steps=4", "--set", "audit=true",
          "--set", f"storage_path={s3.uri('cluster', 'runs')}"],
         env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for_key(s3, "runs/preempted/", "/epoch_001/", job)
+        deadline = time.time() + 300  # epoch 1 has begun: rank 0 audits its plan
+        while not (out / "preempted" / "audit" / "plan001.npz").exists():
+            assert job.poll() is None and time.time() < deadline, job.stdout.read()[-4000:]
+            time.sleep(0.2)
         node = next(n["node_id"] for n in _nodes(cluster["url"], cluster["token"])
                     if not n["is_head_node"] and n.get("state") == "ALIVE")
         drain = subprocess.run([RAY, "drain-node", "--address", cluster["gcs"], "--node-id", node, "--reason",
@@ -211,7 +214,7 @@ def test_a_preempted_pool_checkpoints_at_once_and_the_run_goes_on_from_that_step
                                 "--deadline-remaining-seconds", "60"], env=cluster["env"], capture_output=True,
                                text=True, timeout=60)
         assert drain.returncode == 0, drain.stdout + drain.stderr
-        key = _wait_for_key(s3, "runs/preempted/", "epoch_002_attempt_000_step_", job)
+        key = _wait_for_key(s3, "runs/preempted/", "epoch_001_attempt_000_step_", job)
         step = int(key.split("_step_")[1].split("/")[0])
         for i in (1, 2):
             cluster["stop_worker"](i)
@@ -223,11 +226,11 @@ def test_a_preempted_pool_checkpoints_at_once_and_the_run_goes_on_from_that_step
             job.kill()
     assert job.returncode == 0, log[-4000:]
     assert "succeeded" in log.lower() and cluster["token"] not in log
-    assert "[repb_ray] epoch 2/2:" in log and f"resumed at epoch 2, step {step}" in log  # the console reaches the log
+    assert "[repb_ray] epoch 2/2:" in log and f"resumed at epoch 1, step {step}" in log  # the console reaches the log
     with open(out / "preempted" / "summary.json") as fh:
         s = json.load(fh)
-    assert [e["epoch"] for e in s["per_epoch"]] == [1, 2] and 0 < step < s["per_epoch"][1]["steps"]
-    assert s["restarts"][0] == {"epoch": 2, "step": step, "world_size_before": 2, "world_size": 2}, s["restarts"]
+    assert [e["epoch"] for e in s["per_epoch"]] == [1, 2] and 0 < step < s["per_epoch"][0]["steps"]
+    assert s["restarts"][0] == {"epoch": 1, "step": step, "world_size_before": 2, "world_size": 2}, s["restarts"]
     nodes = {str(np.load(f)["node"]) for f in glob.glob(str(out / "preempted" / "audit" / "epoch*_rank*.npz"))}
     assert nodes and cluster["head"] not in nodes                               # Train workers on the worker nodes
     assert not (out / "ray_results").exists()                                   # nothing of the run's state here

@@ -91,7 +91,8 @@ def test_task_in_a_temporary_directory_through_the_cli(ray_session, tmp_path):
         cwd = str(tmp_path) if entry[1] == "repb_ray.cli" else ROOT
         pre = [] if cwd == str(tmp_path) else ["env", f"PYTHONPATH={tmp_path}"]
         p = subprocess.run(pre + [sys.executable, *entry, "--config", os.path.join(ROOT, "jobs", "configs", "smoke.yaml"),
-                                  "--set", "task=my_task:MyTask", "--set", f"name={name}", "--output-dir",
+                                  "--set", "task=my_task:MyTask", "--set", f"name={name}", "--set", "num_workers=1",
+                                  "--output-dir",
                                   str(tmp_path / "out"), *args], cwd=cwd, env=env, capture_output=True, text=True,
                            timeout=600)
         assert p.returncode == 0, p.stderr[-3000:]
