@@ -211,7 +211,7 @@ def test_a_preempted_pool_checkpoints_at_once_and_the_run_goes_on_from_that_step
                     if not n["is_head_node"] and n.get("state") == "ALIVE")
         drain = subprocess.run([RAY, "drain-node", "--address", cluster["gcs"], "--node-id", node, "--reason",
                                 "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot reclaim",
-                                "--deadline-remaining-seconds", "60"], env=cluster["env"], capture_output=True,
+                                "--deadline-remaining-seconds", "600"], env=cluster["env"], capture_output=True,
                                text=True, timeout=60)
         assert drain.returncode == 0, drain.stdout + drain.stderr
         key = _wait_for_key(s3, "runs/preempted/", "epoch_001_attempt_000_step_", job)
