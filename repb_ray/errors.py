@@ -41,7 +41,7 @@ class OwnershipLost(RunError):
 USER_ERRORS = (ConfigError, TaskError, DataError, RunError, FileNotFoundError, FileExistsError)
 
 
-def _causes(exc: BaseException):
+def causes(exc: BaseException):
     """exc, its causes, and what Ray wrapped (RayTaskError.cause, worker failures)."""
     seen = set()
     stack: list[BaseException | None] = [exc]
@@ -60,7 +60,7 @@ def _causes(exc: BaseException):
 
 def user_error(exc: BaseException) -> BaseException | None:
     """The user error behind `exc` (found through Ray's wrappers), if there is one."""
-    for e in _causes(exc):
+    for e in causes(exc):
         if isinstance(e, USER_ERRORS):
             return e
     return None
@@ -68,7 +68,7 @@ def user_error(exc: BaseException) -> BaseException | None:
 
 def worker_rank(exc: BaseException) -> int | None:
     """The lowest rank whose error `exc` holds (found through Ray's wrappers), if it holds any."""
-    for e in _causes(exc):
+    for e in causes(exc):
         failures = getattr(e, "worker_failures", None)
         if isinstance(failures, dict) and failures:
             return min(failures)
@@ -89,7 +89,7 @@ def write_log(exc: BaseException, directory: str | None) -> str | None:
     try:
         os.makedirs(directory, exist_ok=True)
         parts = ["".join(traceback.format_exception(type(exc), exc, exc.__traceback__))]
-        for e in _causes(exc):
+        for e in causes(exc):
             if e is exc:
                 continue
             if getattr(e, "__traceback__", None) is not None:
@@ -114,7 +114,7 @@ def describe(exc: BaseException, log_dir: str | None) -> tuple[str, int]:
     if inner is not None:
         return f"{where}{first_line(inner)}{tail}", 2
     root = exc
-    for e in _causes(exc):
+    for e in causes(exc):
         if not type(e).__module__.startswith("ray"):
             root = e
             break

@@ -181,18 +181,9 @@ def _dataset_records(cfg: Config, train_ds, n: int, test_ds) -> dict:
 
 def _repeated_failure(exc: BaseException) -> str | None:
     """The one line of a failure the RetryGuard stopped because it repeated (None for any other error)."""
+    from repb_ray.errors import causes
     from repb_ray.train.failures import StopRetrying
-    seen: set = set()
-    stack: list = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, StopRetrying):
-            return e.repeated
-        stack += [getattr(e, "controller_failure", None), e.__cause__, e.__context__]
-    return None
+    return next((e.repeated for e in causes(exc) if isinstance(e, StopRetrying)), None)
 
 
 def _stopper(pruning_of, main_thread: bool):

@@ -14,6 +14,7 @@ import ray.train
 
 from repb_ray.core import rng
 from repb_ray.core.plan import EpochInfo
+from repb_ray.errors import first_line
 from repb_ray.layout import state_name
 from repb_ray.train.collate import TensorCollate
 from repb_ray.train.messages import PlanSummary
@@ -79,7 +80,7 @@ class PruningSession:
 
     def record_failure(self, epoch: int, step: int, error: BaseException) -> None:
         """This rank's error at (epoch, step), for the coordinator to tell a failure that repeats."""
-        text = re.sub(r"0x[0-9a-fA-F]+", "0x?", f"{type(error).__name__}: {error}".strip().splitlines()[0])[:300]
+        text = re.sub(r"0x[0-9a-fA-F]+", "0x?", f"{type(error).__name__}: {first_line(error)}")[:300]  # redacted
         try:
             ray.get(self.coordinator.record_failure.remote(self._routing.generation, epoch, step, text), timeout=10)
         except Exception:  # noqa: BLE001 - the coordinator may be what failed: the error itself goes on
