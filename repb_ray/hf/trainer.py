@@ -4,20 +4,26 @@ or your function), is weighted by the CTR weights and normalised over the whole 
 the scores drive the policy at each epoch's end; the learning-rate schedule follows the real (pruned)
 number of steps. Plans come from any EpochSource: a LocalPruner (every rank keeps the policy: plain
 scripts, torchrun, accelerate, Ray's HF integration with a torch dataset) or a started PruningSession
-(a Ray run's coordinator, batches from the worker's Ray Data shard). Runs in each training process."""
+(a Ray run's coordinator, batches from the worker's Ray Data shard). With a LocalPruner it resumes from
+the Trainer's own checkpoints, within an epoch too. Runs in each training process."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
+import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from repb_ray.hf import _compat
 from repb_ray.hf.losses import LOSSES
 from repb_ray.torch.epoch import EpochSource, EpochSteps
+from repb_ray.torch.pruner import LocalPruner
 from repb_ray.torch.schedule import RealStepLR
 
 RESERVED = ("id", "weight", "epoch")   # the plan's columns in a batch, not the model's
+STATE_FILE = "repb_pruning_rank{rank}.pt"   # in each Trainer checkpoint: a rank's pruning state
 
 
 class PruningTrainer(Trainer):
@@ -44,6 +50,7 @@ class PruningTrainer(Trainer):
         self.loss_is_scaled_for_ga = True  # compute_loss normalises over the whole accumulated batch
         self.steps: EpochSteps | None = None   # this epoch's optimizer steps on this rank
         self._stepped = 0                     # optimizer steps the Trainer took this epoch
+        self._decided = True                  # the current epoch's next plan is decided
         self.epochs_log: list[dict] = []
         self.add_callback(_EpochHooks(self))
 
@@ -54,6 +61,7 @@ class PruningTrainer(Trainer):
         loader = self.pruning.loader(self.args.per_device_train_batch_size, dataset,
                                      collate_fn=_compat.training_collator(self),
                                      interleave=self.pruning.world_size > 1,  # accelerate shards it round-robin
+                                     first_epoch_length=True,  # the Trainer's step counts: a resumed run's too
                                      num_workers=self.args.dataloader_num_workers,
                                      pin_memory=self.args.dataloader_pin_memory)
         return self.accelerator.prepare(loader)   # a DataLoader is sharded and placed; other loaders pass through
@@ -61,14 +69,20 @@ class PruningTrainer(Trainer):
     def _begin_epoch(self, epoch: int) -> None:
         info = self.pruning.begin_epoch(epoch)
         self.steps = EpochSteps(info, self.args.per_device_train_batch_size, self.args.gradient_accumulation_steps)
-        self._stepped = 0
-        self.steps.start_schedules([self.lr_scheduler])
+        self._decided = False
+        done = getattr(self.pruning, "batches_done", 0)
+        if done:   # resumed within the epoch: the schedule's position came with the checkpoint
+            self.steps.seek(done)
+        else:
+            self.steps.start_schedules([self.lr_scheduler])
+        self._stepped = self.steps.step
 
-    def _end_epoch(self, epoch: int) -> None:
+    def _end_epoch(self) -> None:
         if self._stepped < len(self.steps.groups):  # a pruned epoch's partial last group: the Trainer did not step
             self._step_leftover()
         info = self.steps.info
         self.pruning.end_epoch()
+        self._decided = True
         self.epochs_log.append({**info.log(), "rank_samples": sum(self.steps.groups)})
 
     def _step_leftover(self) -> None:
@@ -117,11 +131,59 @@ class PruningTrainer(Trainer):
     def _observe(self, step: int, ids, per_sample) -> None:
         self.pruning.observe(ids, per_sample.detach(), step)
 
+    # -- checkpoints --------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """As the Trainer's; `resume_from_checkpoint` (a checkpoint folder, or True for the last one in
+        output_dir) also restores the pruning state saved beside it: the run continues at the plan and
+        the batch where the checkpoint was saved."""
         if resume_from_checkpoint:
-            raise ValueError("PruningTrainer does not resume from a Trainer checkpoint yet (the Trainer counts "
-                             "epochs by full-data steps, pruned epochs are shorter); train again from the start")
-        return super().train(None, *args, **kwargs)
+            resume_from_checkpoint = self._load_pruning(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint or None, *args, **kwargs)
+
+    def _save_pruning(self, folder: str) -> None:
+        """Write this rank's pruning state into the checkpoint the Trainer just saved."""
+        if not isinstance(self.pruning, LocalPruner):
+            return   # a PruningSession's state is its Ray run's, saved by the run's own checkpoints
+        if not os.path.isdir(folder):
+            raise RuntimeError(f"the Trainer saved no checkpoint at {folder}: PruningTrainer saves its pruning state in "
+                               "output_dir/checkpoint-<step> (a hyperparameter search's folders are not supported)")
+        state = {"pruning": self.pruning.state_dict(batches_done=0 if self._decided else self.steps.micro),
+                 "epochs_log": [dict(e) for e in self.epochs_log]}
+        torch.save(state, os.path.join(folder, STATE_FILE.format(rank=self.pruning.rank)))
+
+    def _load_pruning(self, checkpoint) -> str:
+        if not isinstance(self.pruning, LocalPruner):
+            raise ValueError("resume_from_checkpoint needs a LocalPruner: a PruningSession's plans and scores are its "
+                             "Ray run's, which resumes from its own checkpoints (repb-ray run --resume)")
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+            if checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True, and output_dir={self.args.output_dir!r} has no "
+                                 "checkpoint-<step> folder: pass the checkpoint's folder")
+        path = os.path.join(checkpoint, STATE_FILE.format(rank=self.pruning.rank))
+        if not os.path.isfile(path):
+            raise ValueError(f"{checkpoint} has no pruning state ({os.path.basename(path)}): it was not saved by a "
+                             "PruningTrainer with a LocalPruner, or by as many processes as this run has")
+        state = torch.load(path, weights_only=True)   # plain types and tensors only
+        self.pruning.load_state_dict(state["pruning"])
+        self.epochs_log = [dict(e) for e in state["epochs_log"]]
+        return checkpoint
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
+                             trial):
+        """The Trainer's own (a private method, checked against transformers 5.25), except where a resumed run
+        stands: the Trainer reckons it from full-data steps per epoch, pruned epochs are shorter; the epoch
+        and the batches trained in it are the pruner's."""
+        epochs_trained, steps_trained = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial)
+        if resume_from_checkpoint is None:
+            return epochs_trained, steps_trained
+        return len(self.epochs_log), self.pruning.batches_done
+
+    def get_resumed_dataloader(self, dataloader, num_batches: int):
+        """The loader as it is: the pruner's loader of a resumed epoch already starts after the batches
+        trained (the Trainer still counts them, and restores the RNG state after the first batch)."""
+        return dataloader
 
 
 class _EpochHooks(TrainerCallback):
@@ -135,6 +197,12 @@ class _EpochHooks(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer._stepped += 1
+        if self.trainer.steps.done and not self.trainer._decided:
+            self.trainer._end_epoch()   # the epoch's last step: decided before a checkpoint saves the state
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        self.trainer._end_epoch(len(self.trainer.epochs_log) + 1)
+        if not self.trainer._decided:
+            self.trainer._end_epoch()
+
+    def on_save(self, args, state, control, **kwargs):
+        self.trainer._save_pruning(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))

@@ -1,8 +1,9 @@
 """PruningCallback: a Lightning callback that trains each epoch on a pruning policy's plan. It makes the train
 loader (this rank's batches of the plan, `dataloader`), weights each batch's per-sample loss in your
 training_step (`loss`, which also records the scores), decides the next plan when the epoch ends (every
-rank reaches the same one), and makes a step-wise LR scheduler follow the real (pruned) steps. Runs
-in each training process."""
+rank reaches the same one), and makes a step-wise LR scheduler follow the real (pruned) steps. Its state
+rides in Lightning's checkpoints: a run resumes from one saved at an epoch's end or within an epoch (then
+each rank's loader starts after the batches it trained). Runs in each training process."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class PruningCallback(pl.Callback):
         """The train loader: batches (ids, item) of the current plan for this rank (made at first use,
         when Lightning has started its processes)."""
         self.batch_size = batch_size
-        return torch.utils.data.DataLoader(IndexedDataset(dataset), batch_sampler=_LazyRankBatches(self), **kwargs)
+        return _PlanLoader(IndexedDataset(dataset), batch_sampler=_LazyRankBatches(self), **kwargs)
 
     def loss(self, per_sample: torch.Tensor, ids) -> torch.Tensor:
         """The CTR-weighted loss of this batch, normalised so the optimizer step averages over its
@@ -65,12 +66,22 @@ class PruningCallback(pl.Callback):
         for config in trainer.lr_scheduler_configs:
             if config.interval == "step" and not isinstance(config.scheduler, RealStepLR):
                 config.scheduler = RealStepLR(config.scheduler, steps_per_epoch=per_epoch)
+        if self.pruner.batches_done:   # resumed within an epoch: Lightning does not start that epoch again
+            self._begin(trainer)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        # the policy's epoch, so a resumed run trains the plan it is at
+        self._begin(trainer)
+
+    def _begin(self, trainer) -> None:
+        """Start the policy's epoch (a resumed run trains the plan it is at), after the batches trained
+        before a resume within it (the schedule's position then came with the checkpoint)."""
+        done = self.pruner.batches_done
         self.steps = EpochSteps(self.pruner.begin_epoch(), self._batch(), self.accumulate)
         self._decided = False
-        self.steps.start_schedules(config.scheduler for config in trainer.lr_scheduler_configs)
+        if done:
+            self.steps.seek(done)
+        else:
+            self.steps.start_schedules(config.scheduler for config in trainer.lr_scheduler_configs)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.steps.done and not self._decided:
@@ -92,13 +103,25 @@ class PruningCallback(pl.Callback):
         return self.batch_size
 
     def state_dict(self) -> dict:
-        """The policy's state (its epoch included) as plain types and tensors: a Lightning checkpoint
-        holding it loads with torch.load(weights_only=True)."""
-        return {"policy": self.pruner.state_dict(), "epochs_log": [dict(e) for e in self.epochs_log]}
+        """The policy's state (its epoch included; within an epoch, this rank's position and scores) as
+        plain types and tensors: a Lightning checkpoint holding it loads with torch.load(weights_only=True)."""
+        within = 0 if self._decided else self.steps.micro
+        return {"policy": self.pruner.state_dict(batches_done=within), "epochs_log": [dict(e) for e in self.epochs_log]}
 
     def load_state_dict(self, state: dict) -> None:
         self.pruner.load_state_dict(state["policy"])
         self.epochs_log = [dict(e) for e in state.get("epochs_log", [])]
+
+
+class _PlanLoader(torch.utils.data.DataLoader):
+    """The train loader. It resumes (Lightning asks a loader for `state_dict`/`load_state_dict` before it
+    trusts it within an epoch): the position is the callback's, so the loader's own state is empty."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 class _LazyRankBatches:

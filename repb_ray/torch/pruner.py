@@ -16,6 +16,9 @@ from repb_ray.torch.distributed import gather_observations
 from repb_ray.torch.epoch import EpochSteps
 
 
+WITHIN_EPOCH = "within_epoch"   # the key of a state saved within an epoch: position and this rank's scores
+
+
 def _rank_world() -> tuple[int, int]:
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
@@ -44,6 +47,8 @@ class LocalPruner:
         self._obs: list = []
         self._order_of: tuple = (None, None)   # (epoch, the epoch's order): computed once per epoch
         self._step = 0                          # the step of the next observe() without a step
+        self._skip = 0                          # this rank's batches of the epoch trained before a resume
+        self._within = None                     # a state saved within an epoch, taken up by its begin_epoch
 
     # -- the policy, made at first use ------------------------------------------------------------
     @property
@@ -108,21 +113,36 @@ class LocalPruner:
         ids = self.order()[self.rank if rank is None else rank::self.world_size]
         return [ids[a:a + batch_size] for a in range(0, ids.shape[0], batch_size)]
 
+    @property
+    def batches_done(self) -> int:
+        """This rank's batches of the current epoch trained before the run was resumed within it (0
+        otherwise): the loaders skip them, and a trainer seeks its EpochSteps past them."""
+        if self._within is not None and self._within["epoch"] == self.epoch:   # loaded, epoch not begun yet
+            return int(self._within["batches"])
+        return self._skip
+
+    def first_epoch_batches(self, batch_size: int) -> int:
+        """This rank's batches in epoch 1: the count a trainer that sizes its schedule from the loader's
+        length saw when the run started, whatever epoch a resumed run is at."""
+        return -(-(self.policy.plan_sizes[0] // self.world_size) // batch_size)
+
     def steps_in_epoch(self, batch_size: int, grad_accum_steps: int = 1) -> int:
         """This rank's optimizer steps in the current epoch (EpochSteps' count)."""
         return len(EpochSteps(self.info, batch_size, grad_accum_steps).groups)
 
     def loader(self, batch_size: int, dataset=None, *, collate_fn=None, interleave: bool = False,
-               **options) -> torch.utils.data.DataLoader:
+               first_epoch_length: bool = False, **options) -> torch.utils.data.DataLoader:
         """A DataLoader of this rank's batches of the epoch from `dataset` (map-style, indexed by
         sample id 0..n-1): `collate_fn` (default torch's) of the items, as a dict with "id" (int64
         numpy) and "weight" (float32 CTR weights, looked up when the batch is drawn) added; items
-        that are not dicts come under "item". `interleave` as for RankBatchSampler; `options` go to
-        the DataLoader (num_workers, pin_memory, ...)."""
+        that are not dicts come under "item". `interleave` and `first_epoch_length` as for
+        RankBatchSampler; `options` go to the DataLoader (num_workers, pin_memory, ...)."""
         if dataset is None:
             raise ValueError("LocalPruner.loader needs the train dataset (map-style, indexed by sample id 0..n-1)")
-        return torch.utils.data.DataLoader(_Weighted(dataset), batch_sampler=RankBatchSampler(
-            self, batch_size, interleave=interleave, weighted=True), collate_fn=_WeightedCollate(collate_fn), **options)
+        sampler = RankBatchSampler(self, batch_size, interleave=interleave, weighted=True,
+                                   first_epoch_length=first_epoch_length)
+        return torch.utils.data.DataLoader(_Weighted(dataset), batch_sampler=sampler,
+                                           collate_fn=_WeightedCollate(collate_fn), **options)
 
     def weights(self, ids, device=None) -> torch.Tensor:
         """The float32 CTR weights of `ids` (all in the current plan), as a tensor on `device`."""
@@ -145,7 +165,11 @@ class LocalPruner:
             raise RuntimeError(f"asked for the plan of epoch {epoch}, the policy is at epoch {info.epoch}: epochs "
                                "are trained in order, each ended with end_epoch() (a resumed run loads the "
                                "pruner's state first)")
-        self._obs, self._step = [], 0
+        self._obs, self._step, self._skip = [], 0, 0
+        within, self._within = self._within, None
+        if within is not None and within["epoch"] == info.epoch:
+            self._obs = [(within["steps"], within["ids"], torch.from_numpy(within["scores"]))]
+            self._step, self._skip = int(within["step"]), int(within["batches"])
         return info
 
     def observe(self, ids, scores: torch.Tensor, step: int | None = None) -> None:
@@ -164,17 +188,12 @@ class LocalPruner:
     def end_epoch(self) -> EpochInfo:
         """Gather every rank's observations of the epoch and decide the next plan (on every rank);
         returns the next epoch's info."""
-        if self._obs:
-            steps = np.concatenate([np.full(len(i), s, np.int64) for s, i, _ in self._obs])
-            ids = np.concatenate([i for _, i, _ in self._obs])
-            scores = torch.cat([s.reshape(-1) for _, _, s in self._obs]).cpu().numpy().astype(np.float32)
-        else:
-            steps, ids, scores = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        steps, ids, scores = self._pending()
         self._obs = []
         steps, ids, scores = gather_observations(steps, ids, scores)
         self.policy.observe(steps, ids, scores)
         self.policy.finish_epoch(world_size=self.world_size)
-        self._step = 0
+        self._step, self._skip = 0, 0
         return self.info
 
     def pruned_fraction(self, epochs: int | None = None) -> float:
@@ -183,14 +202,47 @@ class LocalPruner:
                                self.policy.num_samples)
 
     # -- state ------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self, batches_done: int = 0) -> dict:
         """The policy's state as plain types and tensors: what a trainer's checkpoint can hold and
-        torch.load(weights_only=True) can read back (no numpy objects, nothing pickled)."""
-        return _to_plain(self.policy.state_dict())
+        torch.load(weights_only=True) can read back (no numpy objects, nothing pickled). Saved within
+        an epoch, `batches_done` is this rank's batches trained in it: the state then also holds this
+        rank's scores so far (each rank saves its own, as trainers save each rank's RNG state)."""
+        state = _to_plain(self.policy.state_dict())
+        if batches_done:
+            steps, ids, scores = self._pending()
+            state[WITHIN_EPOCH] = {"epoch": self.epoch, "batches": int(batches_done), "step": self._step,
+                                   "rank": self.rank, "world_size": self.world_size, "steps": torch.from_numpy(steps),
+                                   "ids": torch.from_numpy(ids), "scores": torch.from_numpy(scores)}
+        elif self._obs:
+            raise RuntimeError("state_dict() within an epoch needs batches_done= (this rank's batches trained in it), "
+                               "so that a resumed run skips them and keeps their scores")
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue where the saved pruner was: at its plan, or within its epoch (the same rank and number
+        of ranks: each rank's share of an epoch depends on them)."""
+        state = dict(state)
+        within = state.pop(WITHIN_EPOCH, None)
         self.policy.load_state_dict(_from_plain(state))
         self._served = True
+        if within is not None:
+            saved = (int(within["rank"]), int(within["world_size"]))
+            if saved != (self.rank, self.world_size):
+                raise ValueError(f"this checkpoint was saved within epoch {int(within['epoch'])} by rank {saved[0]} of "
+                                 f"{saved[1]}, and this process is rank {self.rank} of {self.world_size}: continue it "
+                                 f"with {saved[1]} process(es), or from a checkpoint saved at an epoch's end")
+            self._within = {**_from_plain(within), "epoch": int(within["epoch"])}
+        elif len(self.policy.plan) % self.world_size:
+            self.policy.retrim(self.world_size)  # saved at an epoch's end by another number of ranks
+
+    def _pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This rank's (steps, ids, scores) observed so far in the epoch, on the host."""
+        if not self._obs:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        steps = np.concatenate([np.broadcast_to(np.asarray(s, np.int64), (len(i),)) for s, i, _ in self._obs])
+        ids = np.concatenate([i for _, i, _ in self._obs])
+        scores = torch.cat([s.reshape(-1) for _, _, s in self._obs]).cpu().numpy().astype(np.float32)
+        return steps, ids, scores
 
 
 def _map_leaves(value, leaf):
@@ -223,10 +275,15 @@ class RankBatchSampler:
     `interleave=True` it yields every rank's batches, one round at a time (rank 0's first, rank 1's
     first, ...), for loaders that a framework then shards round-robin across processes (accelerate).
     It has no `batch_size` attribute on purpose: its last batches are shorter, and a sharding wrapper
-    must take them as they are (accelerate's dynamic-batch mode), not pad them to a full batch."""
+    must take them as they are (accelerate's dynamic-batch mode), not pad them to a full batch.
+    A run resumed within an epoch starts after the batches it trained (`LocalPruner.batches_done`).
+    `first_epoch_length`: the length is epoch 1's, for a trainer that sizes its schedule and epoch
+    loop from the loader's length once, when it starts (a resumed run then sees what the first saw)."""
 
-    def __init__(self, pruner: LocalPruner, size: int, interleave: bool = False, weighted: bool = False):
+    def __init__(self, pruner: LocalPruner, size: int, interleave: bool = False, weighted: bool = False,
+                 first_epoch_length: bool = False):
         self.pruner, self.size, self.interleave, self.weighted = pruner, size, interleave, weighted
+        self.first_epoch_length = first_epoch_length
 
     def _indices(self, batch: np.ndarray) -> list:
         """A batch's sampler indices: ids, or (id, weight) pairs drawn from the live plan (a weighted
@@ -236,15 +293,17 @@ class RankBatchSampler:
         return list(zip(batch.tolist(), self.pruner.policy.plan.weights_for(batch).tolist()))
 
     def __iter__(self):
+        skip = self.pruner.batches_done
         if not self.interleave:
-            yield from (self._indices(b) for b in self.pruner.rank_batches(self.size))
+            yield from (self._indices(b) for b in self.pruner.rank_batches(self.size)[skip:])
             return
-        per_rank = [self.pruner.rank_batches(self.size, r) for r in range(self.pruner.world_size)]
+        per_rank = [self.pruner.rank_batches(self.size, r)[skip:] for r in range(self.pruner.world_size)]
         for round_ in zip(*per_rank):
             yield from (self._indices(b) for b in round_)
 
     def __len__(self) -> int:
-        n = len(self.pruner.rank_batches(self.size))
+        n = (self.pruner.first_epoch_batches(self.size) if self.first_epoch_length
+             else len(self.pruner.rank_batches(self.size)))   # a resumed epoch's too: trainers count those done
         return n * self.pruner.world_size if self.interleave else n
 
 

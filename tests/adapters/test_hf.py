@@ -16,6 +16,9 @@ pytest.importorskip("transformers")
 from hf_fixtures import Classification, LanguageModelling, args, bert, gpt2  # noqa: E402
 
 from repb_ray.core import make_policy  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
+
 from repb_ray.hf import LocalPruner, PruningTrainer  # noqa: E402
 
 pytestmark = [pytest.mark.slow]
@@ -89,6 +92,63 @@ def test_bad_arguments_are_one_line(tmp_path):
     with pytest.raises(ValueError, match="dataloader_drop_last=True would leave plan samples untrained"):
         PruningTrainer(model=bert(), args=args(str(tmp_path), dataloader_drop_last=True),
                        train_dataset=Classification(8), pruning=pruner)
+
+
+class FailAt(TrainerCallback):
+    """A preemption: the process stops after optimizer step `step` (before that step's checkpoint)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise RuntimeError(f"preempted after step {self.step}")
+
+
+def _run(out, fail_at=None, resume=None, **kw):
+    """96 samples in batches of 16, 3 epochs (6 steps in epoch 1, fewer after), dropout on; returns the
+    weights, the policy's digest, the epochs' kept sizes and the Trainer's steps."""
+    from transformers import BertConfig, BertForSequenceClassification
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=64,
+                                                     max_position_embeddings=32, num_labels=2))
+    pruner = LocalPruner("repb", {"rho": 0.6, "window": 2}, num_samples=96, epochs=3)
+    t = PruningTrainer(model=model, args=args(str(out), **kw), train_dataset=Classification(96), pruning=pruner,
+                       callbacks=[FailAt(fail_at)] if fail_at else None)
+    if fail_at:
+        with pytest.raises(RuntimeError, match="preempted"):
+            t.train()
+        return None
+    t.train(resume_from_checkpoint=resume)
+    return (torch.nn.utils.parameters_to_vector(t.model.parameters()).detach(), pruner.policy.digest(),
+            [e["kept"] for e in t.epochs_log], t.state.global_step)
+
+
+@pytest.mark.parametrize("strategy,fail_at,resumed_from", [("steps", 9, "checkpoint-8"), ("steps", 7, "checkpoint-6"),
+                                                           ("epoch", 9, "checkpoint-6")],
+                         ids=["within-epoch-2", "at-epoch-1-end", "save_strategy-epoch"])
+def test_a_run_resumed_from_a_trainer_checkpoint_equals_the_uninterrupted_run(tmp_path, strategy, fail_at,
+                                                                             resumed_from):
+    """Killed after a step, continued from the Trainer's last checkpoint: the same weights (dropout on, so the
+    RNG state matters too), the same plans and steps, bit for bit, as the run that was never stopped.
+    Epoch 2 is pruned (5 steps), so the Trainer's own full-data reckoning would resume elsewhere."""
+    save = dict(save_strategy=strategy, save_steps=2)
+    whole = _run(tmp_path / "whole", **save)
+    _run(tmp_path / "cut", fail_at=fail_at, **save)
+    assert os.path.basename(get_last_checkpoint(str(tmp_path / "cut"))) == resumed_from
+    resumed = _run(tmp_path / "cut", resume=True, **save)
+    assert whole[2][1] < 96 and resumed[1:] == whole[1:]
+    assert torch.equal(resumed[0], whole[0])
+
+
+def test_resume_needs_the_pruning_state(tmp_path):
+    folder = tmp_path / "checkpoint-3"
+    folder.mkdir()
+    pruner = LocalPruner("repb", {}, num_samples=8, epochs=1)
+    t = PruningTrainer(model=bert(), args=args(str(tmp_path)), train_dataset=Classification(8), pruning=pruner)
+    with pytest.raises(ValueError, match="has no pruning state"):
+        t.train(resume_from_checkpoint=str(folder))
 
 
 DDP = r"""

@@ -119,3 +119,30 @@ def test_a_run_resumed_from_its_lightning_checkpoint_trains_every_plan_once_in_o
     assert resumed.pruner.policy.digest() == whole.pruner.policy.digest()
     lr = [t.lr_scheduler_configs[0].scheduler.get_last_lr() for t in (t_whole, t_resumed)]
     assert lr[0] == lr[1]
+
+
+class SaveAtStep(pl.Callback):
+    """Saves a checkpoint after global step `step`, as ModelCheckpoint(every_n_train_steps=...) does."""
+
+    def __init__(self, path: str, step: int):
+        self.path, self.step = path, step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+
+
+def test_a_run_resumed_within_an_epoch_equals_the_uninterrupted_run(tmp_path):
+    """A checkpoint after the 2nd step of the pruned epoch 2: the resumed run trains the rest of that epoch
+    (its loader starts after the 2 batches, the scores before the checkpoint kept) and ends with the same
+    decisions, schedule position and weights, bit for bit, as the run never stopped."""
+    ckpt = str(tmp_path / "step10.ckpt")
+    whole, m_whole, t_whole = train(epochs=3)
+    train(epochs=3, before=(SaveAtStep(ckpt, 10),))
+    state = torch.load(ckpt, weights_only=True)["callbacks"]["PruningCallback"]["policy"]
+    assert state["epoch"] == 2 and state["within_epoch"]["batches"] == 2
+    resumed, m_resumed, t_resumed = train(epochs=3, ckpt_path=ckpt)
+    assert [e["kept"] for e in resumed.epochs_log] == [e["kept"] for e in whole.epochs_log]
+    assert resumed.pruner.policy.digest() == whole.pruner.policy.digest() and t_resumed.global_step == t_whole.global_step
+    assert torch.equal(torch.nn.utils.parameters_to_vector(m_resumed.parameters()),
+                       torch.nn.utils.parameters_to_vector(m_whole.parameters()))

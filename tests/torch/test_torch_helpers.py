@@ -289,3 +289,40 @@ def test_epoch_steps_resume_at_the_end_of_an_optimizer_step():
     for bad in (1, 5, -2):
         with pytest.raises(ValueError, match=f"cannot resume after batch {bad} of an epoch of 5 batches in steps of 2"):
             steps.seek(bad)
+
+
+def test_a_pruner_saved_within_an_epoch_continues_there_on_the_same_ranks_only():
+    """A state saved after 2 of this rank's 8 batches holds the position and the scores so far: loaded, the
+    loader serves the last 2 batches, and the epoch's decision equals the one never interrupted. Loaded
+    as another rank of the world it refuses with one line; with scores pending, a position is required."""
+    from repb_ray.torch.pruner import LocalPruner, RankBatchSampler
+
+    def pruner(rank=0, world=1):
+        return LocalPruner("repb", {"rho": 0.6, "window": 2}, num_samples=64, epochs=3, rank=rank, world_size=world)
+
+    def feed(p, batches):
+        for step, b in enumerate(batches):
+            p.observe(b, torch.from_numpy(((b * 37) % 11).astype(np.float32)), step)
+
+    whole, cut = pruner(), pruner()
+    for p in (whole, cut):
+        p.begin_epoch(1)
+    batches = whole.rank_batches(8)
+    feed(whole, batches)
+    feed(cut, batches[:2])
+    with pytest.raises(RuntimeError, match="needs batches_done="):
+        cut.state_dict()
+    state = cut.state_dict(batches_done=2)
+    resumed = pruner()
+    resumed.load_state_dict(state)
+    assert resumed.batches_done == 2
+    resumed.begin_epoch(1)
+    rest = [np.asarray(b) for b in RankBatchSampler(resumed, 8)]
+    assert len(rest) == 6 and all(np.array_equal(a, b) for a, b in zip(rest, batches[2:]))
+    for step, b in enumerate(rest, start=2):
+        resumed.observe(b, torch.from_numpy(((b * 37) % 11).astype(np.float32)), step)
+    whole.end_epoch()
+    resumed.end_epoch()
+    assert resumed.policy.digest() == whole.policy.digest() and resumed.batches_done == 0
+    with pytest.raises(ValueError, match="saved within epoch 1 by rank 0 of 1, and this process is rank 1 of 2"):
+        pruner(rank=1, world=2).load_state_dict(state)
