@@ -95,6 +95,8 @@ class Config:
     # workers and the data plane
     num_workers: int | list = 2           # 0 = run the loop in the driver process (local mode); [min, max]:
                                           # elastic, the run goes on with min..max workers as nodes come and go
+    resize_check_s: float = 60.0          # elastic: how often Ray checks whether more workers fit (then the run
+                                          # restarts on them from its last checkpoint)
     cpus_per_worker: float = 1.0
     worker_resources: dict = field(default_factory=dict)  # extra per-worker resources, e.g. {trainer: 1}
     use_gpu: bool = False
@@ -313,6 +315,7 @@ def _validate(c: Config) -> None:
                 raise ConfigError(f"num_workers=[min, max] needs min <= max, got num_workers={list(c.num_workers)!r}")
         else:
             check_int("num_workers", c.num_workers, minimum=0)
+        check_float("resize_check_s", c.resize_check_s, lo=0.0)
         check_int("torch_threads", c.torch_threads, minimum=0)
         check_int("observe_every", c.observe_every, minimum=1)
         check_int("coordinator_shards", c.coordinator_shards, minimum=1)

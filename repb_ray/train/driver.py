@@ -141,7 +141,8 @@ def _trainer(cfg: Config, pruning: Pruning, datasets: dict, root: str, callbacks
         dataset_config=pruning.data_config(),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling_workers(), use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker,
-                                                                     **cfg.worker_resources}),
+                                                                     **cfg.worker_resources},
+                                               elastic_resize_monitor_interval_s=cfg.resize_check_s),
         run_config=ray.train.RunConfig(
             name=cfg.name, storage_path=path, storage_filesystem=fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),

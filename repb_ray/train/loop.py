@@ -236,6 +236,7 @@ def run_epoch(w: Worker, epoch: int) -> None:
         w.at = (epoch, step)
         w.debug.batch(epoch, step, batch)
         loss, scores = w.stepper.batch(batch, steps.group_size)
+        w.debug.scores(scores)
         why = None
         if steps.advance():
             w.stepper.step()

@@ -36,7 +36,8 @@ from repb_ray.train.ownership import Ownership
 # keys that do not change what is trained (where outputs go, tracking, timeouts, test hooks)
 NOT_IDENTITY = {"name", "output_dir", "storage_path", "tracking_uri", "experiment", "tags", "max_failures",
                 "fail_at", "audit", "coordinator_timeout_s", "observe_every", "prefetch_batches", "eval_batch_size",
-                "worker_resources", "system_metrics", "checkpoint_every_steps", "preemption_check_steps", "eval_mode"}
+                "worker_resources", "system_metrics", "checkpoint_every_steps", "preemption_check_steps", "eval_mode",
+                "resize_check_s"}
 MARKER_PREFIX = ".injected_"         # fault-injection markers of the tests (fail_at)
 FINISHED = "finished_at"             # in the record once summary.json and tracking are complete
 

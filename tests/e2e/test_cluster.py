@@ -2,7 +2,8 @@
 127.0.0.1 with token auth, the Train workers placed on the worker nodes (custom resource
 `trainer`), jobs submitted with `ray job submit`: a training run told of a preemption and then losing
 both worker nodes mid-epoch (its checkpoints and states on an S3 API server, its outputs in a folder of
-the driver's own), a task module from the submitted working directory, and a small sweep."""
+the driver's own), an elastic run that shrinks when a node goes and grows when it comes back, a task
+module from the submitted working directory, and a small sweep."""
 
 import glob
 import json
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -244,6 +246,91 @@ def test_a_preempted_pool_checkpoints_at_once_and_the_run_goes_on_from_that_step
     from mlflow.tracking import MlflowClient
     run = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db").get_run(s["mlflow_run_id"])
     assert run.info.status == "FINISHED", run.info.status
+
+
+class _Log:
+    """A job's output read as it comes (a thread), so a test can wait for a line while the job runs."""
+
+    def __init__(self, proc):
+        self.proc, self.lines = proc, []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, part: str, timeout_s: float = 300) -> str:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            hit = next((ln for ln in list(self.lines) if part in ln), None)
+            if hit is not None:
+                return hit
+            assert self.proc.poll() is None or self.thread.is_alive(), "\n".join(self.lines[-60:])
+            time.sleep(0.2)
+        raise AssertionError(f"no line with {part!r} after {timeout_s}s:\n" + "\n".join(self.lines[-60:]))
+
+
+def _replay(s, audit, policy, policy_args, num_samples, seed):
+    """The core policy fed every epoch's audited scores (of the ranks that finished it), re-trimmed where
+    the world size changed as the coordinator does: each plan the run trained is checked against it."""
+    from repb_ray.core import make_policy
+    from repb_ray.core.plan import plan_digest
+    rows = s["per_epoch"]
+    p = make_policy(policy, num_samples=num_samples, seed=seed, world_size=rows[0]["world_size"], **policy_args)
+    for i, e in enumerate(rows):
+        ws = e["world_size"]
+        if i and (ws != rows[i - 1]["world_size"] or len(p.plan) % ws):
+            p.retrim(ws)
+        plan = np.load(audit / f"plan{e['epoch']:03d}.npz")
+        ranks = [np.load(audit / f"epoch{e['epoch']:03d}_rank{r}.npz") for r in range(ws)]
+        ids = np.concatenate([r["ids"] for r in ranks])
+        assert np.array_equal(np.sort(ids), plan["ids"]) and np.unique(ids).size == ids.size, e["epoch"]
+        assert plan_digest(plan["ids"]) == e["plan_digest"] == p.plan.digest, e["epoch"]  # trained once, as decided
+        p.observe(np.concatenate([r["steps"] for r in ranks]), ids, np.concatenate([r["scores"] for r in ranks]))
+        p.finish_epoch(world_size=ws)
+
+
+def test_elastic_workers_shrink_when_a_node_goes_and_grow_when_it_comes_back(cluster, tmp_path):
+    """num_workers [1, 2], one worker per worker node: a worker node killed in epoch 2, the run goes on with
+    1 worker (from epoch 2's start: its last checkpoint is epoch 1's end); the node started again, Ray's
+    next resize check (resize_check_s) grows the run back to 2 workers. Every epoch's plan is trained
+    exactly once by the ranks that finished it, and every decision equals the core policy's fed the same
+    scores (re-trimmed where the world size changed); the summary and the console record both resizes."""
+    out, s3 = tmp_path / "driver-local", cluster["s3"]
+    job = subprocess.Popen(
+        [RAY, "job", "submit", "--address", cluster["url"], "--working-dir", str(_working_dir(tmp_path)), "--",
+         "python", "-m", "jobs.train", "--config", "jobs/configs/smoke.yaml", "--output-dir", str(out),
+         "--set", "name=elastic", "--set", "worker_resources={trainer: 1}", "--set", "num_workers=[1, 2]",
+         "--set", "epochs=6", "--set", "task_args.size=20001", "--set", "batch_size=64", "--set", "resize_check_s=1", "--set", "audit=true",
+         "--set", f"storage_path={s3.uri('cluster', 'runs')}"],
+        env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = _Log(job)
+    try:
+        deadline = time.time() + 300  # epoch 2 has begun: rank 0 audits its plan
+        while not (out / "elastic" / "audit" / "plan002.npz").exists():
+            assert job.poll() is None and time.time() < deadline, "\n".join(log.lines[-60:])
+            time.sleep(0.2)
+        cluster["stop_worker"](1)
+        shrunk = log.wait_for("on 1 worker(s) (was 2)")
+        cluster["start_worker"](1)
+        grown = log.wait_for("on 2 worker(s) (was 1)")
+        job.wait(timeout=600)
+        log.thread.join(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    text = "\n".join(log.lines)
+    assert job.returncode == 0, text[-4000:]
+    with open(out / "elastic" / "summary.json") as fh:
+        s = json.load(fh)
+    sizes = [(r["world_size_before"], r["world_size"]) for r in s["restarts"]]
+    assert sizes == [(2, 1), (1, 2)] and s["restarts"][0]["epoch"] == 2, (s["restarts"], shrunk, grown)
+    assert all(r["step"] == 0 for r in s["restarts"]), s["restarts"]   # epoch-end checkpoints only: epochs restart
+    assert [e["epoch"] for e in s["per_epoch"]] == list(range(1, 7)) and s["num_workers"] == [1, 2]
+    ws = [e["world_size"] for e in s["per_epoch"]]
+    assert ws[0] == 2 and ws[1] == 1 and ws[-1] == 2, ws
+    _replay(s, out / "elastic" / "audit", "repb", {"rho": 0.5, "window": 1}, 20001, 0)
 
 
 MY_TASK = '''
