@@ -15,7 +15,6 @@ from repb_ray.core.registry import make_policy, policy_class
 from repb_ray.torch.distributed import gather_observations
 from repb_ray.torch.epoch import EpochSteps
 
-
 WITHIN_EPOCH = "within_epoch"   # the key of a state saved within an epoch: position and this rank's scores
 
 

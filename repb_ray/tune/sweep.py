@@ -95,7 +95,7 @@ def run_trial(config: dict, context: TrialContext) -> None:
     another host: waited for until its heartbeat goes stale."""
     from repb_ray.credentials import apply_tracking_credentials
     from repb_ray.train.driver import run_training
-    from repb_ray.tune.reporter import EpochReporter
+    from repb_ray.tune.reporter import train_and_report
     apply_tracking_credentials(context.tracking_env)
     index = config.get("index")
     name = context.names[index] if index is not None else optuna_name(tune.get_context().get_trial_id())
@@ -107,8 +107,9 @@ def run_trial(config: dict, context: TrialContext) -> None:
     if summary is not None:
         tune.report(final_epoch(summary))
         return
-    run_training(cfg, callbacks=[EpochReporter()], progress=False, parent_run_id=context.parent_run_id,
-                 check_paths=False, lease_wait_s=TRIAL_LEASE_WAIT_S)
+    train_and_report(lambda reporter: run_training(cfg, callbacks=[reporter], progress=False,
+                                                   parent_run_id=context.parent_run_id, check_paths=False,
+                                                   lease_wait_s=TRIAL_LEASE_WAIT_S))
 
 
 def final_epoch(summary: dict) -> dict:

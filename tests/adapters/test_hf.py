@@ -14,11 +14,10 @@ import torch
 pytest.importorskip("transformers")
 
 from hf_fixtures import Classification, LanguageModelling, args, bert, gpt2  # noqa: E402
-
-from repb_ray.core import make_policy  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
+from repb_ray.core import make_policy  # noqa: E402
 from repb_ray.hf import LocalPruner, PruningTrainer  # noqa: E402
 
 pytestmark = [pytest.mark.slow]

@@ -100,3 +100,39 @@ def test_tune_state_planted_where_the_sweep_never_ran_is_not_loaded(ray_session,
     with pytest.raises(ConfigError, match="holds Tune state that this sweep did not write"):
         run_sweep(spec)
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_trial_whose_run_ends_right_after_its_last_report_gets_every_epoch_to_tune(ray_session, tmp_path):
+    """Tune slow to ask for the next result (a callback taking 2 s) while the run ends right after its last
+    two rows: each epoch reaches Tune once, in order, and the trial ends. (Ray's own TuneReportCallback
+    hands the rows to Tune's main thread, which deadlocks here with the function's final report: the
+    trial stays RUNNING without epoch 2, until the time budget stops the experiment.)"""
+    import time
+
+    from ray import tune
+
+    class Slow(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            time.sleep(2)
+
+    def run_that_ends_at_once(reporter):
+        """A Train controller's reports, then the run ends at once: epoch 1 pending, then epoch 1's
+        evaluation with epoch 2 in one report (two rows), as an async evaluation's last epoch reports."""
+        from repb_ray.train.messages import EVAL_PENDING, EVAL_RESULT
+        reporter.after_report(None, [{"epoch": 1, EVAL_PENDING: True}], None)
+        reporter.after_report(None, [{"epoch": 2, "test_accuracy": 0.6,
+                                      EVAL_RESULT: {"epoch": 1, "test_accuracy": 0.5}}], None)
+
+    def trial(config):  # defined here: pickled by value, the test module is not importable in Ray's workers
+        from repb_ray.tune.reporter import train_and_report
+        train_and_report(run_that_ends_at_once)
+
+    tuner = tune.Tuner(tune.with_resources(trial, TRIAL_RESOURCES),
+                       tune_config=tune.TuneConfig(metric="test_accuracy", mode="max", time_budget_s=60),
+                       run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name="ends", callbacks=[Slow()]))
+    t = time.perf_counter()
+    result = tuner.fit()[0]
+    assert result.error is None, result.error
+    assert result.metrics_dataframe["epoch"].tolist() == [1, 2]
+    assert result.metrics_dataframe["test_accuracy"].tolist() == [0.5, 0.6]
+    assert time.perf_counter() - t < 50
