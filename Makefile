@@ -39,6 +39,6 @@ test-fast: install-all
 	$(BIN)/python -m pytest -q -m "not ray and not e2e and not slow" tests
 
 test: lint docs data
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 .PHONY: install install-all data train lint docs test-fast test
