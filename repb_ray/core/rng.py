@@ -1,6 +1,7 @@
 """Every random stream of a run, named once: the plan's draws of an epoch (default_rng([seed, epoch]),
 one uniform per id in id order), the world-size re-trim, the epoch's order in a local loop and in the
-Ray Data pipeline, the ranks' shuffle buffers, a sweep's sampled values and the synthetic task's data.
+Ray Data pipeline, the ranks' shuffle buffers, a sweep's sampled values, the synthetic task's data and a
+task's drawn training subset.
 Each stream has its own tag, so no two uses share a stream by accident. Runs anywhere."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ BLOCK_ORDER = 0x0DE4     # the order in which a Ray Data epoch serves a source's
 ROW_ORDER = 0x5407       # the order of a block's kept rows in a Ray Data epoch
 SHUFFLE = 0xB0F          # a rank's local shuffle buffer in a Ray Data epoch
 SWEEP, SYNTHETIC = 0x5EE9, 7   # a sweep's sampled values; the synthetic task's data (no epoch)
+SUBSET = 0x5B5E          # the training rows a task draws with task_args.subset_seed (no epoch)
 
 
 def rng_after(seed: int, epoch: int, consumed: int) -> np.random.Generator:
@@ -69,3 +71,7 @@ def sweep_draws(sweep_seed: int, trial: int, sample: int) -> np.random.Generator
 
 def synthetic(seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, SYNTHETIC])
+
+
+def data_subset(seed: int) -> np.random.Generator:
+    return np.random.default_rng([seed, SUBSET])

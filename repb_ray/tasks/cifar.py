@@ -9,12 +9,13 @@ import numpy as np
 
 from repb_ray.errors import TaskError
 from repb_ray.paths import cache_dir
-from repb_ray.tasks.classification import ClassificationTask, subset
+from repb_ray.tasks.classification import ClassificationTask, check_subset_seed, subset, train_rows
 
 
 class _CIFAR(ClassificationTask):
     """task_args: data_dir (holding torchvision's cifar-*-python folder; default ~/.cache/repb_ray),
-    download, train_subset / test_subset, model (resnet18 | cnn | mlp), augment (default true)."""
+    download, train_subset / test_subset (first N; with subset_seed, train_subset images drawn by that seed),
+    model (resnet18 | cnn | mlp), augment (default true), label_noise / noise_seed."""
 
     input_shape = (3, 32, 32)
     default_model = "resnet18"
@@ -22,7 +23,7 @@ class _CIFAR(ClassificationTask):
 
     def __init__(self, data_dir: str | None = None, download: bool = False, train_subset: int | None = None,
                  test_subset: int | None = None, model: str | None = None, augment: bool = True,
-                 label_noise: float = 0.0, noise_seed: int = 0):
+                 label_noise: float = 0.0, noise_seed: int = 0, subset_seed: int | None = None):
         super().__init__(model, augment, label_noise, noise_seed)
         if data_dir is not None and not os.path.isdir(data_dir):
             raise TaskError(f"task_args.data_dir={data_dir!r} does not exist; point it at the folder that holds "
@@ -30,6 +31,7 @@ class _CIFAR(ClassificationTask):
         self.root = data_dir or cache_dir()
         self.download = download
         self.train_subset, self.test_subset = subset(train_subset, "train_subset"), subset(test_subset, "test_subset")
+        self.subset_seed = check_subset_seed(subset_seed, self.train_subset)
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         import torchvision
@@ -45,8 +47,8 @@ class _CIFAR(ClassificationTask):
     def train_dataset(self):
         from repb_ray.data import from_numpy
         x, y = self.arrays("train")
-        n = self.train_subset or len(y)
-        return from_numpy({"x": x[:n], "y": y[:n]})
+        rows = train_rows(len(y), self.train_subset, self.subset_seed)
+        return from_numpy({"x": x[rows], "y": y[rows]})
 
     def test_dataset(self):
         from repb_ray.data import from_numpy

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from repb_ray.core import rng
 from repb_ray.core.checks import suggest
 from repb_ray.errors import TaskError
 from repb_ray.task import Task
@@ -62,6 +63,7 @@ class ClassificationTask(Task):
             raise TaskError(f"task_args.noise_seed must be an integer >= 0, got noise_seed={noise_seed!r}")
         self.model_name, self.augment = model, augment
         self.label_noise, self.noise_seed = float(label_noise), noise_seed
+        self.subset_seed: int | None = None   # set by a task that draws its training subset
 
     def noisy_labels(self, ids: np.ndarray, y: np.ndarray) -> np.ndarray:
         """The training labels with a fraction `label_noise` flipped to another class: sample id i is
@@ -76,13 +78,15 @@ class ClassificationTask(Task):
         return np.where(flip, (y + shift) % self.num_classes, y).astype(y.dtype)
 
     def summary_info(self, num_samples: int) -> dict:
-        """The label noise of the training set: its fraction, seed, and how many labels were flipped."""
+        """The training subset's seed when it was drawn, and the label noise of the training set: its
+        fraction, seed, and how many labels were flipped."""
+        out: dict = {} if self.subset_seed is None else {"subset_seed": self.subset_seed}
         if not self.label_noise:
-            return {}
+            return out
         ids = np.arange(num_samples, dtype=np.int64)
         zeros = np.zeros(num_samples, np.int64)
         flipped = int(np.count_nonzero(self.noisy_labels(ids, zeros) != zeros))
-        return {"label_noise": self.label_noise, "noise_seed": self.noise_seed, "labels_flipped": flipped}
+        return {**out, "label_noise": self.label_noise, "noise_seed": self.noise_seed, "labels_flipped": flipped}
 
     def model(self):
         return build_model(self.model_name, self.input_shape, self.num_classes)
@@ -126,3 +130,29 @@ def subset(n: int | None, name: str) -> int | None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise TaskError(f"task_args.{name} must be a positive integer or null, got {name}={n!r}")
     return n
+
+
+def check_subset_seed(seed: int | None, train_subset: int | None) -> int | None:
+    """task_args.subset_seed, checked: an integer >= 0 that needs train_subset (what it draws)."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise TaskError(f"task_args.subset_seed must be an integer >= 0 or null, got subset_seed={seed!r}")
+    if train_subset is None:
+        raise TaskError(f"task_args.subset_seed={seed} draws train_subset images from the training set: set "
+                        "task_args.train_subset too, or leave subset_seed out to train on every image")
+    return seed
+
+
+def train_rows(total: int, n: int | None, seed: int | None) -> slice | np.ndarray:
+    """The rows of a training set of `total` images that a task trains on: all of them (n None), the
+    first n (seed None), or n drawn without replacement from all of them with the seed's own stream,
+    in their order in the set (sample ids are places in this list, so the draw renumbers them)."""
+    if n is None:
+        return slice(None)
+    if seed is None:
+        return slice(0, n)
+    if n > total:
+        raise TaskError(f"task_args.train_subset={n} with subset_seed draws from {total} images: set train_subset "
+                        f"<= {total}")
+    return np.sort(rng.data_subset(seed).choice(total, size=n, replace=False))

@@ -10,7 +10,7 @@ import numpy as np
 
 from repb_ray.errors import TaskError
 from repb_ray.paths import cache_dir
-from repb_ray.tasks.classification import ClassificationTask, subset
+from repb_ray.tasks.classification import ClassificationTask, check_subset_seed, subset, train_rows
 
 SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -45,7 +45,8 @@ def idx_paths(directory: str, split: str) -> list[str] | None:
 
 class FashionMNIST(ClassificationTask):
     """task_args: data_dir (the four idx files; default: the system copy), download (torchvision, needs
-    network), train_subset / test_subset (first N samples), model (cnn | mlp | resnet18), augment,
+    network), train_subset / test_subset (first N samples; with subset_seed, train_subset images drawn from
+    all 60k by that seed, e.g. a sweep's seed through seed_keys), model (cnn | mlp | resnet18), augment,
     source (parquet | memory), prepared_dir (where the Parquet shards go; shared storage on a cluster),
     label_noise (the fraction of training labels flipped to another class, seeded by noise_seed)."""
 
@@ -55,7 +56,7 @@ class FashionMNIST(ClassificationTask):
     def __init__(self, data_dir: str | None = None, download: bool = False, train_subset: int | None = None,
                  test_subset: int | None = None, model: str | None = None, augment: bool = False,
                  source: str = "parquet", prepared_dir: str | None = None, label_noise: float = 0.0,
-                 noise_seed: int = 0):
+                 noise_seed: int = 0, subset_seed: int | None = None):
         super().__init__(model, augment, label_noise, noise_seed)
         if data_dir is not None and not os.path.isdir(data_dir):
             raise TaskError(f"task_args.data_dir={data_dir!r} does not exist; point it at the folder with the four "
@@ -64,6 +65,7 @@ class FashionMNIST(ClassificationTask):
             raise TaskError(f"task_args.source must be one of {', '.join(SOURCES)}, got source={source!r}")
         self.data_dir, self.download, self.source = data_dir, download, source
         self.train_subset, self.test_subset = subset(train_subset, "train_subset"), subset(test_subset, "test_subset")
+        self.subset_seed = check_subset_seed(subset_seed, self.train_subset)
         on_cluster = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ or bool(os.environ.get("RAY_ADDRESS"))
         if prepared_dir is None and source == "parquet" and on_cluster:
             raise TaskError("task 'fashion_mnist' on a Ray cluster: set task_args.prepared_dir to storage every node "
@@ -106,8 +108,8 @@ class FashionMNIST(ClassificationTask):
         from repb_ray.data import from_numpy, read_parquet
         if self.source == "memory":
             x, y = self.arrays("train")
-            n = self.train_subset or len(y)
-            return from_numpy({"x": x[:n], "y": y[:n]})
+            rows = train_rows(len(y), self.train_subset, self.subset_seed)
+            return from_numpy({"x": x[rows], "y": y[rows]})
         from repb_ray.data.prepare import ensure_prepared
 
         def columns():
@@ -117,7 +119,17 @@ class FashionMNIST(ClassificationTask):
         root = self.prepared_dir or cache_dir("prepared", f"fashion_mnist-{key}")
         train = os.path.join(root, "train")
         ensure_prepared(train, columns, source=f"fashion_mnist train {key}")
-        return read_parquet(train, limit=self.train_subset)
+        if self.subset_seed is None:
+            return read_parquet(train, limit=self.train_subset)
+        n, seed = self.train_subset, self.subset_seed
+
+        def drawn():
+            x, y = self.arrays("train")
+            rows = train_rows(len(y), n, seed)
+            return {"x": x[rows], "y": y[rows]}
+        part = os.path.join(root, f"train-{n}-of-seed-{seed}")
+        ensure_prepared(part, drawn, source=f"fashion_mnist train {key} {n} drawn by subset_seed {seed}")
+        return read_parquet(part)
 
     def test_dataset(self):
         from repb_ray.data import from_numpy

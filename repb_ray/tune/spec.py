@@ -57,7 +57,9 @@ class SweepSpec:
         [lo, hi]} (drawn `num_samples` times per grid point, from the sweep's own seed),
       - `grids`: more cross products, each a mapping of keys to lists (e.g. one per method),
       - `baselines`: single trials given as overrides (e.g. {policy: full}),
-    each repeated for every seed in `seeds` (a list, or a count: 5 means seeds 0..4). `asha` stops
+    each repeated for every seed in `seeds` (a list, or a count: 5 means seeds 0..4); `seed_keys` are
+    config keys that take each trial's seed too (task_args.subset_seed, task_args.noise_seed: each seed
+    draws its own data subset and label noise, so the seeds sample the data as well). `asha` stops
     weak trials early; `max_concurrent_trials` caps how many run at once (default: as many as the
     cluster's resources hold, re-read as nodes join). `reference` names the method every other is
     compared with, seed by seed, in the report. `search_alg: optuna` draws `num_samples` trials from
@@ -69,6 +71,7 @@ class SweepSpec:
     grids: list = field(default_factory=list)
     baselines: list = field(default_factory=list)
     seeds: Any | None = None
+    seed_keys: list = field(default_factory=list)
     num_samples: int = 1
     asha: dict | None = None
     max_concurrent_trials: int | None = None
@@ -117,6 +120,17 @@ class SweepSpec:
             self.config_of(b)
         for s in self.seed_list() or []:
             self.config_of({"seed": s})
+        if not isinstance(self.seed_keys, list) or not all(isinstance(k, str) for k in self.seed_keys):
+            raise ConfigError(f"seed_keys must be a list of config keys (e.g. [task_args.subset_seed]), got "
+                              f"seed_keys={self.seed_keys!r}")
+        if self.seed_keys and self.seeds is None:
+            raise ConfigError(f"seed_keys={self.seed_keys} take each trial's seed: give seeds too (a count or a list)")
+        for key in self.seed_keys:
+            if key == "seed":
+                raise ConfigError("seed_keys: 'seed' is each trial's seed already; list the other keys that follow it")
+            check_key(key, "seed_keys")
+            for s in self.seed_list() or []:
+                self.config_of({key: s})
         if isinstance(self.num_samples, bool) or not isinstance(self.num_samples, int) or self.num_samples < 1:
             raise ConfigError(f"num_samples must be an integer >= 1, got num_samples={self.num_samples!r}")
         if self.asha is not None and not isinstance(self.asha, dict):
@@ -211,7 +225,7 @@ class SweepSpec:
         out += [dict(b) for b in self.baselines]
         seeds = self.seed_list()
         if seeds is not None:
-            out = [{**t, "seed": s} for t in out for s in seeds]
+            out = [{**t, "seed": s, **{k: s for k in self.seed_keys}} for t in out for s in seeds]
         unique = []
         for t in out:  # a baseline that repeats a grid point runs once
             if t not in unique:

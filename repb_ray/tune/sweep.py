@@ -198,7 +198,7 @@ def run_sweep(spec: SweepSpec, verbose: bool = False, overwrite: bool = False) -
     out = os.path.abspath(os.path.join(base.output_dir, spec.name))
     trials = spec.trials()
     configs = [spec.config_of(t) for t in trials]
-    labels = label_trials(configs)
+    labels = label_trials(configs, spec.seed_keys)
     names = trial_names(trials, base)
     claim = SweepClaim(spec, base, out, overwrite)
     if threading.current_thread() is threading.main_thread():
@@ -261,7 +261,7 @@ def _parent_run(mt, uri: str | None, spec: SweepSpec, base: Config, claim: Sweep
         return parent
     parent = mt.start_run(uri, base.experiment, base.output_dir, run_name=spec.name,
                           params={"base": spec.base, "search": spec.search, "grids": spec.grids,
-                                  "baselines": spec.baselines, "seeds": spec.seeds, "num_samples": spec.num_samples,
+                                  "baselines": spec.baselines, "seeds": spec.seeds, "seed_keys": spec.seed_keys, "num_samples": spec.num_samples,
                                   "asha": spec.asha, "reference": spec.reference, "search_alg": spec.search_alg},
                           tags={"sweep": spec.name, "kind": "sweep", **base.tags})
     claim.save(mlflow_parent_run_id=parent)

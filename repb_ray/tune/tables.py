@@ -19,12 +19,13 @@ COLUMNS = ("trial", "method", "budget", "seed", "status", "epochs", "metric", "p
 FULL = "Full data"
 
 
-def label_trials(configs: list) -> list[tuple[str, object]]:
+def label_trials(configs: list, seed_keys: list | tuple = ()) -> list[tuple[str, object]]:
     """(method, budget) of each trial's config. The method is the policy's label with whichever of its
     LABEL_PARAMS vary across the sweep's trials of that policy, and any other config key that varies
     among them (`ctr_normalize=True`: arms that differ in anything but the seed and the budget are rows
-    of their own); the budget is target_pruned, 0 for full data, None for a fixed knob (its label then
-    names the knob: RePB (rho=0.5)), placed in the report at the fraction it reached."""
+    of their own; the sweep's seed_keys follow the seed, so they pair, not split); the budget is
+    target_pruned, 0 for full data, None for a fixed knob (its label then names the knob: RePB
+    (rho=0.5)), placed in the report at the fraction it reached."""
     from repb_ray.core.registry import policy_class
     params = [c.policy_params() for c in configs]
     varying: dict = {}
@@ -35,7 +36,7 @@ def label_trials(configs: list) -> list[tuple[str, object]]:
         budgeted = len(fixed) < len(mine)
         keys = {k for k in cls.LABEL_PARAMS if k != cls.KNOB and len({repr(p.get(k)) for _, p in mine}) > 1}
         knob = cls.KNOB is not None and cls.BUDGET and fixed and (budgeted or len({repr(p.get(cls.KNOB)) for p in fixed}) > 1)
-        flat = [_arm_keys(c) for c, _ in mine]
+        flat = [_arm_keys(c, seed_keys) for c, _ in mine]
         others = tuple(sorted(k for k in set().union(*flat) if len({repr(f.get(k)) for f in flat}) > 1))
         varying[policy] = (tuple(sorted(keys)), bool(knob), others)
     out = []
@@ -52,7 +53,7 @@ def label_trials(configs: list) -> list[tuple[str, object]]:
                 keys = tuple(sorted(keys + (cls.KNOB,)))
         label = cls.label(p, keys)
         if others:
-            arm = _arm_keys(c)
+            arm = _arm_keys(c, seed_keys)
             extra = ", ".join(f"{k}={arm.get(k)}" for k in others)
             label = label[:-1] + f", {extra})" if label.endswith(")") else f"{label} ({extra})"
         out.append((label, budget))
@@ -65,8 +66,8 @@ _NOT_AN_ARM = {"name", "output_dir", "storage_path", "tracking_uri", "experiment
                "checkpoint_every_steps", "preemption_check_steps", "eval_mode"}
 
 
-def _arm_keys(cfg) -> dict:
-    """A trial's config keys that define its arm, flat (task_args.x)."""
+def _arm_keys(cfg, seed_keys: list | tuple = ()) -> dict:
+    """A trial's config keys that define its arm, flat (task_args.x), but for the keys that follow the seed."""
     out = {}
     for k, v in cfg.to_dict().items():
         if k in _NOT_AN_ARM:
@@ -75,7 +76,7 @@ def _arm_keys(cfg) -> dict:
             out.update({f"{k}.{kk}": repr(vv) for kk, vv in v.items()})
         else:
             out[k] = v if not isinstance(v, (list, tuple)) else repr(v)
-    return out
+    return {k: v for k, v in out.items() if k not in seed_keys}
 
 
 def pareto_front(rows: list[dict], mode: str = "max") -> list[int]:

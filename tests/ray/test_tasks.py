@@ -118,3 +118,16 @@ def test_own_train_loop_reaches_the_built_in_plans(ray_session, smoke_config, tm
     built = run_training(cfg, progress=False)
     assert own == [e["plan_digest"] for e in built["per_epoch"]]
     assert len(set(own)) == 3  # the plans change: real pruning, not a trivial match
+
+
+def test_fashion_mnist_subset_drawn_by_its_seed_from_parquet_and_memory(ray_session, tmp_path):
+    from repb_ray.tasks.classification import train_rows
+    from repb_ray.tasks.fashion_mnist import FashionMNIST
+    x, y = FashionMNIST().arrays("train")
+    rows = train_rows(len(y), 300, 7)
+    for source in ("parquet", "memory"):
+        task = FashionMNIST(train_subset=300, subset_seed=7, source=source, prepared_dir=str(tmp_path / "prep"))
+        got = sorted(task.train_dataset().take_all(), key=lambda r: r["id"])
+        assert [r["id"] for r in got] == list(range(300))                           # ids renumbered 0..n-1
+        assert np.array_equal(np.stack([r["y"] for r in got]), y[rows])
+        assert np.array_equal(np.stack([r["x"] for r in got]), x[rows]), source

@@ -326,3 +326,24 @@ def test_a_pruner_saved_within_an_epoch_continues_there_on_the_same_ranks_only()
     assert resumed.policy.digest() == whole.policy.digest() and resumed.batches_done == 0
     with pytest.raises(ValueError, match="saved within epoch 1 by rank 0 of 1, and this process is rank 1 of 2"):
         pruner(rank=1, world=2).load_state_dict(state)
+
+
+def test_a_drawn_training_subset_is_the_seeds_own_and_renumbers_the_ids():
+    import numpy as np
+
+    from repb_ray.errors import TaskError
+    from repb_ray.tasks.classification import check_subset_seed, train_rows
+    from repb_ray.tasks.fashion_mnist import FashionMNIST
+    assert train_rows(100, None, None) == slice(None) and train_rows(100, 10, None) == slice(0, 10)
+    a, b = train_rows(60000, 4000, 0), train_rows(60000, 4000, 1)
+    assert len(np.unique(a)) == 4000 and np.all(np.diff(a) > 0) and a.max() > 4000     # drawn from all, in order
+    assert np.array_equal(a, train_rows(60000, 4000, 0)) and len(np.intersect1d(a, b)) < 600   # another seed, others
+    with pytest.raises(TaskError, match="subset_seed=2 draws train_subset images .* set task_args.train_subset"):
+        check_subset_seed(2, None)
+    with pytest.raises(TaskError, match="subset_seed must be an integer >= 0 or null, got subset_seed=-1"):
+        check_subset_seed(-1, 10)
+    with pytest.raises(TaskError, match="train_subset=200 with subset_seed draws from 100 images"):
+        train_rows(100, 200, 0)
+    with pytest.raises(TaskError, match="set task_args.train_subset too"):
+        FashionMNIST(subset_seed=1)
+    assert FashionMNIST(train_subset=10, subset_seed=4).summary_info(10) == {"subset_seed": 4}

@@ -96,6 +96,31 @@ def test_arms_that_differ_outside_the_policy_are_rows_of_their_own():
                       ("RePB (ctr_normalize=False)", 0.5)]   # another seed of the first arm
 
 
+def test_seed_keys_follow_each_trials_seed_and_pair_instead_of_splitting_arms():
+    spec = SweepSpec(base={"task": "fashion_mnist", "task_args": {"train_subset": 100, "label_noise": 0.4}}, search={},
+                     grids=[{"policy": ["repb"], "target_pruned": [0.5]}], baselines=[{"policy": "full"}],
+                     seeds=[3, 4], seed_keys=["task_args.subset_seed", "task_args.noise_seed"])
+    trials = spec.trials()
+    assert trials[0] == {"policy": "repb", "target_pruned": 0.5, "seed": 3, "task_args.subset_seed": 3,
+                         "task_args.noise_seed": 3}
+    cfg = spec.config_of(trials[-1])
+    assert cfg.seed == 4 and cfg.task_args["subset_seed"] == 4 and cfg.task_args["noise_seed"] == 4
+    labels = label_trials([spec.config_of(t) for t in trials], spec.seed_keys)
+    assert labels == [("RePB", 0.5), ("RePB", 0.5), ("Full data", 0.0), ("Full data", 0.0)]
+    assert label_trials([spec.config_of(t) for t in trials])[0][0] != "RePB"   # without them: rows per seed
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    ({"seed_keys": ["task_args.subset_seed"]}, r"seed_keys=\['task_args.subset_seed'\] take each trial's seed: give seeds"),
+    ({"seed_keys": "task_args.noise_seed", "seeds": 2}, "seed_keys must be a list of config keys"),
+    ({"seed_keys": ["seed"], "seeds": 2}, "'seed' is each trial's seed already"),
+    ({"seed_keys": ["noise_seed"], "seeds": 2}, "seed_keys key 'noise_seed' is not a config key"),
+])
+def test_bad_seed_keys_are_one_line(kwargs, msg):
+    with pytest.raises(ConfigError, match=msg):
+        SweepSpec(base={"task": "synthetic"}, baselines=[{"policy": "full"}], **kwargs)
+
+
 def _row(method, budget, seed, metric, pruned, target=None):
     return {"trial": f"{method}{seed}", "method": method, "budget": budget, "seed": seed, "status": "FINISHED",
             "epochs": 5, "metric": metric, "pruned_fraction": pruned, "target_pruned": target, "wall_time_s": 1.0}
