@@ -114,8 +114,10 @@ class Policy:
     @classmethod
     def label(cls, params: dict, varying: tuple = ()) -> str:
         """The method's name in reports: the display name, with the `varying` parameters that tell
-        this variant from the sweep's others (`window` shows as W=...)."""
-        extras = [f"W={params['window']}" if k == "window" else f"{k}={params[k]}" for k in varying]
+        this variant from the sweep's others (`window` shows as W=...; a switch shows only when it is off
+        its default, so an ablation is `RePB (lwp=False)` beside `RePB`)."""
+        shown = [k for k in varying if not (isinstance(params[k], bool) and params[k] == cls.PARAMS.get(k))]
+        extras = [f"W={params['window']}" if k == "window" else f"{k}={params[k]}" for k in shown]
         return cls.display_name + (f" ({', '.join(extras)})" if extras else "")
 
     @classmethod

@@ -96,6 +96,14 @@ def test_arms_that_differ_outside_the_policy_are_rows_of_their_own():
                       ("RePB (ctr_normalize=False)", 0.5)]   # another seed of the first arm
 
 
+def test_an_ablation_is_named_by_the_switch_it_turns_off_and_the_plain_arm_stays_the_reference():
+    trials = [{"policy": "repb", "target_pruned": 0.5}, {"policy": "repb", "target_pruned": 0.5, "policy_args.lwp": False},
+              {"policy": "repb", "target_pruned": 0.5, "policy_args.ctr": False}, {"policy": "repb", "policy_args.rho": 0.7}]
+    spec = SweepSpec(base={"task": "synthetic"}, search={}, baselines=trials)
+    assert label_trials([spec.config_of(t) for t in trials]) == [("RePB", 0.5), ("RePB (lwp=False)", 0.5),
+                                                                  ("RePB (ctr=False)", 0.5), ("RePB (rho=0.7)", None)]
+
+
 def test_seed_keys_follow_each_trials_seed_and_pair_instead_of_splitting_arms():
     spec = SweepSpec(base={"task": "fashion_mnist", "task_args": {"train_subset": 100, "label_noise": 0.4}}, search={},
                      grids=[{"policy": ["repb"], "target_pruned": [0.5]}], baselines=[{"policy": "full"}],
