@@ -111,24 +111,18 @@ class FashionMNIST(ClassificationTask):
             rows = train_rows(len(y), self.train_subset, self.subset_seed)
             return from_numpy({"x": x[rows], "y": y[rows]})
         from repb_ray.data.prepare import ensure_prepared
+        key, n, seed = self.source_key(), self.train_subset, self.subset_seed
+        root = self.prepared_dir or cache_dir("prepared", f"fashion_mnist-{key}")
 
         def columns():
             x, y = self.arrays("train")
-            return {"x": x, "y": y}
-        key = self.source_key()
-        root = self.prepared_dir or cache_dir("prepared", f"fashion_mnist-{key}")
-        train = os.path.join(root, "train")
-        ensure_prepared(train, columns, source=f"fashion_mnist train {key}")
-        if self.subset_seed is None:
-            return read_parquet(train, limit=self.train_subset)
-        n, seed = self.train_subset, self.subset_seed
-
-        def drawn():
-            x, y = self.arrays("train")
-            rows = train_rows(len(y), n, seed)
+            rows = slice(None) if seed is None else train_rows(len(y), n, seed)
             return {"x": x[rows], "y": y[rows]}
-        part = os.path.join(root, f"train-{n}-of-seed-{seed}")
-        ensure_prepared(part, drawn, source=f"fashion_mnist train {key} {n} drawn by subset_seed {seed}")
+        if seed is None:   # the whole set, once; a subset is its first n ids
+            train = ensure_prepared(os.path.join(root, "train"), columns, source=f"fashion_mnist train {key}")
+            return read_parquet(train, limit=n)
+        part = ensure_prepared(os.path.join(root, f"train-{n}-of-seed-{seed}"), columns,
+                               source=f"fashion_mnist train {key} {n} drawn by subset_seed {seed}")
         return read_parquet(part)
 
     def test_dataset(self):
