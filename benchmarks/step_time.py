@@ -1,8 +1,9 @@
 """The built-in loop's training step (repb_ray.torch.step.TrainStep: CTR-weighted loss, scores, backward,
 update) with and without bf16 autocast, torch.compile and channels-last, on the same model and batches,
-side by side in one run. Plain PyTorch, no Ray; CPU or GPU.
+side by side in one run; with --scores, fp32 eager with each score instead (loss, grad_norm,
+last_layer_grad_norm). Plain PyTorch, no Ray; CPU or GPU.
 
-    python benchmarks/step_time.py [--model cnn|resnet18] [--batch 128] [--steps 30] [--device cpu|cuda]
+    python benchmarks/step_time.py [--model cnn|resnet18] [--batch 128] [--steps 30] [--device cpu|cuda] [--scores]
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from repb_ray.torch.scores import Scorer  # noqa: E402
 from repb_ray.torch.step import TrainStep  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "step_time.json")
+SCORES_OUT = os.path.join(os.path.dirname(OUT), "score_cost.json")
 VARIANTS = [("fp32", False, False), ("bf16", False, False), ("fp32", True, False), ("bf16", True, False),
             ("bf16", True, True)]
 
 
 def measure(model_name: str, batch: int, steps: int, device: str, precision: str, compiled: bool,
-            channels_last: bool, threads: int) -> dict:
+            channels_last: bool, threads: int, score: str = "loss") -> dict:
     torch.manual_seed(0)
     task = FashionMNIST(model=model_name)
     model = task.model().to(device)
@@ -34,7 +36,7 @@ def measure(model_name: str, batch: int, steps: int, device: str, precision: str
         model = model.to(memory_format=torch.channels_last)
     run = torch.compile(model) if compiled else model
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    step = TrainStep(task, "fashion_mnist", run, opt, Scorer("loss"), precision=precision,
+    step = TrainStep(task, "fashion_mnist", run, opt, Scorer(score, model), precision=precision,
                      channels_last=channels_last, device_type=torch.device(device).type)
     gen = torch.Generator().manual_seed(0)
     batches = [{"x": torch.randn(batch, 1, 28, 28, generator=gen).to(device),
@@ -53,7 +55,7 @@ def measure(model_name: str, batch: int, steps: int, device: str, precision: str
         step.step()
     sync()
     ms = 1000 * (time.perf_counter() - t) / steps
-    return {"precision": precision, "compile": compiled, "channels_last": channels_last, "ms_per_step": ms,
+    return {"score": score, "precision": precision, "compile": compiled, "channels_last": channels_last, "ms_per_step": ms,
             "warmup_s": warm, "final_loss": float(loss), "threads": threads}
 
 
@@ -64,11 +66,23 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--json", default=OUT)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--scores", action="store_true", help="fp32 eager with each score, side by side")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load = os.getloadavg()
     rows = []
+    if args.scores:
+        for score in ("loss", "grad_norm", "last_layer_grad_norm"):
+            r = measure(args.model, args.batch, args.steps, args.device, "fp32", False, False, args.threads, score)
+            rows.append(r)
+            print(f"{args.model} batch {args.batch} on {args.device}: score {score}: {r['ms_per_step']:.2f} ms/step "
+                  f"({r['ms_per_step'] / rows[0]['ms_per_step']:.3f}x the loss score)", flush=True)
+        res = {"model": args.model, "batch": args.batch, "device": args.device, "torch": torch.__version__,
+               "threads": args.threads, "loadavg_at_start": load, "rows": rows}
+        with open(args.json or SCORES_OUT, "w") as fh:
+            json.dump(res, fh, indent=2)
+        return
     for precision, compiled, channels_last in VARIANTS:
         try:
             r = measure(args.model, args.batch, args.steps, args.device, precision, compiled, channels_last,
@@ -84,7 +98,7 @@ def main():
               f"{' +channels_last' if channels_last else ''}: {text}", flush=True)
     res = {"model": args.model, "batch": args.batch, "device": args.device, "torch": torch.__version__,
            "loadavg_at_start": load, "rows": rows}
-    with open(args.json, "w") as fh:
+    with open(args.json or OUT, "w") as fh:
         json.dump(res, fh, indent=2)
 
 

@@ -14,7 +14,7 @@ from repb_ray.core.registry import POLICY_NAMES, policy_class
 from repb_ray.credentials import check_no_secrets
 from repb_ray.errors import ConfigError
 
-SCORES = ("loss", "grad_norm")
+SCORES = ("loss", "grad_norm", "last_layer_grad_norm")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -71,8 +71,9 @@ class Config:
     policy: str = "repb"
     policy_args: dict = field(default_factory=dict)
     target_pruned: float | None = None  # a pruning budget: fraction of sample-steps saved over the run
-    score: str = "loss"                   # loss, or grad_norm: the loss gradient's norm at the model's OUTPUT
-                                          # (an EL2N-like proxy), not a per-sample parameter-gradient norm
+    score: str = "loss"                   # loss; grad_norm: the loss gradient's norm at the model's OUTPUT (an
+                                          # EL2N-like proxy); last_layer_grad_norm: each sample's gradient norm
+                                          # of the last nn.Linear's weight and bias (exact)
     ctr_normalize: bool = False           # normalise each batch's loss weights to mean 1
     # optimisation
     optimizer: str = "sgd"

@@ -56,8 +56,48 @@ def test_scores_loss_and_grad_norm_at_the_model_output():
     np.testing.assert_allclose(g.numpy(), grad_norm_of_logits(logits, y), rtol=1e-6)
     per.mean().backward()  # the parameters' backward still works after the output gradient
     assert all(p.grad is not None for p in model.parameters())
-    with pytest.raises(ValueError, match="score must be one of loss, grad_norm"):
+    with pytest.raises(ValueError, match="score must be one of loss, grad_norm, last_layer_grad_norm"):
         Scorer("entropy")
+
+
+def _per_sample_grad_norms(model, layer, loss_of, *inputs):
+    """The reference: each sample's gradient of its own loss w.r.t. `layer`'s parameters, one
+    backward per sample (torch.func.vmap(grad) would do the same)."""
+    out = []
+    for i in range(inputs[0].shape[0]):
+        model.zero_grad()
+        loss_of(*(t[i:i + 1] for t in inputs)).sum().backward()
+        out.append(torch.cat([p.grad.flatten() for p in layer.parameters()]).norm())
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("shape", ["vector", "sequence"])
+def test_last_layer_grad_norm_is_each_samples_exact_gradient_norm_of_the_last_linear(shape):
+    torch.manual_seed(0)
+    if shape == "vector":
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+        x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+
+        def loss_of(xb, yb):
+            return torch.nn.functional.cross_entropy(model(xb), yb, reduction="none")
+    else:   # a token model: the last layer sees [B, T, d]; one loss per sample, summed over its tokens
+        model = torch.nn.Sequential(torch.nn.Embedding(7, 6), torch.nn.Linear(6, 7))
+        x, y = torch.randint(0, 7, (4, 5)), torch.randint(0, 7, (4, 5))
+
+        def loss_of(xb, yb):
+            logits = model(xb)
+            return torch.nn.functional.cross_entropy(logits.transpose(1, 2), yb, reduction="none").sum(1)
+    scorer = Scorer("last_layer_grad_norm", model)
+    got = scorer(loss_of(x, y))
+    want = _per_sample_grad_norms(model, model[-1], loss_of, x, y)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert scorer.layer is model[-1]
+
+
+def test_last_layer_grad_norm_needs_a_linear_layer():
+    from repb_ray.task import TaskError
+    with pytest.raises(TaskError, match="task 'my:Task': score=last_layer_grad_norm needs an nn.Linear in the model"):
+        Scorer("last_layer_grad_norm", torch.nn.Conv2d(1, 1, 1), task="my:Task")
 
 
 def test_grad_norm_needs_one_output_tensor():
@@ -191,7 +231,7 @@ def test_label_noise_flips_a_seeded_fraction_of_training_labels_only():
     assert Synthetic(size=10).summary_info(10) == {}
 
 
-def _step_setup(precision="fp32", grad_clip=None):
+def _step_setup(precision="fp32", grad_clip=None, score="loss"):
     from repb_ray.tasks.synthetic import Synthetic
     from repb_ray.torch.scores import Scorer
     from repb_ray.torch.step import TrainStep
@@ -199,8 +239,18 @@ def _step_setup(precision="fp32", grad_clip=None):
     torch.manual_seed(0)
     model = task.model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return task, model, TrainStep(task, "synthetic", model, opt, Scorer("loss"), precision=precision,
+    return task, model, TrainStep(task, "synthetic", model, opt, Scorer(score, model), precision=precision,
                                   grad_clip=grad_clip)
+
+
+def test_the_training_step_scores_by_the_last_layers_per_sample_gradient_norm_before_its_update():
+    task, model, step = _step_setup(score="last_layer_grad_norm")
+    b = _batch(task, 0, 16)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    want = _per_sample_grad_norms(model, last, lambda x, y: task.loss(model, {"x": x, "y": y}), b["x"], b["y"])
+    model.zero_grad()
+    _, scores = step.batch(b)
+    torch.testing.assert_close(scores, want, rtol=1e-5, atol=1e-6)
 
 
 def _batch(task, lo, hi):
