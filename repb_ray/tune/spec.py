@@ -237,6 +237,8 @@ class SweepSpec:
         d = asdict(self)
         d["base"] = {k: v for k, v in d["base"].items() if k not in ("output_dir", "tracking_uri", "storage_path")}
         d.pop("max_concurrent_trials")
+        if not d["seed_keys"]:   # as before seed_keys existed: a sweep started then resumes now
+            d.pop("seed_keys")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 

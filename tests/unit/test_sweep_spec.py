@@ -116,6 +116,8 @@ def test_seed_keys_follow_each_trials_seed_and_pair_instead_of_splitting_arms():
     labels = label_trials([spec.config_of(t) for t in trials], spec.seed_keys)
     assert labels == [("RePB", 0.5), ("RePB", 0.5), ("Full data", 0.0), ("Full data", 0.0)]
     assert label_trials([spec.config_of(t) for t in trials])[0][0] != "RePB"   # without them: rows per seed
+    plain = SweepSpec(**{**{k: getattr(spec, k) for k in ("base", "search", "grids", "baselines", "seeds")}})
+    assert plain.fingerprint() != spec.fingerprint()   # a resumed sweep must draw its data the same way
 
 
 @pytest.mark.parametrize("kwargs,msg", [
