@@ -70,11 +70,7 @@ class PruningTrainer(Trainer):
         info = self.pruning.begin_epoch(epoch)
         self.steps = EpochSteps(info, self.args.per_device_train_batch_size, self.args.gradient_accumulation_steps)
         self._decided = False
-        done = getattr(self.pruning, "batches_done", 0)
-        if done:   # resumed within the epoch: the schedule's position came with the checkpoint
-            self.steps.seek(done)
-        else:
-            self.steps.start_schedules([self.lr_scheduler])
+        self.steps.start([self.lr_scheduler], resumed_after=getattr(self.pruning, "batches_done", 0))
         self._stepped = self.steps.step
 
     def _end_epoch(self) -> None:

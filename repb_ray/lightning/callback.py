@@ -78,10 +78,7 @@ class PruningCallback(pl.Callback):
         done = self.pruner.batches_done
         self.steps = EpochSteps(self.pruner.begin_epoch(), self._batch(), self.accumulate)
         self._decided = False
-        if done:
-            self.steps.seek(done)
-        else:
-            self.steps.start_schedules(config.scheduler for config in trainer.lr_scheduler_configs)
+        self.steps.start((config.scheduler for config in trainer.lr_scheduler_configs), resumed_after=done)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.steps.done and not self._decided:

@@ -91,6 +91,15 @@ class EpochSteps:
     def done(self) -> bool:
         return self.micro >= self.batches
 
+    def start(self, schedules, resumed_after: int = 0) -> None:
+        """Start the epoch in every loop: continue after the first `resumed_after` batches of an epoch
+        resumed within it (the schedules' positions came with its checkpoint), else tell the schedules
+        this epoch's step count."""
+        if resumed_after:
+            self.seek(resumed_after)
+        else:
+            self.start_schedules(schedules)
+
     def start_schedules(self, schedules) -> None:
         """Tell every plan-following schedule (PlanCosineLR, RealStepLR) this epoch's real step count."""
         for s in schedules:

@@ -223,11 +223,9 @@ def run_epoch(w: Worker, epoch: int) -> None:
     summary = session.summary   # this epoch's plan, as published
     loss_sum = torch.zeros((), dtype=torch.float64, device=w.device)
     position = w.take_position(epoch)
-    if position is not None:  # resumed within this epoch: the schedules' state came with the checkpoint
-        steps.seek(position["micro"])
+    steps.start([w.schedule], resumed_after=position["micro"] if position is not None else 0)
+    if position is not None:  # resumed within this epoch: its loss so far came with the checkpoint
         loss_sum += position["loss_sums"][session.rank]
-    else:
-        steps.start_schedules([w.schedule])
     w.debug.plan(epoch)
     for batch in clock.timed(w.batches(skip=steps.micro)):
         if w.evaluator is not None and w.evaluator.pending is not None:
