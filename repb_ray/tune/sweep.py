@@ -222,7 +222,7 @@ def run_sweep(spec: SweepSpec, verbose: bool = False, overwrite: bool = False) -
             grid = _fit_optuna(trainable, spec, base, concurrent, metric, mode, out, log, claim)
             trials, names = _optuna_trials(grid)
             configs = [spec.config_of(t) for t in trials]
-            labels = label_trials(configs)
+            labels = label_trials(configs, spec.seed_keys)
         else:
             grid = _fit(trainable, spec, base, trials, demand, metric, mode, labels, names, out, log, claim)
         statuses = _statuses(grid)
