@@ -16,7 +16,7 @@ import urllib.request
 from repb_ray.errors import ConfigError, first_line
 from repb_ray.redact import install_log_filter, redact, redact_text
 
-NON_METRIC_KEYS = {"plan_digest"}
+NON_METRIC_KEYS = {"plan_digest", "worker_entered_at"}  # a digest, a moment
 HTTP_SCHEMES = ("http://", "https://")
 # MLflow retries an HTTP call for minutes by default; a tracking outage must not hold a run that long
 CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",

@@ -38,7 +38,7 @@ from repb_ray.train.ray_env import (
     num_samples_of,
     task_runtime_env,
 )
-from repb_ray.train.summary import build_summary
+from repb_ray.train.summary import build_summary, time_spent
 
 
 def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool = True,
@@ -51,7 +51,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
     lease_wait_s: how long a live-looking holder of the run's lease is waited for before refusing."""
     if cfg.name is None:
         cfg = cfg.replace(name=run_home.default_name(None, cfg))
-    t_start = time.perf_counter()
+    t_start, moments = time.perf_counter(), {"started": time.time()}  # wall-clock moments: workers' are compared
     check_cluster_paths(cfg)
     task_ref = TaskRef(cfg.task, cfg.task_args)
     instantiate(cfg.task, cfg.task_args)  # a bad task or task_args fails here, before Ray starts
@@ -92,10 +92,13 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
                   flush=True)
         console = Console(pruning.progress, cfg.epochs, show=progress, decisions=policy_class(cfg.policy).DECISIONS,
                           on_epoch=tracker.epoch).start()
-        result = _trainer(cfg, pruning, datasets, root, callbacks).fit()
+        trainer = _trainer(cfg, pruning, datasets, root, callbacks)
+        moments["fit_start"] = time.time()
+        result = trainer.fit()
+        moments["fit_end"] = time.time()
         console.stop()
         console = None
-        summary, path = _finish(cfg, task, result, n, t_start, tracker, pruning)
+        summary, path = _finish(cfg, task, result, n, t_start, moments, tracker, pruning)
         claim.finish()
     except BaseException as exc:
         if console:
@@ -154,9 +157,10 @@ def _trainer(cfg: Config, pruning: Pruning, datasets: dict, root: str, callbacks
     )
 
 
-def _finish(cfg: Config, task, result, n: int, t_start: float, tracker: RunTracker, pruning: Pruning) -> tuple:
-    """summary.json of the ended run, and tracking completed with it (the model, the selection counts);
-    returns (summary, its path)."""
+def _finish(cfg: Config, task, result, n: int, t_start: float, moments: dict, tracker: RunTracker,
+            pruning: Pruning) -> tuple:
+    """summary.json of the ended run, and tracking completed with it (the model, the selection counts),
+    then again with the whole run's wall time and where it went; returns (summary, its path)."""
     history = list(result.return_value or [])
     summary = build_summary(cfg, task, history, num_samples=n, wall_time_s=time.perf_counter() - t_start)
     path = run_home.layout_of(cfg).summary
@@ -165,6 +169,8 @@ def _finish(cfg: Config, task, result, n: int, t_start: float, tracker: RunTrack
     model = _final_model(task, result.checkpoint) if tracker.run_id else None
     summary["tracking"] = tracker.finish(path, history, summary["metric"], model=model,
                                          example=task.input_example(), counts=_selection_counts(pruning))
+    summary["wall_time_s"] = time.perf_counter() - t_start
+    summary["time_s"] = time_spent(history, {**moments, "ended": time.time()})
     _write_json(path, summary)
     return summary, path
 

@@ -5,6 +5,7 @@ gradient accumulation, clipping and torch.compile from the config."""
 from __future__ import annotations
 
 import tempfile
+import time
 
 import ray
 import ray.train
@@ -97,6 +98,7 @@ class Worker:
         self.done = None        # an earlier epoch's metrics completed by its evaluation, sent with the next report
         self.boundary: dict = {}   # where the last epoch boundary's time went (this rank)
         self.last_step_end = None
+        self.started: dict = {}   # when this start entered the loop (wall clock) and its setup's seconds
 
     def _build_model(self) -> None:
         cfg, world = self.cfg, self.session.world_size
@@ -203,7 +205,9 @@ class Worker:
 
 
 def train_loop_per_worker(config: dict) -> list:
+    entered = time.time()
     w = Worker(config)
+    w.started = {"worker_entered_at": entered, "worker_setup_s": time.time() - entered}
     w.resume_reports()
     try:
         for epoch in range(w.start, w.cfg.epochs + 1):
@@ -283,6 +287,8 @@ def epoch_metrics(w: Worker, summary: PlanSummary, steps: EpochSteps, clock: Epo
         metrics["boundary_stall_s"] = stall_max
         first = {} if clock.first_batch_s is None else {"first_batch_s": clock.first_batch_s}
         metrics.update({f"boundary_{k}": v for k, v in {**w.boundary, **first}.items()})
+    if info.epoch == w.start:  # this start's first epoch: when the worker began (the run's time breakdown)
+        metrics.update(w.started)
     restarts = [r for r in w.restarts if r["epoch"] == info.epoch]
     if restarts:
         metrics["restarts"] = restarts

@@ -13,6 +13,26 @@ PER_EPOCH = ("epoch", "kept", "world_size", "pruned_fraction", "cum_pruned_fract
              "lr")
 
 
+def time_spent(history: list, moments: dict) -> dict | None:
+    """Where the run's wall time went, in seconds, from the driver's `moments` (wall-clock "started",
+    "fit_start", "fit_end", "ended") and the first worker start recorded in `history`: the driver's setup
+    (ownership, Ray, datasets, coordinator, tracking), the worker group's start (processes, the trainer's
+    controller) and each worker's own (task, model, evaluator), the epochs (of which training), the rest of
+    the fit (reports, checkpoints and teardown after the epochs; restarts), and the driver's finish (summary,
+    tracking). None without a worker start (a run resumed after its last epoch)."""
+    first = next((h for h in history if "worker_entered_at" in h), None)
+    if first is None or not {"started", "fit_start", "fit_end", "ended"} <= set(moments):
+        return None
+    m = moments
+    epochs = sum(h.get("epoch_time_s") or 0.0 for h in history)
+    workers_start = first["worker_entered_at"] - m["fit_start"]
+    return {"setup_s": m["fit_start"] - m["started"], "workers_start_s": workers_start,
+            "worker_setup_s": first["worker_setup_s"], "epochs_s": epochs,
+            "training_s": sum(h.get("train_time_s") or 0.0 for h in history),
+            "rest_of_fit_s": m["fit_end"] - m["fit_start"] - workers_start - first["worker_setup_s"] - epochs,
+            "finish_s": m["ended"] - m["fit_end"]}
+
+
 def build_summary(cfg: Config, task, history: list, *, num_samples: int, wall_time_s: float) -> dict:
     key = f"test_{task.metric}"
     values = [h[key] for h in history if key in h]

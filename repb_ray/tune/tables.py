@@ -278,8 +278,11 @@ class Report:
         full = self.agg["full"]
         timed = [r for r in self.rows if r.get("train_share") is not None]
         share = (sum(r["train_time_s"] for r in timed) / sum(r["wall_time_s"] for r in timed)) if timed else None
+        spent = [r["time_s"] for r in timed if r.get("time_s")]
+        phases = {k: sum(t[k] for t in spent) / len(spent) for k in spent[0]} if spent else None
         return {**extra, "metric": self.metric, "mode": self.mode, "trials": self.rows,
                 "train_share": share,  # the trials' training time over their wall time (start-up, boundaries, teardown)
+                "time_s": phases,  # where a trial's wall time went, mean over the trials (summary.json's time_s)
                 "pareto_front": [self.rows[i]["trial"] for i in self.front], "table": cells,
                 "comparisons": pairs, "full_data": full["metric"].as_dict() if full else None}
 
@@ -322,7 +325,7 @@ def trial_rows(configs: list, labels: list, names: list[str], statuses: dict, re
             wall = summary.get("wall_time_s")
             row.update(epochs=epochs, metric=summary.get("final_metric"), pruned_fraction=summary["pruned_fraction"],
                        wall_time_s=wall, train_time_s=train_s, train_share=train_s / wall if wall else None,
-                       knob_capped=bool(summary.get("knob_capped_epochs")),
+                       knob_capped=bool(summary.get("knob_capped_epochs")), time_s=summary.get("time_s"),
                        per_epoch=[{k: e.get(k) for k in ("epoch", "pruned_fraction", *cls.DECISIONS) if k in e}
                                   for e in summary["per_epoch"]])
             if status == "FINISHED" and epochs < cfg.epochs:

@@ -51,6 +51,12 @@ def test_summary_has_every_field(reference_run):
     assert all(e["boundary_stall_s"] >= 0 and "boundary_decision_s" in e for e in s["per_epoch"][1:])
     assert s["boundary_stall_s"]["max"] == max(e["boundary_stall_s"] for e in s["per_epoch"][1:])
     assert not any("eval_pending" in e for e in s["per_epoch"])
+    # where the wall time went: the phases add up to it, each took time, training is within the epochs
+    t = s["time_s"]
+    assert set(t) == {"setup_s", "workers_start_s", "worker_setup_s", "epochs_s", "training_s", "rest_of_fit_s",
+                      "finish_s"}
+    assert sum(v for k, v in t.items() if k != "training_s") == pytest.approx(s["wall_time_s"], abs=0.5)
+    assert all(v > 0 for v in t.values()) and t["training_s"] < t["epochs_s"]
 
 
 def test_async_evaluation_reports_what_the_synchronous_path_does(reference_run, smoke_config, tmp_path):
