@@ -19,6 +19,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
 EVAL_MODES = ("auto", "async", "sync")
+LOG_MODELS = ("auto", "export", "weights", "none")
 FAIL_KINDS = ("worker", "kill", "coordinator", "shard")  # raise in a worker, SIGKILL a worker / the front / a shard
 MOVED_TO_TASK_ARGS = {"dataset": "task", "data_dir": "task_args.data_dir", "download": "task_args.download",
                       "train_subset": "task_args.train_subset", "test_subset": "task_args.test_subset",
@@ -118,6 +119,10 @@ class Config:
     tracking_uri: str | None = None    # MLflow; default sqlite under output_dir; "none" disables
     experiment: str = "repb_ray"
     tags: dict = field(default_factory=dict)
+    log_model: str = "auto"               # the final model in MLflow: export (pt2 with its signature, when the task
+                                          # gives input_example; about 9 s for the small CNN on a CPU), weights
+                                          # (model_state_dict.pt), none; auto: export for a run, weights for a
+                                          # sweep's trials (their checkpoints hold the weights too)
     system_metrics: bool = True           # CPU, memory, disk, network (and GPU) of the driver's node in the run
 
     def __post_init__(self):
@@ -301,6 +306,7 @@ def _validate(c: Config) -> None:
         _choice("schedule", c.schedule, SCHEDULES)
         _choice("precision", c.precision, PRECISIONS)
         _choice("eval_mode", c.eval_mode, EVAL_MODES)
+        _choice("log_model", c.log_model, LOG_MODELS)
         check_int("seed", c.seed, minimum=0)
         check_int("epochs", c.epochs, minimum=1)
         check_int("batch_size", c.batch_size, minimum=1)

@@ -98,7 +98,8 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
         moments["fit_end"] = time.time()
         console.stop()
         console = None
-        summary, path = _finish(cfg, task, result, n, t_start, moments, tracker, pruning)
+        summary, path = _finish(cfg, task, result, n, t_start, moments, tracker, pruning,
+                                log_model=model_logging(cfg.log_model, in_sweep=parent_run_id is not None))
         claim.finish()
     except BaseException as exc:
         if console:
@@ -157,8 +158,16 @@ def _trainer(cfg: Config, pruning: Pruning, datasets: dict, root: str, callbacks
     )
 
 
+def model_logging(log_model: str, *, in_sweep: bool) -> str:
+    """How the final model is logged: `log_model` as configured, auto resolved (weights in a sweep's trial,
+    where exporting each trial's model would cost seconds per trial, else export)."""
+    if log_model != "auto":
+        return log_model
+    return "weights" if in_sweep else "export"
+
+
 def _finish(cfg: Config, task, result, n: int, t_start: float, moments: dict, tracker: RunTracker,
-            pruning: Pruning) -> tuple:
+            pruning: Pruning, *, log_model: str) -> tuple:
     """summary.json of the ended run, and tracking completed with it (the model, the selection counts),
     then again with the whole run's wall time and where it went; returns (summary, its path)."""
     history = list(result.return_value or [])
@@ -166,9 +175,10 @@ def _finish(cfg: Config, task, result, n: int, t_start: float, moments: dict, tr
     path = run_home.layout_of(cfg).summary
     summary["mlflow_run_id"] = tracker.run_id
     _write_json(path, summary)
-    model = _final_model(task, result.checkpoint) if tracker.run_id else None
-    summary["tracking"] = tracker.finish(path, history, summary["metric"], model=model,
-                                         example=task.input_example(), counts=_selection_counts(pruning))
+    model = _final_model(task, result.checkpoint) if tracker.run_id and log_model != "none" else None
+    example = task.input_example() if log_model == "export" else None  # without an example: the weights
+    summary["tracking"] = tracker.finish(path, history, summary["metric"], model=model, example=example,
+                                         counts=_selection_counts(pruning))
     summary["wall_time_s"] = time.perf_counter() - t_start
     summary["time_s"] = time_spent(history, {**moments, "ended": time.time()})
     _write_json(path, summary)

@@ -149,6 +149,8 @@ def test_a_sweep_resumes_after_sigint_and_after_sigkill_with_every_trial_once(ad
         for metric in ("test_accuracy", "train_loss", "kept", "pruned_fraction", "epoch_time_s", "weight_max"):
             assert [m.step for m in client.get_metric_history(c.info.run_id, metric)] == [1, 2], metric
         assert c.data.tags["git_commit"] and c.data.tags["policy"] == c.data.params["policy"]
+        # a trial logs its model's weights (log_model auto), not an export that costs seconds per trial
+        assert [a.path for a in client.list_artifacts(c.info.run_id, "model")] == ["model/model_state_dict.pt"]
     plots = [a.path for a in client.list_artifacts(parents[0].info.run_id, "plots")]
     assert sorted(plots) == ["plots/knobs.png", "plots/metric_vs_pruned.png", "plots/pareto.png",
                              "plots/pruned_per_epoch.png"]

@@ -131,3 +131,12 @@ def test_elastic_workers_are_a_min_max_pair():
     fixed = Config(num_workers=2)
     assert not fixed.elastic and fixed.world_size == 2 and fixed.scaling_workers() == 2
     assert Config(num_workers=0).world_size == 1 and Config(num_workers=0).scaling_workers() == 0
+
+
+def test_log_model_is_one_of_its_choices_and_auto_exports_a_run_but_not_a_sweeps_trial():
+    from repb_ray.train.driver import model_logging
+    with pytest.raises(ConfigError, match="log_model"):
+        Config(log_model="pickle")
+    assert model_logging("auto", in_sweep=False) == "export"
+    assert model_logging("auto", in_sweep=True) == "weights"
+    assert [model_logging(m, in_sweep=True) for m in ("export", "weights", "none")] == ["export", "weights", "none"]
