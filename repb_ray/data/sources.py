@@ -103,6 +103,20 @@ class IdBlockSource(Datasource):
     def get_name(self) -> str:
         return self._name
 
+    def schema(self):
+        """The rows' pyarrow schema (the first block's columns, then weight and epoch), known without a read:
+        a Parquet file's footer or the object-store table's own."""
+        import pyarrow as pa
+        b = self.blocks[0]
+        if b.ref is not None:
+            import ray
+            columns = ray.get(b.ref).schema
+        else:
+            import pyarrow.parquet as pq
+            fs, path = storage.filesystem(b.path)
+            columns = pq.read_schema(fs.open_input_file(path)) if fs is not None else pq.read_schema(path)
+        return pa.schema(list(columns) + [pa.field("weight", pa.float32()), pa.field("epoch", pa.int64())])
+
     def estimate_inmemory_data_size(self):
         sizes = [b.nbytes for b in self.blocks]
         return None if any(s is None for s in sizes) else int(sum(sizes))

@@ -29,7 +29,9 @@ def describe(ds, *, name: str, context: str, num_rows: int, task: str, task_args
         files = sorted(ds.input_files())
     except Exception:  # a dataset built in memory has no files
         files = []
-    schema = ds.schema()
+    from repb_ray.data.sources import id_block_source
+    blocks = id_block_source(ds)
+    schema = blocks.schema() if blocks is not None else ds.schema()  # repb_ray's own reads: without executing
     columns = [{"name": n, "type": str(t)} for n, t in zip(schema.names, schema.types)] if schema is not None else []
     kind, source = _source(files, task)
     ident = json.dumps({"task": task, "task_args": redact(task_args), "rows": num_rows, "columns": columns,

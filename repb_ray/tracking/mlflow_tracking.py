@@ -262,11 +262,11 @@ def log_model(uri: str, run_id: str, model, example) -> tuple[str, str | None]:
     load with mlflow.pytorch.load_model); without one (or when the model does not export), its weights
     as a plain tensor file `model_state_dict.pt` (load with torch.load(..., weights_only=True) into
     the task's model()). Returns the format used and the LoggedModel's id (None for the weights alone)."""
-    import mlflow
-    import mlflow.pytorch
     import torch
     model.eval()
     if example is not None:
+        import mlflow
+        import mlflow.pytorch  # (imports Lightning when installed: seconds, so only to export)
         from mlflow.models import infer_signature
         with torch.no_grad():
             out = model(torch.as_tensor(example))

@@ -65,10 +65,15 @@ class Worker:
         session.on_score_error = lambda ids, scores, epoch: nonfinite_scores_error(cfg.task, ids, scores, epoch)
         torch.set_num_threads(cfg.torch_threads or max(1, int(cfg.cpus_per_worker)))
         self.device = ray.train.torch.get_device()
+        self.shard = ray.train.get_dataset_shard("train")
+        self.ahead = None       # the epoch's batches, fetched ahead (from the moment its plan is published)
+        ckpt = ray.train.get_checkpoint()
+        if not ckpt:  # a fresh start: the first epoch's data (Ray Data's first execution) starts while the model is built
+            self.start = session.start(None)
+            self.ahead = Ahead(session.batches(self.shard, cfg.batch_size, self.device))
         self._build_model()
         self.history, state, meta = [], None, {}
         self.own_buffers = None   # this rank's buffers at the checkpoint, for the evaluation it left pending
-        ckpt = ray.train.get_checkpoint()
         if ckpt:
             state, meta = self._restore(ckpt)
         latest, taken = dict(meta), meta.get("position")   # position: where a checkpoint within an epoch was taken
@@ -80,13 +85,13 @@ class Worker:
             else:
                 state, meta = self._restore(_sibling(ckpt, taken["epoch_start"]))
         self.restarts: list = list(latest.get("restarts", []))   # every resume of the run so far (epoch, step, sizes)
-        self.start = session.start(state)
+        if ckpt:
+            self.start = session.start(state)
         self.position = meta.get("position")   # continued there (the same world size)
         if ckpt and self.start <= cfg.epochs:
             self._note_restart(latest.get("world_size", session.world_size), taken)
         self.cadence = CheckpointCadence(cfg.checkpoint_every_steps, cfg.preemption_check_steps)
         self.at = (self.start, 0)   # (epoch, step) of the batch in hand: where a failure happened
-        self.shard = ray.train.get_dataset_shard("train")
         test = ray.train.get_dataset_shard("test") if config.get("has_test") else None
         training_cpus = ray.train.get_context().get_local_world_size() * cfg.cpus_per_worker
         self.evaluator = (Evaluator(self.task, lambda: _test_batches(test, cfg), self.device,
@@ -94,7 +99,6 @@ class Worker:
                                     world_size=session.world_size, model=self.raw_model,
                                     spare_cpus=spare_host_cpus(training_cpus)) if test is not None else None)
         self.debug = debug_hooks(cfg, session)
-        self.ahead = None       # the next epoch's batches, fetched from the moment its plan is published
         self.done = None        # an earlier epoch's metrics completed by its evaluation, sent with the next report
         self.boundary: dict = {}   # where the last epoch boundary's time went (this rank)
         self.last_step_end = None

@@ -192,3 +192,14 @@ def test_a_folder_name_is_a_name_not_a_pattern(tmp_path):
     prepare_arrays({"x": np.zeros(6, np.float32)}, str(tmp_path / "set1"), rows_per_file=2)
     files = parquet_files(str(tmp_path / "set[1]"))
     assert len(files) == 2 and all("set[1]" in f for f in files)
+
+
+def test_a_sources_schema_is_known_without_a_read_and_is_the_reads(ray_session, tmp_path):
+    """The schema MLflow's dataset record holds comes from the Parquet footer or the table, as a read gives it."""
+    from repb_ray.data.sources import id_block_source
+    arrays = {"x": np.zeros((300, 2), np.float32), "y": np.arange(300)}
+    prepare_arrays(arrays, str(tmp_path / "pq"), rows_per_file=100)
+    for ds in (from_numpy(arrays, block_rows=128), read_parquet(str(tmp_path / "pq"))):
+        known, read = id_block_source(ds).schema(), ds.schema()
+        assert known.names == read.names and [str(t) for t in known.types] == [str(t) for t in read.types]
+        assert known.names[-2:] == ["weight", "epoch"] and {"id", "x", "y"} <= set(known.names)
