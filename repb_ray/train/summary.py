@@ -19,16 +19,21 @@ def time_spent(history: list, moments: dict) -> dict | None:
     (ownership, Ray, datasets, coordinator, tracking), the worker group's start (processes, the trainer's
     controller) and each worker's own (task, model, evaluator), the epochs (of which training), the rest of
     the fit (reports, checkpoints and teardown after the epochs; restarts), and the driver's finish (summary,
-    tracking). None without a worker start (a run resumed after its last epoch)."""
-    first = next((h for h in history if "worker_entered_at" in h), None)
-    if first is None or not {"started", "fit_start", "fit_end", "ended"} <= set(moments):
+    tracking). Only this invocation's epochs count: those from its first worker start on (a resumed run's
+    earlier epochs ran under another driver). None without a worker start in this fit (a run resumed after
+    its last epoch)."""
+    if not {"started", "fit_start", "fit_end", "ended"} <= set(moments):
         return None
     m = moments
-    epochs = sum(h.get("epoch_time_s") or 0.0 for h in history)
+    i = next((i for i, h in enumerate(history) if h.get("worker_entered_at", -1.0) >= m["fit_start"]), None)
+    if i is None:
+        return None
+    first, ours = history[i], history[i:]
+    epochs = sum(h.get("epoch_time_s") or 0.0 for h in ours)
     workers_start = first["worker_entered_at"] - m["fit_start"]
     return {"setup_s": m["fit_start"] - m["started"], "workers_start_s": workers_start,
             "worker_setup_s": first["worker_setup_s"], "epochs_s": epochs,
-            "training_s": sum(h.get("train_time_s") or 0.0 for h in history),
+            "training_s": sum(h.get("train_time_s") or 0.0 for h in ours),
             "rest_of_fit_s": m["fit_end"] - m["fit_start"] - workers_start - first["worker_setup_s"] - epochs,
             "finish_s": m["ended"] - m["fit_end"]}
 

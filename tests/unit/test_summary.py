@@ -28,3 +28,13 @@ def test_without_a_worker_start_or_the_drivers_moments_there_is_no_breakdown():
     moments = {"started": 0.0, "fit_start": 1.0, "fit_end": 2.0, "ended": 3.0}
     assert time_spent([{"epoch": 1, "epoch_time_s": 1.0}], moments) is None
     assert time_spent([{"epoch": 1, "worker_entered_at": 1.0, "worker_setup_s": 0.1}], {"started": 0.0}) is None
+
+
+def test_a_resumed_runs_earlier_epochs_ran_under_another_driver_and_do_not_count():
+    history = [{"epoch": 1, "epoch_time_s": 4.0, "train_time_s": 3.0, "worker_entered_at": 500.0, "worker_setup_s": 1.0},
+               {"epoch": 2, "epoch_time_s": 2.0, "train_time_s": 1.5, "worker_entered_at": 1003.0, "worker_setup_s": 1.0}]
+    moments = {"started": 1000.0, "fit_start": 1001.0, "fit_end": 1007.0, "ended": 1008.0}
+    spent = time_spent(history, moments)
+    assert spent["workers_start_s"] == 2.0 and spent["epochs_s"] == 2.0 and spent["training_s"] == 1.5
+    assert sum(v for k, v in spent.items() if k != "training_s") == moments["ended"] - moments["started"]
+    assert time_spent(history[:1], moments) is None  # resumed after its last epoch: no worker start in this fit
