@@ -44,14 +44,18 @@ def _with_columns(table, weight: np.ndarray, epoch: int):
     return table.append_column("epoch", pa.array(np.full(table.num_rows, epoch, np.int64)))
 
 
+def _parquet_file(location: str):
+    import pyarrow.parquet as pq
+    fs, path = storage.filesystem(location)
+    return pq.ParquetFile(fs.open_input_file(path)) if fs is not None else pq.ParquetFile(path)
+
+
 def _read_ids(block: IdBlock):
     if block.ref is not None:
         import ray
         table = ray.get(block.ref)
         return table, table.column("id").to_numpy()
-    import pyarrow.parquet as pq
-    fs, path = storage.filesystem(block.path)
-    pf = pq.ParquetFile(fs.open_input_file(path)) if fs is not None else pq.ParquetFile(path)
+    pf = _parquet_file(block.path)
     return pf, pf.read(columns=["id"]).column("id").to_numpy()
 
 
@@ -106,16 +110,13 @@ class IdBlockSource(Datasource):
     def schema(self):
         """The rows' pyarrow schema (the first block's columns, then weight and epoch), known without a read:
         a Parquet file's footer or the object-store table's own."""
-        import pyarrow as pa
         b = self.blocks[0]
         if b.ref is not None:
             import ray
-            columns = ray.get(b.ref).schema
+            empty = ray.get(b.ref).slice(0, 0)
         else:
-            import pyarrow.parquet as pq
-            fs, path = storage.filesystem(b.path)
-            columns = pq.read_schema(fs.open_input_file(path)) if fs is not None else pq.read_schema(path)
-        return pa.schema(list(columns) + [pa.field("weight", pa.float32()), pa.field("epoch", pa.int64())])
+            empty = _parquet_file(b.path).schema_arrow.empty_table()
+        return _with_columns(empty, np.zeros(0, np.float32), 0).schema
 
     def estimate_inmemory_data_size(self):
         sizes = [b.nbytes for b in self.blocks]
@@ -221,11 +222,9 @@ def read_parquet(path, *, limit: int | None = None, name: str = "parquet"):
     """A Ray dataset over Parquet files with an int64 `id` column, each file holding one range of ids
     (as `repb-ray prepare` writes them). Only the footers are read here; the ids must cover 0..n-1
     once each (checked from the row-group statistics: min, max, count). `limit` keeps ids < limit."""
-    import pyarrow.parquet as pq
     blocks = []
     for f in parquet_files(path):
-        fs, p = storage.filesystem(f)
-        meta = (pq.ParquetFile(p, filesystem=fs) if fs is not None else pq.ParquetFile(p)).metadata
+        meta = _parquet_file(f).metadata
         names = meta.schema.names
         _check_columns(names, f"Parquet file {f}")
         col = names.index("id")

@@ -70,7 +70,7 @@ class Worker:
         ckpt = ray.train.get_checkpoint()
         if not ckpt:  # a fresh start: the first epoch's data (Ray Data's first execution) starts while the model is built
             self.start = session.start(None)
-            self.ahead = Ahead(session.batches(self.shard, cfg.batch_size, self.device))
+            self.ahead = self.fetch()
         self._build_model()
         self.history, state, meta = [], None, {}
         self.own_buffers = None   # this rank's buffers at the checkpoint, for the evaluation it left pending
@@ -181,12 +181,15 @@ class Worker:
         if self.history and self.start > self.cfg.epochs:
             ray.train.report(dict(self.history[-1]))
 
+    def fetch(self, skip: int = 0) -> Ahead:
+        """The current plan's batches (after the first `skip`), the first fetched in a thread from now."""
+        return Ahead(self.session.batches(self.shard, self.cfg.batch_size, self.device, skip=skip))
+
     def batches(self, skip: int = 0):
         """This epoch's batches: those fetched ahead at the last boundary, or from now (after the first `skip`)."""
         ahead, self.ahead = self.ahead, None
         assert ahead is None or skip == 0, "batches fetched ahead are an epoch's from its first"
-        return ahead if ahead is not None else Ahead(self.session.batches(self.shard, self.cfg.batch_size, self.device,
-                                                                          skip=skip))
+        return ahead if ahead is not None else self.fetch(skip)
 
     def evaluate(self, epoch: int) -> dict | None:
         """Complete the previous epoch's evaluation, start this one's; its metrics when they are due now."""
@@ -258,7 +261,7 @@ def run_epoch(w: Worker, epoch: int) -> None:
     session.end_epoch()
     clock.mark("decided")
     if epoch < cfg.epochs:  # the next epoch's data starts while this boundary's work runs
-        w.ahead = Ahead(session.batches(w.shard, cfg.batch_size, w.device))
+        w.ahead = w.fetch()
     w.debug.end(epoch)
     test_metrics = w.evaluate(epoch)
     clock.mark("evaluated")
