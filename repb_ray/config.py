@@ -106,8 +106,10 @@ class Config:
     observe_every: int = 32               # steps buffered before sending scores to the coordinator
     coordinator_timeout_s: float = 600.0
     coordinator_shards: int = 1           # actors holding the per-sample state, by id range
-    shuffle_rows: int = 4096              # local shuffle buffer (rows) across blocks, seeded per epoch; 0: off
-    prefetch_batches: int = 2
+    shuffle_rows: int = 4096              # local shuffle buffer (rows) across blocks, seeded per epoch; it fills
+                                          # while it serves (an epoch's first batch waits for one block); 0: off
+    prefetch_batches: int = 2             # test batches fetched ahead (train rows come in whole blocks, each taken
+                                          # as Ray Data produces it)
     max_failures: int = 3                 # worker-group restarts after an error (a preemption does not count;
                                           # the same error at the same step twice is not retried); -1: no limit
     checkpoint_every_steps: int = 0       # also checkpoint every N optimizer steps within an epoch; 0: at epoch ends

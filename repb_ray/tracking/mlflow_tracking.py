@@ -8,11 +8,11 @@ import contextlib
 import json
 import logging
 import os
-import subprocess
 import time
 import urllib.error
 import urllib.request
 
+from repb_ray.code_version import code_version
 from repb_ray.errors import ConfigError, first_line
 from repb_ray.redact import install_log_filter, redact, redact_text
 
@@ -77,15 +77,6 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
             raise ConfigError(f"tracking_uri={redact_text(uri)!r} is not usable: the folder {folder} does not exist or "
                               "is not writable; pass a SQLite path in an existing folder, an MLflow server, or "
                               "tracking_uri=none")
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=os.path.dirname(os.path.abspath(__file__)))
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 class SQLiteStoreLock:
@@ -165,7 +156,8 @@ def flat_params(params: dict) -> dict[str, str]:
 def start_run(uri: str, experiment: str, output_dir: str, *, run_name: str, params: dict, tags: dict,
               parent_run_id: str | None = None) -> str:
     c = client(uri)
-    all_tags = {"git_commit": git_commit(), **{k: redact_text(str(v)) for k, v in tags.items()}}
+    code = code_version()
+    all_tags = {"git_commit": code["git_commit"], "source_digest": code["source_digest"], **{k: redact_text(str(v)) for k, v in tags.items()}}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = c.create_run(experiment_id(uri, experiment, output_dir), run_name=run_name, tags=all_tags)

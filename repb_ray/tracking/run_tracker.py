@@ -130,6 +130,12 @@ class RunTracker:
             self.untracked.append(what)
             return False
 
+    def log_summary(self, summary_path: str) -> None:
+        """Log summary.json again, over the copy `finish` logged: its final version has the tracking record and
+        where the whole run's time went, tracking's finish included."""
+        if self.run_id:
+            self._try(SUMMARY_FILE, mt.log_artifact, self.uri, self.run_id, summary_path)
+
     def finish(self, summary_path: str, history: list, metric: str | None, *, model=None, example=None,
                counts: np.ndarray | None = None) -> dict:
         """Log whatever epochs are missing, the summary, plots, selection counts and the model, then

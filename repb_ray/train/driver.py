@@ -15,6 +15,7 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from repb_ray import storage
+from repb_ray.code_version import code_version
 from repb_ray.config import Config
 from repb_ray.core.registry import policy_class
 from repb_ray.data.pipeline import eval_dataset
@@ -52,6 +53,7 @@ def run_training(cfg: Config, *, callbacks: list | None = None, progress: bool =
     if cfg.name is None:
         cfg = cfg.replace(name=run_home.default_name(None, cfg))
     t_start, moments = time.perf_counter(), {"started": time.time()}  # wall-clock moments: workers' are compared
+    code_version()  # the code as this driver started it, for the summary (the files may change while it runs)
     check_cluster_paths(cfg)
     task_ref = TaskRef(cfg.task, cfg.task_args)
     instantiate(cfg.task, cfg.task_args)  # a bad task or task_args fails here, before Ray starts
@@ -131,7 +133,7 @@ def _pruning(cfg: Config, n: int, claim: run_home.RunClaim) -> Pruning:
     return Pruning(cfg.policy, cfg.policy_params(), num_samples=n, num_workers=cfg.world_size, seed=cfg.seed,
                    shards=cfg.coordinator_shards, home=claim.home, fence=claim.owner.fence,
                    observe_every=cfg.observe_every, timeout_s=cfg.coordinator_timeout_s,
-                   shuffle_rows=cfg.shuffle_rows, prefetch_batches=cfg.prefetch_batches)
+                   shuffle_rows=cfg.shuffle_rows)
 
 
 def _trainer(cfg: Config, pruning: Pruning, datasets: dict, root: str, callbacks: list | None) -> TorchTrainer:
@@ -182,6 +184,7 @@ def _finish(cfg: Config, task, result, n: int, t_start: float, moments: dict, tr
     summary["wall_time_s"] = time.perf_counter() - t_start
     summary["time_s"] = time_spent(history, {**moments, "ended": time.time()})
     _write_json(path, summary)
+    tracker.log_summary(path)
     return summary, path
 
 

@@ -43,7 +43,6 @@ class PruningHandle:
     observe_every: int = 32
     timeout_s: float = 600.0
     shuffle_rows: int = 4096
-    prefetch_batches: int = 2
     owner_generation: int | None = None  # the run's owner (ownership.Fence), written into every checkpoint
     progress: object = None              # the run's ProgressBoard (rank 0 posts there), or None
 
@@ -58,7 +57,7 @@ class Pruning:
     def __init__(self, policy: str = "repb", policy_args: dict | None = None, *, num_samples: int,
                  num_workers: int, seed: int = 0, shards: int = 1, storage_path: str | None = None,
                  name: str = "run", observe_every: int = 32, timeout_s: float = 600.0, shuffle_rows: int = 4096,
-                 prefetch_batches: int = 2, chunk: int | None = None, home: str | None = None, fence=None):
+                 chunk: int | None = None, home: str | None = None, fence=None):
         params = dict(policy_args or {})
         policy_class(policy).check(num_samples, seed, max(1, num_workers), **params)  # before any actor starts
         if home is None and storage_path:
@@ -68,7 +67,7 @@ class Pruning:
                                               shards=shards, chunk=chunk, state_root=state_root, fence=fence)
         self.progress = progress.create()
         self.handle = PruningHandle(self.coordinator, seed, num_samples, state_root is not None, observe_every,
-                                    timeout_s, shuffle_rows, prefetch_batches,
+                                    timeout_s, shuffle_rows,
                                     None if fence is None else fence.generation, self.progress)
 
     def dataset(self, ds, task_ref=None):

@@ -14,6 +14,7 @@ import ray.train
 
 from repb_ray.core import rng
 from repb_ray.core.plan import EpochInfo
+from repb_ray.data.mixing import FillingShuffle
 from repb_ray.errors import first_line
 from repb_ray.layout import state_name
 from repb_ray.train.collate import TensorCollate
@@ -136,21 +137,24 @@ class PruningSession:
         return rng.shuffle_seed(self.handle.seed, self.summary.epoch, self.rank)
 
     def batches(self, shard, batch_size: int, device=None, skip: int = 0):
-        """This rank's batches of the epoch as dicts of tensors ("id" stays on the CPU), shuffled
-        across blocks by a buffer seeded by (seed, epoch, rank); checks they come from this plan.
-        `skip`: the first batches are read and dropped (a run resumed within the epoch: the order is
-        the same on every run, so the position is a count)."""
+        """This rank's batches of the epoch as dicts of tensors ("id" stays on the CPU), mixed across
+        blocks by a buffer that fills while it serves (FillingShuffle, seeded by (seed, epoch, rank)), so
+        the first batch waits for the first block only; checks they come from this plan. `skip`: the
+        first batches are read and dropped (a run resumed within the epoch: the order is the same on
+        every run, so the position is a count). Ray Data prefetches whole blocks."""
         epoch = self.summary.epoch
-        shuffle = self.handle.shuffle_rows
-        for i, batch in enumerate(shard.iter_torch_batches(
-                batch_size=batch_size, collate_fn=TensorCollate(device), prefetch_batches=self.handle.prefetch_batches,
-                local_shuffle_buffer_size=shuffle or None, local_shuffle_seed=self.shuffle_seed() if shuffle else None)):
+        mix = FillingShuffle(batch_size, self.handle.shuffle_rows, self.shuffle_seed())
+        collate = TensorCollate(device)
+        # no window of blocks: Ray Data yields a block of a window only once the block after it is produced,
+        # which would hold back an epoch's first batch (its execution still reads ahead)
+        blocks = shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
+        for i, rows in enumerate(mix.batches(blocks)):
             if i < skip:
                 continue
-            got = int(batch["epoch"][0])
+            got = int(rows["epoch"][0])
             if got != epoch:
                 raise RuntimeError(f"rank {self.rank} got rows of plan {got} in epoch {epoch}")
-            yield batch
+            yield collate(rows)
 
     def loader(self, batch_size: int, dataset=None, *, device=None, **options) -> _EpochBatches:
         """This epoch's batches from `dataset` (this worker's Ray Data shard; default: the "train"

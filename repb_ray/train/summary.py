@@ -3,6 +3,7 @@ pruned fraction, and a row per epoch. Runs in the driver."""
 
 from __future__ import annotations
 
+from repb_ray.code_version import code_version
 from repb_ray.config import Config
 from repb_ray.core.plan import pruned_fraction
 from repb_ray.core.registry import policy_class
@@ -54,6 +55,7 @@ def build_summary(cfg: Config, task, history: list, *, num_samples: int, wall_ti
         "restarts": [r for h in history for r in h.get("restarts", ())],  # each resume: epoch, step, world sizes
         "eval_mode": history[-1].get("eval_mode") if history else None,  # as resolved (eval_mode auto)
         "samples_trained": trained, "wall_time_s": wall_time_s, "data": task.summary_info(num_samples),
+        "code": code_version(),  # as the driver found it at its start (run_training reads it first)
         "per_epoch": [{k: v for k, v in h.items() if k in PER_EPOCH or k.startswith(("test_", "boundary_"))
                        or k in decisions}
                       for h in history],

@@ -27,7 +27,7 @@ from repb_ray.tune.admission import Admission, TrialDemand, capacity
 from repb_ray.tune.progress import TERMINAL, Progress
 from repb_ray.tune.spec import SweepSpec
 from repb_ray.tune.state_digest import StateDigest
-from repb_ray.tune.tables import build_report, label_trials
+from repb_ray.tune.tables import build_report, label_trials, mixed_code
 
 TRIAL_RESOURCES = {"cpu": 0, "memory": 1e6}  # the trial function itself holds no CPU; its Train workers do
 TUNE_DIR = "tune"
@@ -236,6 +236,9 @@ def run_sweep(spec: SweepSpec, verbose: bool = False, overwrite: bool = False) -
         summary = report.summary(sweep=spec.name, mlflow_tracking_uri=redact_text(uri), mlflow_parent_run_id=parent,
                                  wall_time_s=time.perf_counter() - t0)
         files = report.write(out, summary, spec.name)
+        mixed = mixed_code(summary["code_versions"])
+        if mixed:
+            log(mixed)
         if uri:
             _finish_tracking(mt, uri, parent, report.rows, out, files, log)
             log(f"MLflow: mlflow ui --backend-store-uri {redact_text(uri)}")

@@ -283,6 +283,7 @@ class Report:
         return {**extra, "metric": self.metric, "mode": self.mode, "trials": self.rows,
                 "train_share": share,  # the trials' training time over their wall time (start-up, boundaries, teardown)
                 "time_s": phases,  # where a trial's wall time went, mean over the trials (summary.json's time_s)
+                "code_versions": code_versions(self.rows),  # source digest -> its trials (one, unless the code changed)
                 "pareto_front": [self.rows[i]["trial"] for i in self.front], "table": cells,
                 "comparisons": pairs, "full_data": full["metric"].as_dict() if full else None}
 
@@ -326,6 +327,7 @@ def trial_rows(configs: list, labels: list, names: list[str], statuses: dict, re
             row.update(epochs=epochs, metric=summary.get("final_metric"), pruned_fraction=summary["pruned_fraction"],
                        wall_time_s=wall, train_time_s=train_s, train_share=train_s / wall if wall else None,
                        knob_capped=bool(summary.get("knob_capped_epochs")), time_s=summary.get("time_s"),
+                       code=(summary.get("code") or {}).get("source_digest"),
                        per_epoch=[{k: e.get(k) for k in ("epoch", "pruned_fraction", *cls.DECISIONS) if k in e}
                                   for e in summary["per_epoch"]])
             if status == "FINISHED" and epochs < cfg.epochs:
@@ -338,6 +340,26 @@ def trial_rows(configs: list, labels: list, names: list[str], statuses: dict, re
                 row["status"] = "STOPPED" if epochs < cfg.epochs else "FINISHED"
         rows.append(row)
     return rows
+
+
+def code_versions(rows: list[dict]) -> dict[str, list[str]]:
+    """The source digests the trials ran (from their summaries) -> the trials that ran each; more than one
+    means the sweep's results mix code versions (its code changed while it ran, or between its invocations)."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for r in rows:
+        if r.get("code"):
+            out[r["code"]].append(r["trial"])
+    return dict(out)
+
+
+def mixed_code(versions: dict[str, list[str]]) -> str | None:
+    """The sweep's warning when its trials ran more than one version of the code (None when they did not)."""
+    if len(versions) < 2:
+        return None
+    counts = ", ".join(f"{d} ({len(t)} trial{'s' if len(t) > 1 else ''})" for d, t in sorted(versions.items(), key=lambda kv: -len(kv[1])))
+    return (f"warning: the trials ran {len(versions)} versions of repb_ray's code (source digests {counts}): the code "
+            "changed while the sweep ran, so its cells mix versions; sweep_summary.json's code_versions lists each "
+            "version's trials")
 
 
 def _read(path: str) -> dict | None:

@@ -75,6 +75,7 @@ def test_an_optuna_sweep_finds_a_pareto_front(ray_session, tmp_path):
     for t in summary["trials"]:  # each trial's training time over its wall time
         assert 0 < t["train_share"] < 1 and t["train_share"] == pytest.approx(t["train_time_s"] / t["wall_time_s"])
     assert 0 < summary["train_share"] < 1
+    assert list(summary["code_versions"].values()) == [[t["trial"] for t in summary["trials"]]]  # one version
     # Tune (and so its searchers and schedulers) saw every epoch once, in order, with its own test metrics
     # (the workers evaluate epoch E while E+1 trains, eval_mode async)
     results = glob.glob(str(tmp_path / "optuna_smoke" / "**" / "result.json"), recursive=True)

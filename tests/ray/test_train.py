@@ -57,6 +57,8 @@ def test_summary_has_every_field(reference_run):
                       "finish_s"}
     assert sum(v for k, v in t.items() if k != "training_s") == pytest.approx(s["wall_time_s"], abs=0.5)
     assert all(v > 0 for v in t.values()) and t["training_s"] < t["epochs_s"]
+    from repb_ray.code_version import code_version
+    assert s["code"] == code_version()  # the code this run ran (its driver is this process)
 
 
 def test_async_evaluation_reports_what_the_synchronous_path_does(reference_run, smoke_config, tmp_path):
@@ -102,6 +104,10 @@ def test_training_run_is_tracked_in_mlflow(reference_run):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3], key
     names = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert {"summary.json", "plots", "selection_counts.npz"} <= set(names)
+    (out / "logged").mkdir(exist_ok=True)
+    with open(client.download_artifacts(run.info.run_id, "summary.json", str(out / "logged"))) as fh:
+        logged_summary = json.load(fh)
+    assert logged_summary["time_s"] == s["time_s"] and logged_summary["tracking"] == s["tracking"]  # the final one
     counts = np.load(client.download_artifacts(run.info.run_id, "selection_counts.npz", str(out)))["counts"]
     # N_i over the plans so far (the 4th epoch's, decided after epoch 3, included)
     assert counts.shape == (256,) and counts.min() >= 1 and counts.max() <= 4
@@ -261,7 +267,7 @@ def test_resume_on_another_worker_count_retrims_the_plan(ray_session, smoke_conf
     """1 worker for 2 epochs, then --resume with 2 workers and a third epoch: the restored plan is
     re-trimmed to an even size, the first epochs stay as they were, the run's record notes the change."""
     base = ["train", "--config", smoke_config, "--output-dir", str(tmp_path), "--set", "name=grow",
-            "--set", "tracking_uri=none", "--set", "task_args.size=203"]
+            "--set", "tracking_uri=none", "--set", "task_args.size=209"]
     assert cli_main(base + ["--set", "num_workers=1"]) == 0
     with open(tmp_path / "grow" / "summary.json") as fh:
         first = json.load(fh)

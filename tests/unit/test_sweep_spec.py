@@ -217,3 +217,12 @@ def test_a_resumed_sweep_paces_the_time_left_by_its_own_trials():
     """19 of 95 done, but only 1 of them in this invocation's 0.8 min: 76 left at 0.8 min each."""
     line = progress_line(19, 95, 48.0, "RePB", "FINISHED", "test_accuracy", 0.85, 0.3, ended_here=1)
     assert line.endswith("(0.8 min so far, about 61 min left)")
+
+
+def test_a_sweep_whose_trials_ran_different_code_says_so():
+    from repb_ray.tune.tables import code_versions, mixed_code
+    rows = [{"trial": "t0", "code": "aaaa"}, {"trial": "t1", "code": "aaaa"}, {"trial": "t2", "code": None}]
+    assert code_versions(rows) == {"aaaa": ["t0", "t1"]} and mixed_code(code_versions(rows)) is None
+    rows.append({"trial": "t3", "code": "bbbb"})
+    warning = mixed_code(code_versions(rows))
+    assert warning.startswith("warning: the trials ran 2 versions") and "aaaa (2 trials), bbbb (1 trial)" in warning
