@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 
 class SmallCNN(nn.Module):
-    """Two conv blocks and a linear head (~40k parameters, ~1M multiply-adds per 28x28 image)."""
+    """Two conv blocks and a linear head (~40k parameters, ~1M multiply-adds per 28x28 image). Its weights
+    and activations are channels-last: on a CPU, oneDNN's convolutions then run a training step about 1.7x
+    and an evaluation about 2.5x faster than in the default layout (benchmarks/channels_last.py)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10):
         super().__init__()
@@ -15,9 +18,10 @@ class SmallCNN(nn.Module):
             nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
             nn.AdaptiveAvgPool2d(4))
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, num_classes))
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x):
-        return self.head(self.features(x))
+        return self.head(self.features(x.contiguous(memory_format=torch.channels_last)))
 
 
 def mlp(dim: int, num_classes: int, hidden: int = 64, batch_norm: bool = False) -> nn.Module:
