@@ -141,7 +141,7 @@ class PruningSession:
         blocks by a buffer that fills while it serves (FillingShuffle, seeded by (seed, epoch, rank)), so
         the first batch waits for the first block only; checks they come from this plan. `skip`: the
         first batches are read and dropped (a run resumed within the epoch: the order is the same on
-        every run, so the position is a count). Ray Data prefetches whole blocks."""
+        every run, so the position is a count). Blocks are taken as Ray Data produces them."""
         epoch = self.summary.epoch
         mix = FillingShuffle(batch_size, self.handle.shuffle_rows, self.shuffle_seed())
         collate = TensorCollate(device)
