@@ -77,3 +77,21 @@ def test_bad_sizes_and_mismatched_blocks_raise():
     list(mix.add({"id": np.arange(4)}))
     with pytest.raises(ValueError, match="columns"):
         list(mix.add({"id": np.arange(4), "x": np.arange(4)}))
+
+
+def test_compaction_bounds_the_memory_held_and_changes_no_batch():
+    blocks = _blocks([512] * 80)
+    bound = 2 * (1024 + 64) + 512
+    held = {}
+    out = {}
+    for compact in (True, False):
+        mix, most, batches = FillingShuffle(64, 1024, seed=9, compact=compact), 0, []
+        for block in blocks:
+            batches += list(mix.add(block))
+            most = max(most, mix.held_rows)
+        batches += list(mix.finish())
+        held[compact], out[compact] = most, batches
+    assert held[True] <= bound < held[False]  # blocks whose last rows linger are let go once copied
+    assert len(out[True]) == len(out[False])
+    for a, b in zip(out[True], out[False]):
+        assert np.array_equal(a["id"], b["id"]) and np.array_equal(a["x"], b["x"])
