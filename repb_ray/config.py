@@ -88,6 +88,7 @@ class Config:
     eval_mode: str = "auto"               # async: epoch E is evaluated while E+1 trains (once its first batch is in
                                           # hand; on a CPU at the lowest priority); sync: before it starts;
                                           # auto: async on a GPU or where the host has cores training does not hold
+    eval_every: int = 1                   # evaluate the test set after every k-th epoch and after the last
     eval_cache_mb: int = 256              # each rank keeps its test batches (on its device) when every share fits; 0: read each time
     precision: str = "fp32"               # fp32 | bf16 | fp16 (autocast; fp16 with a grad scaler)
     grad_accum_steps: int = 1             # batches per optimizer step (a window counts optimizer steps)
@@ -314,6 +315,7 @@ def _validate(c: Config) -> None:
         check_int("batch_size", c.batch_size, minimum=1)
         check_int("eval_batch_size", c.eval_batch_size, minimum=1)
         check_int("eval_cache_mb", c.eval_cache_mb, minimum=0)
+        check_int("eval_every", c.eval_every, minimum=1)
         check_int("grad_accum_steps", c.grad_accum_steps, minimum=1)
         if isinstance(c.num_workers, (list, tuple)):
             if len(c.num_workers) != 2:

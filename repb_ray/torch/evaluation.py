@@ -25,6 +25,11 @@ def _nbytes(batch: dict) -> int:
     return sum(v.numel() * v.element_size() for v in batch.values() if isinstance(v, torch.Tensor))
 
 
+def evaluation_due(epoch: int, every: int, epochs: int) -> bool:
+    """Whether epoch `epoch` of `epochs` is evaluated: every `every`-th epoch, and the last."""
+    return epoch % every == 0 or epoch == epochs
+
+
 def resolve_eval_mode(mode: str, device, spare_cpus: float) -> str:
     """`auto` resolved: async where the evaluation can overlap training (a GPU, or at least one host core the
     training does not hold: `spare_cpus`), sync otherwise; async and sync are kept as they are."""

@@ -18,7 +18,7 @@ from repb_ray.layout import checkpoint_name
 from repb_ray.task import nonfinite_scores_error
 from repb_ray.tasks.loader import TaskRef
 from repb_ray.torch.epoch import EpochSteps
-from repb_ray.torch.evaluation import Evaluator, spare_host_cpus
+from repb_ray.torch.evaluation import Evaluator, evaluation_due, spare_host_cpus
 from repb_ray.torch.schedule import PlanCosineLR, build_optimizer
 from repb_ray.torch.scores import Scorer
 from repb_ray.torch.step import TrainStep
@@ -27,7 +27,7 @@ from repb_ray.train.cadence import CheckpointCadence
 from repb_ray.train.clock import EpochClock
 from repb_ray.train.collate import TensorCollate
 from repb_ray.train.debug import debug_hooks
-from repb_ray.train.messages import CHECKPOINT_KEEP, CHECKPOINT_STEP, EVAL_PENDING, EVAL_RESULT, PlanSummary
+from repb_ray.train.messages import CHECKPOINT_KEEP, CHECKPOINT_STEP, EVAL_PENDING, EVAL_RESULT, EVAL_SKIPPED, PlanSummary
 from repb_ray.train.prefetch import Ahead
 from repb_ray.train.session import PruningSession
 
@@ -198,6 +198,8 @@ class Worker:
             return None
         if ev.pending is not None:
             self.done = _complete(self.history, *ev.result())
+        if not evaluation_due(epoch, self.cfg.eval_every, self.cfg.epochs):
+            return None
         ev.start(epoch, self.raw_model)
         return _prefixed(ev.result()[1]) if ev.mode == "sync" or epoch == self.cfg.epochs else None
 
@@ -301,8 +303,8 @@ def epoch_metrics(w: Worker, summary: PlanSummary, steps: EpochSteps, clock: Epo
         metrics["restarts"] = restarts
     if test_metrics is not None:
         metrics.update(test_metrics)
-    elif w.evaluator is not None:
-        metrics[EVAL_PENDING] = True
+    elif w.evaluator is not None:  # evaluated while the next epoch trains, or not this epoch (eval_every)
+        metrics[EVAL_PENDING if w.evaluator.pending == info.epoch else EVAL_SKIPPED] = True
     return metrics
 
 

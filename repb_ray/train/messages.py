@@ -14,6 +14,7 @@ from repb_ray.core.plan import EpochInfo
 # report carries the completed row of that epoch.
 EVAL_PENDING = "eval_pending"
 EVAL_RESULT = "eval_result"
+EVAL_SKIPPED = "eval_skipped"  # an epoch not evaluated (eval_every): its row has no test metrics, and Tune never gets it
 CHECKPOINT_STEP = "checkpoint_step"  # a report of a checkpoint within an epoch (after this many steps), not an epoch
 CHECKPOINT_KEEP = "checkpoint_keep"  # Ray Train keeps the checkpoints that score highest (and the latest): the epoch
                                      # of one taken at an epoch's end, -1 within an epoch

@@ -65,5 +65,5 @@ def build_summary(cfg: Config, task, history: list, *, num_samples: int, wall_ti
         out["boundary_stall_s"] = {"mean": sum(stalls) / len(stalls), "max": max(stalls)}
     if "test_accuracy" in (history[-1] if history else {}):
         out["final_test_accuracy"] = history[-1]["test_accuracy"]
-        out["best_test_accuracy"] = max(h["test_accuracy"] for h in history)
+        out["best_test_accuracy"] = max(h["test_accuracy"] for h in history if "test_accuracy" in h)
     return out

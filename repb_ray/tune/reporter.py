@@ -17,7 +17,7 @@ from ray import tune
 from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Empty, Queue
 
-from repb_ray.train.messages import CHECKPOINT_KEEP, CHECKPOINT_STEP, EVAL_PENDING, EVAL_RESULT
+from repb_ray.train.messages import CHECKPOINT_KEEP, CHECKPOINT_STEP, EVAL_PENDING, EVAL_RESULT, EVAL_SKIPPED
 
 CHECKPOINT_PATH = "checkpoint_path"   # a row's checkpoint, as Ray's own Tune integration names it
 POLL_S = 0.5
@@ -36,8 +36,8 @@ class EpochReporter(UserCallback):
         done = row.pop(EVAL_RESULT, None)
         if done is not None:
             self._send(done, self._held.pop(done.get("epoch"), None))
-        if CHECKPOINT_STEP in row:  # a checkpoint within an epoch: no epoch for Tune
-            return
+        if CHECKPOINT_STEP in row or row.get(EVAL_SKIPPED):  # a checkpoint within an epoch, or an epoch not
+            return                                             # evaluated (eval_every): no metric for Tune
         if row.get(EVAL_PENDING):
             self._held[row.get("epoch")] = checkpoint
             return

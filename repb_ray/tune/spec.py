@@ -135,6 +135,9 @@ class SweepSpec:
             raise ConfigError(f"num_samples must be an integer >= 1, got num_samples={self.num_samples!r}")
         if self.asha is not None and not isinstance(self.asha, dict):
             raise ConfigError(f"asha must be a mapping like {{grace_period: 2}} or null, got {self.asha!r}")
+        if self.asha and (base.eval_every != 1 or any(t.get("eval_every", 1) != 1 for t in self._declared_trials())):
+            raise ConfigError("asha stops trials on each epoch's test metric: use eval_every=1 with asha (or drop asha "
+                              "to evaluate every k-th epoch)")
         if self.max_concurrent_trials is not None and (isinstance(self.max_concurrent_trials, bool) or not isinstance(
                 self.max_concurrent_trials, int) or self.max_concurrent_trials < 1):
             raise ConfigError(f"max_concurrent_trials must be an integer >= 1 or null, got {self.max_concurrent_trials!r}")

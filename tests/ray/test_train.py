@@ -74,6 +74,25 @@ def test_async_evaluation_reports_what_the_synchronous_path_does(reference_run, 
         assert [e[key] for e in s["per_epoch"]] == [e[key] for e in ref["per_epoch"]], key
 
 
+def test_evaluating_every_second_epoch_changes_only_which_epochs_are_evaluated(reference_run, smoke_config, tmp_path):
+    """eval_every=2 over 3 epochs (asynchronous): epoch 1 is not evaluated (no test metrics, nothing pending),
+    epochs 2 and 3 are (every second and the last); the plans, losses and those test metrics are the
+    reference run's, and the final and best metrics come from the evaluated epochs."""
+    from repb_ray.train.driver import run_training
+    _, ref = reference_run
+    cfg = Config.from_yaml(smoke_config, ["epochs=3", f"output_dir={tmp_path}", "tracking_uri=none", REF_MODEL,
+                                          "eval_every=2", "eval_mode=async"])
+    s = run_training(cfg.replace(name="every2"), progress=False)
+    for key in ("plan_digest", "train_loss"):
+        assert [e[key] for e in s["per_epoch"]] == [e[key] for e in ref["per_epoch"]], key
+    assert [sorted(k for k in e if k.startswith("test_")) for e in s["per_epoch"]] == [[], ["test_accuracy", "test_loss"],
+                                                                                     ["test_accuracy", "test_loss"]]
+    for e, r in zip(s["per_epoch"][1:], ref["per_epoch"][1:]):
+        assert (e["test_accuracy"], e["test_loss"]) == (r["test_accuracy"], r["test_loss"])
+    assert s["final_metric"] == ref["final_metric"]
+    assert s["best_test_accuracy"] == max(e["test_accuracy"] for e in s["per_epoch"][1:])
+
+
 def test_ranks_see_disjoint_equal_shares_whose_union_is_the_plan(reference_run):
     out, s = reference_run
     audit = out / "ref" / "audit"

@@ -148,3 +148,11 @@ def test_the_gpu_check_runs_here_in_its_small_mode(tmp_path):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     checks = json.loads(out.read_text())["checks"]
     assert checks["evaluator_equal"] and checks["accumulation_rel_diff"] < 0.02
+
+
+def test_every_kth_epoch_and_the_last_are_evaluated():
+    from repb_ray.torch.evaluation import evaluation_due
+    assert [e for e in range(1, 8) if evaluation_due(e, 3, 7)] == [3, 6, 7]
+    assert [e for e in range(1, 7) if evaluation_due(e, 3, 6)] == [3, 6]
+    assert [e for e in range(1, 5) if evaluation_due(e, 1, 4)] == [1, 2, 3, 4]
+    assert [e for e in range(1, 5) if evaluation_due(e, 9, 4)] == [4]

@@ -77,6 +77,7 @@ def test_strings_given_as_values_stay_strings(tmp_path):
     ({"policy_args": {"lwp": "yes"}}, "lwp must be true or false"),
     ({"precision": "fp8"}, "precision must be one of fp32, bf16, fp16"),
     ({"grad_accum_steps": 0}, "grad_accum_steps must be >= 1"),
+    ({"eval_every": 0}, "eval_every must be >= 1, got eval_every=0"),
     ({"output_dir": "s3://bucket/runs"}, "output_dir='s3://bucket/runs' is a URI"),
     ({"name": "."}, "name must be 1-128 letters"),
     ({"name": ".."}, "name must be 1-128 letters"),

@@ -52,6 +52,8 @@ def test_random_draws_are_seeded_by_the_sweep():
     ({"search_alg": "optuner"}, "did you mean 'optuna'?"),
     ({"search": {}, "grids": [], "baselines": []}, "the sweep has no trial"),
     ({"max_concurrent_trials": 0}, "max_concurrent_trials must be an integer >= 1"),
+    ({"base": {"eval_every": 2}, "asha": {"grace_period": 2}}, "use eval_every=1 with asha"),
+    ({"grids": [{"eval_every": [1, 4]}], "asha": {"grace_period": 1}}, "use eval_every=1 with asha"),
 ])
 def test_bad_sweep_specs_fail_with_the_fix(kwargs, msg):
     with pytest.raises(ConfigError) as e:
