@@ -119,12 +119,13 @@ def cluster(tmp_path_factory, s3):
                "head": next(n["node_id"] for n in nodes if n["is_head_node"]), "gcs": f"127.0.0.1:{gcs}",
                "start_worker": start_worker, "stop_worker": stop_worker}
     finally:
-        for proc in reversed(procs):
+        for proc in procs:  # killed, as stop_worker kills a node: a graceful `ray stop` waits ~30 s per node here
             try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=60)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
                 os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=60)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["pkill", "-9", "-f", temp_dir], check=False)  # any process of the nodes outside their groups
         for d in (temp_dir, f"{temp_dir}-w1", f"{temp_dir}-w2"):
             shutil.rmtree(d, ignore_errors=True)
 
