@@ -82,7 +82,7 @@ class SweepSpec:
     def __post_init__(self):
         check_name(self.name, "sweep name")
         base = self.base_config()  # validates base keys and values
-        if base.num_workers == 0 or any(t.get("num_workers") == 0 for t in self._declared_trials()):  # not [0, k]
+        if 0 in self._declared_values("num_workers", base):  # not [0, k]
             raise ConfigError("num_workers=0 (local mode) cannot run inside Tune trials (Ray Train's context is "
                               "not available there); use num_workers >= 1")
         if not isinstance(self.search, dict):
@@ -135,7 +135,7 @@ class SweepSpec:
             raise ConfigError(f"num_samples must be an integer >= 1, got num_samples={self.num_samples!r}")
         if self.asha is not None and not isinstance(self.asha, dict):
             raise ConfigError(f"asha must be a mapping like {{grace_period: 2}} or null, got {self.asha!r}")
-        if self.asha and (base.eval_every != 1 or any(t.get("eval_every", 1) != 1 for t in self._declared_trials())):
+        if self.asha and any(v != 1 for v in self._declared_values("eval_every", base)):
             raise ConfigError("asha stops trials on each epoch's test metric: use eval_every=1 with asha (or drop asha "
                               "to evaluate every k-th epoch)")
         if self.max_concurrent_trials is not None and (isinstance(self.max_concurrent_trials, bool) or not isinstance(
@@ -202,6 +202,10 @@ class SweepSpec:
         if len(set(s)) != len(s):
             raise ConfigError(f"seeds must not repeat, got seeds={s!r}")
         return list(s)
+
+    def _declared_values(self, key: str, base) -> list:
+        """`key`'s value in `base` and in every override written in the sweep that sets it."""
+        return [getattr(base, key)] + [t[key] for t in self._declared_trials() if key in t]
 
     def _declared_trials(self) -> list[dict]:
         """The overrides written in the sweep (grid values, grids, baselines), before any check."""

@@ -5,6 +5,7 @@ both worker nodes mid-epoch (its checkpoints and states on an S3 API server, its
 the driver's own), an elastic run that shrinks when a node goes and grows when it comes back, a task
 module from the submitted working directory, and a small sweep."""
 
+import contextlib
 import glob
 import json
 import os
@@ -50,6 +51,12 @@ def _free_ports(k):
     raise RuntimeError(f"fewer than {k} free ports in 20000-28999")
 
 
+def _kill(proc):
+    """A node's `ray start --block` and every process in its group, killed at once."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
 def _start(args, env, log):
     with open(log, "w") as fh:
         return subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args],
@@ -90,8 +97,7 @@ def cluster(tmp_path_factory, s3):
     def stop_worker(i):
         """The node's processes killed at once, as when its machine is reclaimed."""
         proc = running.pop(i)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+        _kill(proc)
         procs.remove(proc)
         subprocess.run(["pkill", "-9", "-f", f"{temp_dir}-w{i}"], check=False)
 
@@ -120,11 +126,8 @@ def cluster(tmp_path_factory, s3):
                "start_worker": start_worker, "stop_worker": stop_worker}
     finally:
         for proc in procs:  # killed, as stop_worker kills a node: a graceful `ray stop` waits ~30 s per node here
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=60)
-            except ProcessLookupError:
-                pass
+            with contextlib.suppress(ProcessLookupError):  # its group has gone already
+                _kill(proc)
         subprocess.run(["pkill", "-9", "-f", temp_dir], check=False)  # any process of the nodes outside their groups
         for d in (temp_dir, f"{temp_dir}-w1", f"{temp_dir}-w2"):
             shutil.rmtree(d, ignore_errors=True)
