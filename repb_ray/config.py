@@ -87,7 +87,7 @@ class Config:
     eval_batch_size: int = 256             # per rank (on a CPU, batches of 1000 evaluate 1.7x slower than of 256)
     eval_mode: str = "auto"               # async: epoch E is evaluated while E+1 trains (once its first batch is in
                                           # hand; on a CPU at the lowest priority); sync: before it starts;
-                                          # auto: async on a GPU or where the host has cores training does not hold
+                                          # auto (the default): async, on every device
     eval_every: int = 1                   # evaluate the test set after every k-th epoch and after the last
     eval_cache_mb: int = 256              # each rank keeps its test batches (on its device) when every share fits; 0: read each time
     precision: str = "fp32"               # fp32 | bf16 | fp16 (autocast; fp16 with a grad scaler)

@@ -18,7 +18,7 @@ from repb_ray.layout import checkpoint_name
 from repb_ray.task import nonfinite_scores_error
 from repb_ray.tasks.loader import TaskRef
 from repb_ray.torch.epoch import EpochSteps
-from repb_ray.torch.evaluation import Evaluator, evaluation_due, spare_host_cpus
+from repb_ray.torch.evaluation import Evaluator, evaluation_due
 from repb_ray.torch.schedule import PlanCosineLR, build_optimizer
 from repb_ray.torch.scores import Scorer
 from repb_ray.torch.step import TrainStep
@@ -93,11 +93,9 @@ class Worker:
         self.cadence = CheckpointCadence(cfg.checkpoint_every_steps, cfg.preemption_check_steps)
         self.at = (self.start, 0)   # (epoch, step) of the batch in hand: where a failure happened
         test = ray.train.get_dataset_shard("test") if config.get("has_test") else None
-        training_cpus = ray.train.get_context().get_local_world_size() * cfg.cpus_per_worker
         self.evaluator = (Evaluator(self.task, lambda: _test_batches(test, cfg), self.device,
                                     precision=cfg.precision, mode=cfg.eval_mode, cache_bytes=cfg.eval_cache_mb * 2**20,
-                                    world_size=session.world_size, model=self.raw_model,
-                                    spare_cpus=spare_host_cpus(training_cpus)) if test is not None else None)
+                                    world_size=session.world_size, model=self.raw_model) if test is not None else None)
         self.debug = debug_hooks(cfg, session)
         self.done = None        # an earlier epoch's metrics completed by its evaluation, sent with the next report
         self.boundary: dict = {}   # where the last epoch boundary's time went (this rank)

@@ -65,7 +65,7 @@ def test_async_evaluation_reports_what_the_synchronous_path_does(reference_run, 
     """Evaluating epoch E while E+1 trains changes nothing but when the metrics arrive: the same plans,
     losses and test metrics, each for its own epoch."""
     from repb_ray.train.driver import run_training
-    _, ref = reference_run  # eval_mode auto: async where a core is idle, else sync
+    _, ref = reference_run  # eval_mode auto: async
     other = "sync" if ref["eval_mode"] == "async" else "async"
     cfg = Config.from_yaml(smoke_config, ["epochs=3", f"output_dir={tmp_path}", "tracking_uri=none", REF_MODEL])
     s = run_training(cfg.replace(name="other", eval_mode=other), progress=False)
