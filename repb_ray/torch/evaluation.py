@@ -31,8 +31,8 @@ def evaluation_due(epoch: int, every: int, epochs: int) -> bool:
 
 
 def resolve_eval_mode(mode: str) -> str:
-    """`auto` resolved: async on every device (on a CPU whose cores all train, the main job's boundary stall
-    falls from 0.84 to 0.27 s at the same wall time: docs/results.md); async and sync are kept as they are."""
+    """`auto` resolved: async on every device, a CPU whose cores all train included (measured in
+    docs/results.md, "The epoch boundary"); async and sync are kept as they are."""
     if mode not in EVAL_MODES:
         raise ValueError(f"eval_mode must be one of {', '.join(EVAL_MODES)}, got eval_mode={mode!r}")
     return "async" if mode == "auto" else mode

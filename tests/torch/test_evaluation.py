@@ -128,7 +128,7 @@ def test_auto_evaluates_asynchronously_on_every_device():
     from repb_ray.torch.evaluation import Evaluator, resolve_eval_mode
     assert resolve_eval_mode("auto") == "async"
     assert resolve_eval_mode("sync") == "sync" and resolve_eval_mode("async") == "async"
-    assert Evaluator(None, list, "cpu", mode="auto").mode == "async"  # a CPU whose cores all train included
+    assert Evaluator(None, list, "cpu", mode="auto").mode == "async"  # on a CPU too
 
 
 def test_the_gpu_check_runs_here_in_its_small_mode(tmp_path):
