@@ -26,6 +26,7 @@ import numpy as np
 import ray
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from repb_ray.data.plan_index import plan_for, read_epoch  # noqa: E402
 from repb_ray.train import coordinator  # noqa: E402
 from repb_ray.train.messages import EpochDone  # noqa: E402
 from repb_ray.train.sender import ObservationSender  # noqa: E402
@@ -64,7 +65,7 @@ class Feeder:
         self.rank, self.ranks, self.batch, self.every, self.seed = rank, ranks, batch, every, seed
 
     def feed(self, front, routing, epoch: int) -> list:
-        index = ray.get(front.plan_index.remote())
+        index = plan_for(front, read_epoch(front))
         mine = range(self.rank, len(index.refs), self.ranks)
         chunks = ray.get([index.refs[j] for j in mine])
         ids = np.concatenate([c.lo + np.flatnonzero(c.mask()) for c in chunks] or [np.zeros(0, np.int64)])
@@ -123,7 +124,7 @@ def run_one(n: int, k: int, args) -> dict:
             ray.get(front.save.remote("epoch_00002"))
             row["checkpoint_s"] = time.perf_counter() - t
             row["checkpoint_bytes"] = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(where) for f in fs)
-    index = ray.get(front.plan_index.remote())
+    index = plan_for(front, read_epoch(front))
     chunks = ray.get(list(index.refs))
     row["published_plan_bytes"] = int(sum(c.bits.nbytes + c.weights.nbytes for c in chunks))
     timed = [e["end_of_epoch_s"] for e in row["epochs"][:2]]

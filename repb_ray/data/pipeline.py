@@ -7,29 +7,17 @@ from __future__ import annotations
 import numpy as np
 
 from repb_ray import _ray_compat
-from repb_ray.data.plan_index import LOOKUP, PlanIndex
+from repb_ray.data.plan_index import LOOKUP, plan_for, read_epoch
 from repb_ray.data.sources import RESERVED, id_block_source, read_blocks
 from repb_ray.errors import DataError
 
-_INDEX_CACHE: dict = {}  # per process: the coordinator's (generation, epoch) -> PlanIndex
-
-
-def _index_now(source) -> PlanIndex:
-    import ray
-    key = ray.get(source.plan_epoch.remote())
-    index = _INDEX_CACHE.get(key)
-    if index is None:
-        _INDEX_CACHE.clear()
-        index = _INDEX_CACHE[key] = ray.get(source.plan_index.remote())
-    return index
-
 
 def filter_to_plan(batch, source):
-    """Ray Data UDF for datasets without id-block structure: keep the rows of the current plan (only
-    the id column is looked at), add `weight` and `epoch`, shuffle the kept rows by (seed, epoch,
-    first id of the block)."""
+    """Ray Data UDF for datasets without id-block structure: keep the rows of the plan of the epoch being
+    served (waited for if it is not decided yet; only the id column is looked at), add `weight` and
+    `epoch`, shuffle the kept rows by (seed, epoch, first id of the block)."""
     import pyarrow as pa
-    index = _index_now(source)
+    index = plan_for(source, read_epoch(source))
     ids = batch.column("id").to_numpy()
     keep, weight = LOOKUP.keep_and_weights(index, ids)
     rows = np.flatnonzero(keep)

@@ -1,5 +1,6 @@
-"""PlanIndex: the published plan of an epoch as id-range chunks in the object store, and the
-per-process lookup that fetches only the chunks a block's ids need. Runs in Ray Data tasks."""
+"""PlanIndex: the published plan of an epoch as id-range chunks in the object store; ReadEpoch: which
+epoch an execution of the train data serves (known before its plan); the per-process lookup that
+fetches only the chunks a block's ids need. Runs in Ray Data tasks."""
 
 from __future__ import annotations
 
@@ -9,6 +10,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from repb_ray.core import rng
+
+
+@dataclass(frozen=True)
+class ReadEpoch:
+    """The epoch an execution of the train data serves (rank 0 names it before the ranks iterate, possibly
+    before its plan is decided), with what reads need before the plan: its block order's inputs."""
+
+    generation: str
+    epoch: int
+    seed: int
+    num_samples: int
+    timeout_s: float  # how long a read waits for the plan
+
+
+def block_order(seed: int, epoch: int, num_blocks: int) -> np.ndarray:
+    """The order in which an epoch serves a source's blocks: a pure function of (seed, epoch)."""
+    return rng.block_order(seed, epoch).permutation(num_blocks)
 
 
 @dataclass(frozen=True)
@@ -30,14 +48,6 @@ class PlanIndex:
         a = int(np.searchsorted(self.his, lo, side="right"))
         b = int(np.searchsorted(self.los, hi, side="left"))
         return range(a, b)
-
-    def kept_bound(self, lo: int, hi: int) -> int:
-        """An upper bound of the plan members in [lo, hi) (exact when the range is whole entries)."""
-        return int(sum(int(self.counts[j]) for j in self.entries(lo, hi)))
-
-    def block_order(self, num_blocks: int) -> np.ndarray:
-        """The order in which this epoch serves a source's blocks: a pure function of (seed, epoch)."""
-        return rng.block_order(self.seed, self.epoch).permutation(num_blocks)
 
     def row_order(self, first_id: int, rows: int) -> np.ndarray:
         """The order of a block's kept rows this epoch: a pure function of (seed, epoch, block)."""
@@ -90,9 +100,23 @@ class PlanLookup:
 
 
 LOOKUP = PlanLookup()
+_INDEX: dict = {}  # per process: the last (generation, epoch) read and its PlanIndex
 
 
-def current_index(source) -> PlanIndex:
-    """The PlanIndex the coordinator `source` publishes now (one small actor call)."""
+def read_epoch(source) -> ReadEpoch:
+    """The epoch the coordinator `source` says the current execution serves (one small actor call)."""
     import ray
-    return ray.get(source.plan_index.remote())
+    return ray.get(source.read_epoch.remote())
+
+
+def plan_for(source, read: ReadEpoch) -> PlanIndex:
+    """The PlanIndex of `read`'s epoch, once the coordinator `source` publishes it (fetched once per process
+    and epoch); a read that got here before the plan waits for it."""
+    key = (read.generation, read.epoch)
+    index = _INDEX.get(key)
+    if index is None:
+        import ray
+        index = ray.get(source.wait_index.remote(read.generation, read.epoch, read.timeout_s))
+        _INDEX.clear()
+        _INDEX[key] = index
+    return index

@@ -1,8 +1,9 @@
 """Train datasets whose blocks are known id ranges: arrays put in the object store (`from_numpy`)
 or Parquet files with an int64 id column (`read_parquet`). Bound to a coordinator, each epoch reads
-only the blocks that hold plan members, in an order that is a pure function of (seed, epoch), and
-drops pruned rows at the read, before any decode. Unbound, they serve every row in id order.
-Planning runs in Ray Data's split coordinator; reading in Ray Data tasks."""
+its blocks in an order that is a pure function of (seed, epoch): a read takes its block's bytes, then
+waits for the epoch's plan (the execution may start before it is decided) and keeps only its members,
+shuffled; a block without any yields nothing. Unbound, they serve every row in id order. Planning runs
+in Ray Data's split coordinator; reading in Ray Data tasks."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 from ray.data import Datasource, ReadTask
 
 from repb_ray import storage
-from repb_ray.data.plan_index import LOOKUP, PlanIndex, current_index
+from repb_ray.data.plan_index import LOOKUP, ReadEpoch, block_order, plan_for, read_epoch
 from repb_ray.errors import DataError
 
 RESERVED = ("weight", "epoch")
@@ -44,36 +45,49 @@ def _with_columns(table, weight: np.ndarray, epoch: int):
     return table.append_column("epoch", pa.array(np.full(table.num_rows, epoch, np.int64)))
 
 
-def _parquet_file(location: str):
+def _parquet_file(location: str, in_memory: bool = False):
+    """The Parquet file at `location` (a path or URI); `in_memory`: a remote file's bytes are fetched whole
+    first (one request, and nothing left to wait for on storage once a read has them)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
     fs, path = storage.filesystem(location)
-    return pq.ParquetFile(fs.open_input_file(path)) if fs is not None else pq.ParquetFile(path)
+    if fs is None:
+        return pq.ParquetFile(path)
+    if in_memory:
+        with fs.open_input_file(path) as fh:
+            return pq.ParquetFile(pa.BufferReader(fh.read_buffer()))
+    return pq.ParquetFile(fs.open_input_file(path))
 
 
 def _read_ids(block: IdBlock):
+    """(the block's source, its ids): the object-store table, or the Parquet file with its bytes in hand."""
     if block.ref is not None:
         import ray
         table = ray.get(block.ref)
         return table, table.column("id").to_numpy()
-    pf = _parquet_file(block.path)
+    pf = _parquet_file(block.path, in_memory=True)
     return pf, pf.read(columns=["id"]).column("id").to_numpy()
 
 
-def read_block(block: IdBlock, index: PlanIndex | None) -> list:
-    """One read task: the block's plan members (all rows when unbound), shuffled by (seed, epoch,
-    block), with their `weight` and the plan's `epoch`; pruned rows are never materialised."""
-    source, ids = _read_ids(block)
+def read_block(block: IdBlock, source=None, read: ReadEpoch | None = None) -> list:
+    """One read task: the block's bytes and ids, then (bound to the coordinator `source`) the plan of `read`'s
+    epoch, waited for if it is not decided yet: its members only, shuffled by (seed, epoch, block), with
+    their `weight` and the plan's `epoch` (no block when it has none). Unbound: every row, in id order."""
+    src, ids = _read_ids(block)
     _check_block_ids(block, ids)
     rows = np.flatnonzero(ids < block.hi) if ids.shape[0] != block.rows else None  # a file cut by `limit`
-    if index is None:
+    if read is None:
         rows = np.arange(ids.shape[0]) if rows is None else rows
         weight, epoch = np.ones(rows.shape[0], np.float32), 0
     else:
+        index = plan_for(source, read)
         keep, weight = LOOKUP.keep_and_weights(index, ids if rows is None else ids[rows])
         rows = np.flatnonzero(keep) if rows is None else rows[keep]
+        if rows.shape[0] == 0:
+            return []
         order = index.row_order(block.lo, rows.shape[0])
         rows, weight, epoch = rows[order], weight[order], index.epoch
-    table = source if not hasattr(source, "read") else source.read()  # Parquet: the other columns only now
+    table = src if not hasattr(src, "read") else src.read()  # Parquet: the other columns only now
     return [_with_columns(table.take(rows), weight, epoch)]
 
 
@@ -126,17 +140,12 @@ class IdBlockSource(Datasource):
         # ray.data.read_datasource also calls this once when the dataset is built, without a
         # data_context, for its statistics: then (and unbound) every block, no plan asked for
         if self.plan_source is None or data_context is None:
-            return [ReadTask(functools.partial(read_block, b, None), _metadata(b)) for b in self.blocks]
-        index = current_index(self.plan_source)
-        if index.num_samples != self.num_samples:
-            raise DataError(f"the plan covers {index.num_samples} ids but this dataset has {self.num_samples}")
-        tasks = []
-        for j in index.block_order(len(self.blocks)):
-            b = self.blocks[j]
-            if index.kept_bound(b.lo, b.hi) == 0:
-                continue  # no plan member here: not even read
-            tasks.append(ReadTask(functools.partial(read_block, b, _slice(index, b.lo, b.hi)), _metadata(b)))
-        return tasks
+            return [ReadTask(functools.partial(read_block, b), _metadata(b)) for b in self.blocks]
+        read = read_epoch(self.plan_source)  # the epoch this execution serves; its plan may come later
+        if read.num_samples != self.num_samples:
+            raise DataError(f"the plan covers {read.num_samples} ids but this dataset has {self.num_samples}")
+        return [ReadTask(functools.partial(read_block, self.blocks[j], self.plan_source, read), _metadata(self.blocks[j]))
+                for j in block_order(read.seed, read.epoch, len(self.blocks))]
 
 
 def read_blocks(source: IdBlockSource):
@@ -145,14 +154,6 @@ def read_blocks(source: IdBlockSource):
     keeps the read and the task's preprocess from fusing into one task and multiplies the tasks per epoch."""
     import ray.data
     return ray.data.read_datasource(source, override_num_blocks=max(1, len(source.blocks)))
-
-
-def _slice(index: PlanIndex, lo: int, hi: int) -> PlanIndex:
-    """The entries of `index` that cover [lo, hi): what one read task carries."""
-    js = index.entries(lo, hi)
-    sl = slice(js.start, js.stop)
-    return PlanIndex(index.generation, index.epoch, index.seed, index.num_samples, index.kept,
-                     index.los[sl], index.his[sl], index.counts[sl], index.refs[sl])
 
 
 def id_block_source(ds) -> IdBlockSource | None:

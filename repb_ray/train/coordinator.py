@@ -19,7 +19,7 @@ from repb_ray.core.plan import combine_digest
 from repb_ray.core.protocol import Call, Spec, drive, split_range
 from repb_ray.core.registry import policy_class
 from repb_ray.core.shard import Shard
-from repb_ray.data.plan_index import PlanIndex
+from repb_ray.data.plan_index import PlanIndex, ReadEpoch
 from repb_ray.layout import is_state, is_within_epoch
 from repb_ray.train.messages import EpochDone, Observations, PlanSummary, Routing
 from repb_ray.train.placement import near_here
@@ -61,6 +61,8 @@ class Coordinator:
         self._lock = threading.Lock()
         self._waiters: list = []
         self._published = None
+        self._serving: tuple | None = None  # (epoch, timeout_s) rank 0 named for the next execution of the data
+        self._read_waits = 0                # reads waiting for a plan now
         self._error = None
         self._ready: set = set()
         self._decided = None      # (generation, epoch) whose decision has started
@@ -76,6 +78,7 @@ class Coordinator:
         generation = uuid.uuid4().hex[:12]
         with self._lock:
             self.generation, self._published, self._error, self._ready = generation, None, None, set()
+            self._serving = None
         location = epoch_state = None
         if self.fence is not None:
             await asyncio.to_thread(self.fence.check)
@@ -140,7 +143,8 @@ class Coordinator:
             digest=combine_digest(x[3] for x in parts), plan_sizes=tuple(p.plan_sizes),
             weight_mean=sum(x[1] for x in parts) / max(count, 1), weight_max=max(x[2] for x in parts),
             decision=dict(p.history[-1]) if p.history else {}, world_size=self.world_size,
-            budget=p.budget_status(), timing={**timing, "publish_s": time.perf_counter() - t0})
+            budget=p.budget_status(), timing={**timing, "publish_s": time.perf_counter() - t0,
+                                              "reads_waiting": self._read_waits})
         with self._lock:
             if generation == self.generation:
                 self._published = (index, summary)
@@ -262,6 +266,18 @@ class Coordinator:
     async def wait_plan(self, generation: str, epoch: int, timeout_s: float) -> PlanSummary:
         """Block until the plan of `epoch` is published; raise the decision's error if it failed; on
         timeout name the ranks that did not report."""
+        return (await self._wait_published(generation, epoch, timeout_s))[1]
+
+    @ray.method(concurrency_group=WAIT_GROUP)
+    async def wait_index(self, generation: str, epoch: int, timeout_s: float) -> PlanIndex:
+        """A read's wait for the PlanIndex of `epoch` (its bytes in hand, the plan perhaps not decided yet)."""
+        self._read_waits += 1
+        try:
+            return (await self._wait_published(generation, epoch, timeout_s))[0]
+        finally:
+            self._read_waits -= 1
+
+    async def _wait_published(self, generation: str, epoch: int, timeout_s: float) -> tuple:
         deadline = time.monotonic() + timeout_s
         while True:
             with self._lock:
@@ -275,7 +291,7 @@ class Coordinator:
                     if published[1].epoch != epoch:
                         raise StaleCall(f"asked for the plan of epoch {epoch}, the coordinator is at "
                                         f"{published[1].epoch}")
-                    return published[1]
+                    return published
                 event = asyncio.Event()
                 self._waiters.append((asyncio.get_running_loop(), event))
             left = deadline - time.monotonic()
@@ -293,17 +309,30 @@ class Coordinator:
         return sorted(set().union(*lists))
 
     @ray.method(concurrency_group=WAIT_GROUP)
-    def plan_index(self) -> PlanIndex:
+    def serve(self, generation: str, epoch: int, timeout_s: float) -> None:
+        """Rank 0, before the ranks iterate the train data: the execution they start serves `epoch` (whose
+        plan may not be decided yet; its reads wait for it up to `timeout_s`)."""
+        with self._lock:
+            if generation != self.generation:
+                raise CoordinatorRestarted(f"coordinator generation {self.generation} != {generation}: it was "
+                                           "restarted; the run resumes from its checkpoint")
+            self._serving = (epoch, timeout_s)
+
+    @ray.method(concurrency_group=WAIT_GROUP)
+    def read_epoch(self) -> ReadEpoch:
+        """The epoch the train data's current execution serves: the one rank 0 named last, or the published
+        plan's when that is later (ranks that iterate the data without naming it read the published plan)."""
         with self._lock:
             if self._published is None:
                 raise RuntimeError("no plan is published yet")
-            return self._published[0]
+            epoch, timeout_s = self._serving or (0, 0.0)
+            return ReadEpoch(self.generation, max(epoch, self._published[1].epoch), self.spec.seed,
+                             self.spec.num_samples, timeout_s)
 
     @ray.method(concurrency_group=WAIT_GROUP)
-    def plan_epoch(self) -> tuple:
-        """(generation, epoch) of the published plan: a cheap check before fetching the index."""
-        with self._lock:
-            return (self.generation, None if self._published is None else self._published[1].epoch)
+    def read_waits(self) -> int:
+        """How many reads are waiting for a plan now."""
+        return self._read_waits
 
     @ray.method(concurrency_group=WAIT_GROUP)
     def summary(self) -> PlanSummary | None:

@@ -28,7 +28,7 @@ from repb_ray.train.clock import EpochClock
 from repb_ray.train.collate import TensorCollate
 from repb_ray.train.debug import debug_hooks
 from repb_ray.train.messages import CHECKPOINT_KEEP, CHECKPOINT_STEP, EVAL_PENDING, EVAL_RESULT, EVAL_SKIPPED, PlanSummary
-from repb_ray.train.prefetch import Ahead
+from repb_ray.train.prefetch import EpochsAhead
 from repb_ray.train.session import PruningSession
 
 
@@ -66,11 +66,12 @@ class Worker:
         torch.set_num_threads(cfg.torch_threads or max(1, int(cfg.cpus_per_worker)))
         self.device = ray.train.torch.get_device()
         self.shard = ray.train.get_dataset_shard("train")
-        self.ahead = None       # the epoch's batches, fetched ahead (from the moment its plan is published)
+        self.feed = EpochsAhead(lambda epoch, skip, then: session.batches(
+            self.shard, cfg.batch_size, self.device, skip=skip, epoch=epoch, then=then), cfg.epochs)
         ckpt = ray.train.get_checkpoint()
         if not ckpt:  # a fresh start: the first epoch's data (Ray Data's first execution) starts while the model is built
             self.start = session.start(None)
-            self.ahead = self.fetch()
+            self.feed.start(self.start)
         self._build_model()
         self.history, state, meta = [], None, {}
         self.own_buffers = None   # this rank's buffers at the checkpoint, for the evaluation it left pending
@@ -179,16 +180,6 @@ class Worker:
         if self.history and self.start > self.cfg.epochs:
             ray.train.report(dict(self.history[-1]))
 
-    def fetch(self, skip: int = 0) -> Ahead:
-        """The current plan's batches (after the first `skip`), the first fetched in a thread from now."""
-        return Ahead(self.session.batches(self.shard, self.cfg.batch_size, self.device, skip=skip))
-
-    def batches(self, skip: int = 0):
-        """This epoch's batches: those fetched ahead at the last boundary, or from now (after the first `skip`)."""
-        ahead, self.ahead = self.ahead, None
-        assert ahead is None or skip == 0, "batches fetched ahead are an epoch's from its first"
-        return ahead if ahead is not None else self.fetch(skip)
-
     def evaluate(self, epoch: int) -> dict | None:
         """Complete the previous epoch's evaluation, start this one's; its metrics when they are due now."""
         ev = self.evaluator
@@ -238,7 +229,7 @@ def run_epoch(w: Worker, epoch: int) -> None:
     if position is not None:  # resumed within this epoch: its loss so far came with the checkpoint
         loss_sum += position["loss_sums"][session.rank]
     w.debug.plan(epoch)
-    for batch in clock.timed(w.batches(skip=steps.micro)):
+    for batch in clock.timed(w.feed.batches(epoch, skip=steps.micro)):
         if w.evaluator is not None and w.evaluator.pending is not None:
             w.evaluator.release()  # the previous epoch's evaluation runs once this epoch's data flows
         step = steps.step
@@ -258,10 +249,8 @@ def run_epoch(w: Worker, epoch: int) -> None:
         if why is not None:
             w.checkpoint_within(epoch, steps, loss_sum, why)
     w.last_step_end = clock.mark("trained")
-    session.end_epoch()
+    session.end_epoch()   # the next epoch's reads started with this epoch's last block and wait for its plan
     clock.mark("decided")
-    if epoch < cfg.epochs:  # the next epoch's data starts while this boundary's work runs
-        w.ahead = w.fetch()
     w.debug.end(epoch)
     test_metrics = w.evaluate(epoch)
     clock.mark("evaluated")
@@ -293,7 +282,8 @@ def epoch_metrics(w: Worker, summary: PlanSummary, steps: EpochSteps, clock: Epo
     if stall_max >= 0:  # the boundary before this epoch (none before a worker's first epoch)
         metrics["boundary_stall_s"] = stall_max
         first = {} if clock.first_batch_s is None else {"first_batch_s": clock.first_batch_s}
-        metrics.update({f"boundary_{k}": v for k, v in {**w.boundary, **first}.items()})
+        waiting = {"reads_waiting": summary.timing.get("reads_waiting", 0)}  # this epoch's reads ahead of its plan
+        metrics.update({f"boundary_{k}": v for k, v in {**w.boundary, **first, **waiting}.items()})
     if info.epoch == w.start:  # this start's first epoch: when the worker began (the run's time breakdown)
         metrics.update(w.started)
     restarts = [r for r in w.restarts if r["epoch"] == info.epoch]

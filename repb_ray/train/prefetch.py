@@ -1,5 +1,6 @@
-"""Ahead: an iterator whose first item is fetched in a thread from the moment it is made, so an epoch's
-data starts (Ray Data's execution, the first reads) while the epoch boundary's other work runs. Runs in
+"""Ahead: an iterator whose first item is fetched in a thread from the moment it is made; EpochsAhead: each
+epoch's batches so fetched, the next epoch's from the moment this one's data is all in hand. So an epoch's
+data starts (Ray Data's execution, the reads) while the last batches and the boundary's work run. Runs in
 every Train worker."""
 
 from __future__ import annotations
@@ -39,3 +40,29 @@ class Ahead:
         yield self._first
         self._first = _END
         yield from self._it
+
+
+class EpochsAhead:
+    """The epochs' batches, each an Ahead: `start(e)` fetches epoch e's from now, and epoch e's fetch starts
+    e + 1's once e's data has sent its last block (up to epoch `last`). `source(epoch, skip, then)` gives an
+    epoch's batches (after the first `skip`) and calls `then()` once its data is all in hand."""
+
+    def __init__(self, source, last: int):
+        self._source, self._last = source, last
+        self._next: tuple | None = None   # (epoch, its Ahead)
+
+    def start(self, epoch: int) -> None:
+        """Fetch `epoch`'s batches from now."""
+        self._next = (epoch, self._fetch(epoch, 0))
+
+    def batches(self, epoch: int, skip: int = 0) -> Ahead:
+        """`epoch`'s batches: those fetched ahead, or from now (after the first `skip`)."""
+        ahead, self._next = self._next, None
+        if ahead is None:
+            return self._fetch(epoch, skip)
+        assert ahead[0] == epoch and skip == 0, f"fetched ahead: epoch {ahead[0]} from its start; asked: {epoch}, {skip}"
+        return ahead[1]
+
+    def _fetch(self, epoch: int, skip: int) -> Ahead:
+        then = (lambda: self.start(epoch + 1)) if epoch < self._last else None
+        return Ahead(self._source(epoch, skip, then))

@@ -132,23 +132,27 @@ class PruningSession:
         """This rank's batches in the current epoch (every rank has the same number)."""
         return math.ceil(self.summary.kept / self.world_size / batch_size)
 
-    def shuffle_seed(self) -> int:
-        """The local shuffle buffer's seed for this rank and epoch."""
-        return rng.shuffle_seed(self.handle.seed, self.summary.epoch, self.rank)
+    def batches(self, shard, batch_size: int, device=None, skip: int = 0, *, epoch: int | None = None, then=None):
+        """This rank's batches of `epoch` (default: the current plan's) as dicts of tensors ("id" stays on the
+        CPU), mixed across blocks by a buffer that fills while it serves (FillingShuffle, seeded by (seed,
+        epoch, rank)), so the first batch waits for the first block only; checks they come from this plan.
+        Rank 0 names the epoch to the coordinator first (here, before the iteration): its reads may start
+        before its plan is decided and wait for it. `then()` runs once the shard has sent its last block (the
+        buffer still serves: the next epoch's reads can start there). `skip`: the first batches are read and
+        dropped (a run resumed within the epoch: the order is the same on every run, so the position is a
+        count). Blocks are taken as Ray Data produces them."""
+        epoch = self.summary.epoch if epoch is None else epoch
+        if self.rank == 0:
+            ray.get(self.coordinator.serve.remote(self._routing.generation, epoch, self.handle.timeout_s))
+        return self._batches(shard, batch_size, device, skip, epoch, then)
 
-    def batches(self, shard, batch_size: int, device=None, skip: int = 0):
-        """This rank's batches of the epoch as dicts of tensors ("id" stays on the CPU), mixed across
-        blocks by a buffer that fills while it serves (FillingShuffle, seeded by (seed, epoch, rank)), so
-        the first batch waits for the first block only; checks they come from this plan. `skip`: the
-        first batches are read and dropped (a run resumed within the epoch: the order is the same on
-        every run, so the position is a count). Blocks are taken as Ray Data produces them."""
-        epoch = self.summary.epoch
-        mix = FillingShuffle(batch_size, self.handle.shuffle_rows, self.shuffle_seed())
+    def _batches(self, shard, batch_size: int, device, skip: int, epoch: int, then):
+        mix = FillingShuffle(batch_size, self.handle.shuffle_rows, rng.shuffle_seed(self.handle.seed, epoch, self.rank))
         collate = TensorCollate(device)
         # no window of blocks: Ray Data yields a block of a window only once the block after it is produced,
         # which would hold back an epoch's first batch (its execution still reads ahead)
         blocks = shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
-        for i, rows in enumerate(mix.batches(blocks)):
+        for i, rows in enumerate(mix.batches(_then(blocks, then))):
             if i < skip:
                 continue
             got = int(rows["epoch"][0])
@@ -203,6 +207,13 @@ class _EpochBatches:
 
     def __iter__(self):
         return self.session.batches(self.shard, self.batch_size, self.device)
+
+
+def _then(items, then):
+    """`items`, then `then()` once they are exhausted (when given)."""
+    yield from items
+    if then is not None:
+        then()
 
 
 def _barrier() -> None:

@@ -2,6 +2,9 @@
 sample's position in one epoch says nothing about its position in the next, and rules with one
 threshold per epoch (InfoBatch) prune independently of where a sample sits."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import ray
@@ -48,9 +51,9 @@ def _positions(order, n):
 def test_block_and_row_orders_are_independent_across_epochs():
     """The order functions themselves (no Ray): a block's slot and a row's place in its block in
     epoch e say nothing about e+1 (200 epochs, 64 blocks)."""
-    from repb_ray.data.plan_index import PlanIndex
+    from repb_ray.data.plan_index import PlanIndex, block_order
     idx = [PlanIndex("g", e, 3, 0, 0, *(np.zeros(0, np.int64),) * 3, ()) for e in range(1, 201)]
-    slots = np.array([np.argsort(i.block_order(64)) for i in idx], float)  # slot of each block, per epoch
+    slots = np.array([np.argsort(block_order(i.seed, i.epoch, 64)) for i in idx], float)  # slot of each block, per epoch
     rows = np.array([np.argsort(i.row_order(0, 64)) for i in idx], float)
     for a in (slots, rows):
         r = np.corrcoef(a[:-1].ravel(), a[1:].ravel())[0, 1]
@@ -157,6 +160,50 @@ def test_many_plan_chunks_serve_exactly_the_plan_and_its_weights(ray_session, tm
             np.testing.assert_array_equal(weights[order], plan_w, err_msg=f"weights of epoch {epoch}")
             session.end_epoch()
         assert len(set(plan_w.tolist())) > 1 and len(plan_ids) < n  # real pruning, CTR weights that differ
+    finally:
+        pruning.shutdown()
+
+
+@pytest.mark.parametrize("kind", ["arrays", "parquet", "filter"])
+def test_the_next_epochs_reads_start_before_its_plan_and_serve_exactly_it(ray_session, tmp_path, kind):
+    """`then` starts epoch 2's iteration once epoch 1's data has sent its last block: its reads run and wait
+    in the coordinator while epoch 1's last batches are observed, nothing of epoch 2 is served before its
+    plan is decided, and then epoch 2 is the same batches as when it starts after its plan."""
+    n = 2048
+    if kind == "arrays":
+        ds = from_numpy({"x": np.zeros((n, 2), np.float32)}, block_rows=128)
+    elif kind == "parquet":
+        prepare_arrays({"x": np.zeros(n, np.float32)}, str(tmp_path / "pq"), rows_per_file=128)
+        ds = read_parquet(str(tmp_path / "pq"))
+    else:
+        ds = ray.data.from_items([{"id": i, "x": 0.0} for i in range(n)], override_num_blocks=16)
+    score = lambda ids, pos, e: (ids % 13).astype(np.float32)  # noqa: E731
+    reference = _run("repb", {"rho": 0.6}, n=n, epochs=2, source=ds, score=score)
+    pruning = Pruning("repb", {"rho": 0.6}, num_samples=n, num_workers=1, shuffle_rows=256)
+    try:
+        session = PruningSession(pruning.handle, rank=0, world_size=1)
+        session.start(None)
+        pipeline = pruning.dataset(ds)
+        session.begin_epoch(1)
+        served, threads = [], []
+
+        def then():
+            def take():
+                served.extend(b["id"].numpy().copy() for b in session.batches(pipeline, 64, epoch=2))
+            threads.append(threading.Thread(target=take, daemon=True))
+            threads[0].start()
+        for batch in session.batches(pipeline, 64, then=then):
+            session.observe(batch["id"], score(batch["id"].numpy(), None, 1))
+        assert threads, "then() did not run at the end of epoch 1's data"
+        deadline = time.monotonic() + 60
+        while ray.get(pruning.coordinator.read_waits.remote()) == 0:
+            assert time.monotonic() < deadline, "epoch 2's reads never waited for its plan"
+            time.sleep(0.05)
+        assert served == []  # epoch 1 is not finished: no plan, no row
+        session.end_epoch()   # epoch 1's last observations: the plan of epoch 2 is decided, its reads go on
+        threads[0].join(timeout=120)
+        assert not threads[0].is_alive()
+        np.testing.assert_array_equal(np.concatenate(served), reference[1])
     finally:
         pruning.shutdown()
 

@@ -48,7 +48,8 @@ def test_summary_has_every_field(reference_run):
     assert kept[0] == 256 and kept[1] < 256  # D_1 = D, then pruning
     # every boundary is measured (last step of an epoch to the first of the next, slowest rank)
     assert "boundary_stall_s" not in s["per_epoch"][0]
-    assert all(e["boundary_stall_s"] >= 0 and "boundary_decision_s" in e for e in s["per_epoch"][1:])
+    assert all(e["boundary_stall_s"] >= 0 and "boundary_decision_s" in e and e["boundary_reads_waiting"] >= 0
+               for e in s["per_epoch"][1:])
     assert s["boundary_stall_s"]["max"] == max(e["boundary_stall_s"] for e in s["per_epoch"][1:])
     assert not any("eval_pending" in e for e in s["per_epoch"])
     # where the wall time went: the phases add up to it, each took time, training is within the epochs
