@@ -297,16 +297,19 @@ def _replay(s, audit, policy, policy_args, num_samples, seed):
 
 def test_elastic_workers_shrink_when_a_node_goes_and_grow_when_it_comes_back(cluster, tmp_path):
     """num_workers [1, 2], one worker per worker node: a worker node killed in epoch 2, the run goes on with
-    1 worker (from epoch 2's start: its last checkpoint is epoch 1's end); the node started again, Ray's
-    next resize check (resize_check_s) grows the run back to 2 workers. Every epoch's plan is trained
-    exactly once by the ranks that finished it, and every decision equals the core policy's fed the same
-    scores (re-trimmed where the world size changed); the summary and the console record both resizes."""
+    1 worker (from epoch 2's start: its last checkpoint is epoch 1's end); once that worker has checkpointed
+    epoch 2, the node is started again and Ray's next resize check (resize_check_s) grows the run back to 2
+    workers (started earlier, the grown run would go back to epoch 1's checkpoint, taken with 2 workers, and
+    the shrunk attempt would leave no record; epochs 3-8 on 1 worker leave the node time to come back).
+    Every epoch's plan is trained exactly once by the ranks that finished it, and every decision equals the
+    core policy's fed the same scores (re-trimmed where the world size changed); the summary and the console
+    record both resizes."""
     out, s3 = tmp_path / "driver-local", cluster["s3"]
     job = subprocess.Popen(
         [RAY, "job", "submit", "--address", cluster["url"], "--working-dir", str(_working_dir(tmp_path)), "--",
          "python", "-m", "jobs.train", "--config", "jobs/configs/smoke.yaml", "--output-dir", str(out),
          "--set", "name=elastic", "--set", "worker_resources={trainer: 1}", "--set", "num_workers=[1, 2]",
-         "--set", "epochs=6", "--set", "task_args.size=20001", "--set", "batch_size=64", "--set", "resize_check_s=1", "--set", "audit=true",
+         "--set", "epochs=8", "--set", "task_args.size=20001", "--set", "batch_size=64", "--set", "resize_check_s=1", "--set", "audit=true",
          "--set", f"storage_path={s3.uri('cluster', 'runs')}"],
         env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = _Log(job)
@@ -317,6 +320,7 @@ def test_elastic_workers_shrink_when_a_node_goes_and_grow_when_it_comes_back(clu
             time.sleep(0.2)
         cluster["stop_worker"](1)
         shrunk = log.wait_for("on 1 worker(s) (was 2)")
+        _wait_for_key(s3, "runs/elastic/", "/epoch_002/", job)  # the one worker's epoch 2, checkpointed
         cluster["start_worker"](1)
         grown = log.wait_for("on 2 worker(s) (was 1)")
         job.wait(timeout=600)
@@ -331,7 +335,7 @@ def test_elastic_workers_shrink_when_a_node_goes_and_grow_when_it_comes_back(clu
     sizes = [(r["world_size_before"], r["world_size"]) for r in s["restarts"]]
     assert sizes == [(2, 1), (1, 2)] and s["restarts"][0]["epoch"] == 2, (s["restarts"], shrunk, grown)
     assert all(r["step"] == 0 for r in s["restarts"]), s["restarts"]   # epoch-end checkpoints only: epochs restart
-    assert [e["epoch"] for e in s["per_epoch"]] == list(range(1, 7)) and s["num_workers"] == [1, 2]
+    assert [e["epoch"] for e in s["per_epoch"]] == list(range(1, 9)) and s["num_workers"] == [1, 2]
     ws = [e["world_size"] for e in s["per_epoch"]]
     assert ws[0] == 2 and ws[1] == 1 and ws[-1] == 2, ws
     _replay(s, out / "elastic" / "audit", "repb", {"rho": 0.5, "window": 1}, 20001, 0)
