@@ -281,9 +281,7 @@ class Coordinator:
         deadline = time.monotonic() + timeout_s
         while True:
             with self._lock:
-                if generation != self.generation:
-                    raise CoordinatorRestarted(f"coordinator generation {self.generation} != {generation}: it was "
-                                               "restarted; the run resumes from its checkpoint")
+                self._check_generation(generation)
                 if self._error is not None:
                     raise RuntimeError(self._error)
                 published = self._published
@@ -313,10 +311,13 @@ class Coordinator:
         """Rank 0, before the ranks iterate the train data: the execution they start serves `epoch` (whose
         plan may not be decided yet; its reads wait for it up to `timeout_s`)."""
         with self._lock:
-            if generation != self.generation:
-                raise CoordinatorRestarted(f"coordinator generation {self.generation} != {generation}: it was "
-                                           "restarted; the run resumes from its checkpoint")
+            self._check_generation(generation)
             self._serving = (epoch, timeout_s)
+
+    def _check_generation(self, generation: str) -> None:
+        if generation != self.generation:
+            raise CoordinatorRestarted(f"coordinator generation {self.generation} != {generation}: it was restarted; "
+                                       "the run resumes from its checkpoint")
 
     @ray.method(concurrency_group=WAIT_GROUP)
     def read_epoch(self) -> ReadEpoch:

@@ -74,8 +74,8 @@ class PlanSummary:
     decision: dict             # how the policy chose this plan (its DECISIONS keys)
     world_size: int
     budget: dict | None        # Policy.budget_status()
-    timing: dict = field(default_factory=dict)  # seconds of the end of epoch that made it, per step; reads_waiting:
-                                                # the reads of this epoch that had its data in hand before it
+    timing: dict = field(default_factory=dict)  # seconds of the end of epoch that made it, per step; and
+                                                # reads_waiting: the reads waiting for this plan when it came
 
     @property
     def info(self) -> EpochInfo:
