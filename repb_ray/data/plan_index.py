@@ -31,16 +31,14 @@ def block_order(seed: int, epoch: int, num_blocks: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PlanIndex:
-    """Entry j covers ids [los[j], his[j]) with counts[j] plan members; refs[j] is its PlanChunk."""
+    """Entry j covers ids [los[j], his[j]); refs[j] is its PlanChunk."""
 
     generation: str
     epoch: int
     seed: int
     num_samples: int
-    kept: int
     los: np.ndarray
     his: np.ndarray
-    counts: np.ndarray
     refs: tuple
 
     def entries(self, lo: int, hi: int) -> range:

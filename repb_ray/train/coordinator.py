@@ -135,9 +135,9 @@ class Coordinator:
         entries = [x for shard_entries, _ in published for x in shard_entries]
         parts = [part for _, part in published]
         count = sum(x[0] for x in parts)
-        index = PlanIndex(generation, p.epoch, self.spec.seed, self.spec.num_samples, count,
+        index = PlanIndex(generation, p.epoch, self.spec.seed, self.spec.num_samples,
                           np.array([e[0] for e in entries], np.int64), np.array([e[1] for e in entries], np.int64),
-                          np.array([e[2] for e in entries], np.int64), tuple(e[3] for e in entries))
+                          tuple(e[2] for e in entries))
         summary = PlanSummary(
             generation=generation, epoch=p.epoch, kept=count, num_samples=p.num_samples,
             digest=combine_digest(x[3] for x in parts), plan_sizes=tuple(p.plan_sizes),

@@ -80,7 +80,7 @@ class ShardHost:
         """The shard's plan chunks put in the object store, and its summary parts."""
         self._check_generation(generation)
         chunks, parts = self.shard.publish(chunk)
-        return [(c.lo, c.hi, c.kept, ray.put(c)) for c in chunks], parts
+        return [(c.lo, c.hi, ray.put(c)) for c in chunks], parts
 
     def save(self, generation: str, location: str) -> str:
         self._check_generation(generation)

@@ -52,7 +52,7 @@ def test_block_and_row_orders_are_independent_across_epochs():
     """The order functions themselves (no Ray): a block's slot and a row's place in its block in
     epoch e say nothing about e+1 (200 epochs, 64 blocks)."""
     from repb_ray.data.plan_index import PlanIndex, block_order
-    idx = [PlanIndex("g", e, 3, 0, 0, *(np.zeros(0, np.int64),) * 3, ()) for e in range(1, 201)]
+    idx = [PlanIndex("g", e, 3, 0, *(np.zeros(0, np.int64),) * 2, ()) for e in range(1, 201)]
     slots = np.array([np.argsort(block_order(i.seed, i.epoch, 64)) for i in idx], float)  # slot of each block, per epoch
     rows = np.array([np.argsort(i.row_order(0, 64)) for i in idx], float)
     for a in (slots, rows):
